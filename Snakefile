@@ -1,0 +1,28 @@
+# STEGO: unsupervised semantic segmentation by distilling feature correspondences, as a staged workflow.
+#
+#   prepare → extract (frozen backbone → HDF5) → knn → train (head) → cluster / probe → predict
+#           → segment (+ dense CRF) → evaluate → results/{dataset}/miou.csv
+#
+# `snakemake --cores 2` runs the offline demo; `snakemake --cores 8 results/cocostuff/miou.csv` a paper preset.
+import os
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+# Found next to this file, so `snakemake -s <repo>/Snakefile -d <elsewhere>` works too.
+configfile: os.path.join(workflow.basedir, "config", "config.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/prepare.smk"
+include: "workflow/rules/features.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        expand("results/{ds}/miou.csv", ds=config["run"]),

@@ -1,0 +1,115 @@
+"""Resolving the workflow configuration: presets, per-dataset overrides and the settings of each stage.
+
+Pure functions on the (already schema-validated) config dict; the Snakefile calls them at start-up so that a
+bad or incomplete configuration fails before any job runs.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SCHEMA = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the offending key in the message."""
+
+
+def deep_merge(base: dict, update: dict) -> dict:
+    """Copy of `base` with `update` merged in recursively (update wins)."""
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_schema(path: Path = SCHEMA) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+def validate(config: dict, schema: dict | None = None) -> None:
+    """Check the config against the JSON schema; the error names the offending key and the problem."""
+    import jsonschema
+
+    schema = schema or load_schema()
+    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(config), key=lambda e: list(e.path))
+    if errors:
+        lines = []
+        for err in errors[:5]:
+            where = ".".join(str(p) for p in err.absolute_path) or "(top level)"
+            lines.append(f"  {where}: {err.message}")
+        raise ConfigError("invalid configuration:\n" + "\n".join(lines))
+
+
+def _missing_keys(schema: dict, value: dict, defs: dict, prefix: str) -> list[str]:
+    """Leaf keys that the preset schema defines but `value` lacks."""
+    if "$ref" in schema:
+        schema = defs[schema["$ref"].split("/")[-1]]
+    missing = []
+    for key, sub in schema.get("properties", {}).items():
+        if key not in value:
+            missing.append(prefix + key)
+        elif isinstance(value[key], dict):
+            missing += _missing_keys(sub, value[key], defs, f"{prefix}{key}.")
+    return missing
+
+
+def resolve(config: dict, dataset: str, schema: dict | None = None) -> dict:
+    """Hyper-parameters of one dataset: its preset with its overrides applied, checked for completeness."""
+    schema = schema or load_schema()
+    datasets = config.get("datasets", {})
+    if dataset not in datasets:
+        raise ConfigError(f"dataset '{dataset}' is not configured; configured datasets: "
+                          f"{', '.join(sorted(datasets)) or 'none'} (add it under `datasets:`)")
+    entry = datasets[dataset]
+    preset_name = entry["preset"]
+    if preset_name not in config.get("presets", {}):
+        raise ConfigError(f"datasets.{dataset}.preset: unknown preset '{preset_name}'; known presets: "
+                          f"{', '.join(sorted(config.get('presets', {})))}")
+    resolved = deep_merge(config["presets"][preset_name], entry.get("overrides") or {})
+    missing = _missing_keys(schema["$defs"]["preset"], resolved, schema["$defs"], "")
+    if missing:
+        raise ConfigError(f"preset '{preset_name}' of dataset '{dataset}' lacks {', '.join(missing)}: "
+                          "add them to the preset or to the dataset's overrides")
+    return resolved
+
+
+def dataset_settings(config: dict, dataset: str) -> dict[str, Any]:
+    """What the `prepare` stage needs: the dataset entry plus the preset values that shape the index."""
+    entry = {k: v for k, v in config["datasets"][dataset].items() if k not in ("overrides", "preset")}
+    resolved = resolve(config, dataset)
+    return {**entry, "five_crop": resolved["five_crop"], "crop_ratio": resolved["crop_ratio"]}
+
+
+def backbone_weights(config: dict, backbone: str) -> str | None:
+    return (config.get("backbones") or {}).get(backbone, {}).get("weights")
+
+
+def stage_settings(config: dict, dataset: str, stage: str, split: str = "train") -> dict[str, Any]:
+    """The JSON settings passed to one stage's CLI (only what that stage reads, so that Snakemake's
+    parameter tracking reruns exactly the stages whose settings changed)."""
+    r = resolve(config, dataset)
+    if stage == "extract":
+        train = split == "train"
+        return {
+            "backbone": r["backbone"], "weights": backbone_weights(config, r["backbone"]),
+            "res": r["train_res"] if train else r["eval_res"], "evaluation": not train,
+            # The official five-crops were stored as JPEG; evaluation images never were.
+            "jpeg_quality": r["jpeg_quality"] if (train and r["five_crop"]) else None,
+            "batch_size": r["extract_batch"], "device": config.get("device", "auto"), "seed": r["seed"],
+        }
+    if stage == "train":
+        return {**r["head"], **r["train"], **{k: v for k, v in r["loss"].items()},
+                "neighbours": r["knn_k"], "seed": r["seed"]}
+    if stage == "cluster":
+        return {**r["cluster"], "seed": r["seed"]}
+    if stage == "probe":
+        return {**r["probe"], "seed": r["seed"]}
+    raise ConfigError(f"no settings for stage '{stage}'")

@@ -1,0 +1,157 @@
+"""Stage `extract`: run the frozen backbone once over a split and cache its features in HDF5.
+
+Layout of `{split}.h5`:
+- `feats` [N,C,h,w] float16 — patch features (last block after the final norm for ViTs);
+- `pooled` [N,C] float32 — their global average (the KNN descriptor), computed before rounding;
+- `label` [N,res,res] int16 — class ids, −1 = ignore (when the dataset has labels);
+- evaluation splits also `image` [N,res,res,3] uint8 (for the CRF) and `feats_flip` (features of the
+  horizontally flipped image, for flip test-time augmentation);
+- attrs: backbone, res, stride, split, n_classes, class_names.
+
+The caching is lossless for training because the backbone is frozen and no augmentation reaches the loss.
+Writing goes to `{out}.partial` with a progress counter; a killed run resumes from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from stego_steps import images
+from stego_steps.backbones import FeatureExtractor, build_backbone
+from stego_steps.io import base_parser, progress, select_device, settings_arg, setup_logging
+from stego_steps.prepare import read_index, row_box
+
+log = logging.getLogger(__name__)
+
+
+class IndexDataset(Dataset):
+    """Samples of an index after the official deterministic transform."""
+
+    def __init__(self, index: pd.DataFrame, res: int, lut: list[int] | None, jpeg_quality: int | None,
+                 with_labels: bool) -> None:
+        self.index, self.res, self.lut = index.reset_index(drop=True), res, lut
+        self.jpeg_quality, self.with_labels = jpeg_quality, with_labels
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> dict:
+        row = self.index.iloc[i]
+        box = row_box(row)
+        img = images.transform_image(images.read_image(row["image"]), self.res, box, self.jpeg_quality)
+        item = {"image": torch.from_numpy(img)}
+        if self.with_labels:
+            raw = images.apply_lut(images.read_label(row["label"]), self.lut)
+            item["label"] = torch.from_numpy(images.transform_label(raw, self.res, box))
+        return item
+
+
+def to_float(batch_uint8: torch.Tensor) -> torch.Tensor:
+    """[B,H,W,3] uint8 → [B,3,H,W] float in [0, 1]."""
+    return batch_uint8.permute(0, 3, 1, 2).float().div_(255.0)
+
+
+@torch.no_grad()
+def features_of(backbone: FeatureExtractor, batch: torch.Tensor, device: str) -> torch.Tensor:
+    return backbone(batch.to(device)).float().cpu()
+
+
+def fingerprint(index: pd.DataFrame, settings: dict) -> str:
+    """Identifies what a partial file was computed from, so a resume never mixes two inputs."""
+    h = hashlib.sha256(index.to_csv(index=False).encode())
+    h.update(json.dumps(settings, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def _create(f: h5py.File, n: int, c: int, grid: int, res: int, evaluation: bool, with_labels: bool) -> None:
+    f.create_dataset("feats", (n, c, grid, grid), np.float16, chunks=(1, c, grid, grid))
+    f.create_dataset("pooled", (n, c), np.float32)
+    if with_labels:
+        f.create_dataset("label", (n, res, res), np.int16, chunks=(1, res, res), compression="lzf")
+    if evaluation:
+        f.create_dataset("feats_flip", (n, c, grid, grid), np.float16, chunks=(1, c, grid, grid))
+        f.create_dataset("image", (n, res, res, 3), np.uint8, chunks=(1, res, res, 3), compression="lzf")
+
+
+def extract(index: pd.DataFrame, classes: dict, out: Path, *, backbone: str, weights: str | None, res: int,
+            evaluation: bool, jpeg_quality: int | None = None, batch_size: int = 16, workers: int = 0,
+            device: str = "auto", seed: int = 0, split: str = "") -> None:
+    """Write the feature store for one split (resuming a partial one written from the same inputs)."""
+    device = select_device(device)
+    net = build_backbone(backbone, weights=weights, seed=seed).to(device)
+    if res % net.stride:
+        raise ValueError(f"resolution {res} is not a multiple of backbone {backbone}'s stride {net.stride}; "
+                         f"pick a multiple in the preset")
+    grid = res // net.stride
+    with_labels = bool((index["label"] != "").all())
+    settings = dict(backbone=backbone, weights=weights, res=res, evaluation=evaluation,
+                    jpeg_quality=jpeg_quality, seed=seed)
+    key = fingerprint(index, settings)
+    partial = out.with_name(out.name + ".partial")
+    n = len(index)
+    if partial.exists():
+        try:
+            with h5py.File(partial, "r") as f:
+                resumable = f.attrs.get("fingerprint") == key
+        except OSError:  # a file killed before its header was written
+            resumable = False
+        if not resumable:
+            log.warning("discarding %s: written from other inputs or unreadable", partial)
+            partial.unlink()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(partial, "a") as f:
+        if "feats" not in f:
+            _create(f, n, net.dim, grid, res, evaluation, with_labels)
+            f.attrs.update(fingerprint=key, done=0, backbone=backbone, res=res, stride=net.stride, split=split,
+                           n_classes=len(classes["names"]), class_names=json.dumps(classes["names"]))
+            f.create_dataset("ids", data=index["id"].astype(str).to_numpy().astype("S"))
+        done = int(f.attrs["done"])
+        if done:
+            log.info("resuming %s at sample %d of %d", partial, done, n)
+        data = IndexDataset(index.iloc[done:], res, classes.get("lut"), jpeg_quality, with_labels)
+        loader = DataLoader(data, batch_size=batch_size, num_workers=workers, shuffle=False)
+        for batch in progress(loader, desc=f"extract {split}", total=len(loader)):
+            imgs = to_float(batch["image"])
+            feats = features_of(net, imgs, device)
+            stop = done + len(imgs)
+            f["feats"][done:stop] = feats.half().numpy()
+            f["pooled"][done:stop] = feats.mean(dim=(2, 3)).numpy()
+            if with_labels:
+                f["label"][done:stop] = batch["label"].numpy()
+            if evaluation:
+                f["feats_flip"][done:stop] = features_of(net, imgs.flip(-1), device).half().numpy()
+                f["image"][done:stop] = batch["image"].numpy()
+            f.attrs["done"] = done = stop
+            f.flush()
+    os.replace(partial, out)
+    log.info("wrote %s: %d samples, %d×%d×%d features", out, n, net.dim, grid, grid)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = base_parser(__doc__)
+    parser.add_argument("--index", type=Path, required=True)
+    parser.add_argument("--classes", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--settings", type=settings_arg, required=True,
+                        help="JSON: backbone, weights, res, evaluation, jpeg_quality, batch_size, device, seed")
+    parser.add_argument("--split", default="")
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    torch.set_num_threads(args.threads)
+    classes = json.loads(args.classes.read_text())
+    extract(read_index(args.index), classes, args.out, split=args.split,
+            workers=max(args.threads - 1, 0) if args.threads > 2 else 0, **args.settings)
+
+
+if __name__ == "__main__":
+    main()

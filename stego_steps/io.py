@@ -1,0 +1,111 @@
+"""Shared plumbing for the stage CLIs: atomic outputs, logging, progress bars, JSON settings."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+log = logging.getLogger("stego_steps")
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Log to stderr (Snakemake redirects it into the rule's log file)."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+
+
+def progress(iterable: Iterable, **kwargs: Any) -> Iterable:
+    """tqdm that stays quiet when stderr is not a terminal (log files stay readable)."""
+    return tqdm(iterable, disable=not sys.stderr.isatty(), **kwargs)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path next to `path`; rename it onto `path` only if the block succeeds.
+
+    A killed or failing writer therefore never leaves a truncated artifact under the final name.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix or path.suffix)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def write_npy(path: str | os.PathLike, array: np.ndarray) -> None:
+    with atomic_path(path, suffix=".npy") as tmp:
+        np.save(tmp, array)
+
+
+def write_csv(path: str | os.PathLike, frame: Any) -> None:
+    """Write a pandas DataFrame atomically."""
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj)}")
+
+
+def settings_arg(text: str) -> dict:
+    """argparse type for `--settings '{json}'` or `--settings @file.json`."""
+    if text.startswith("@"):
+        text = Path(text[1:]).read_text()
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("--settings must be a JSON object")
+    return value
+
+
+def base_parser(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch and workers")
+    parser.add_argument("--verbose", action="store_true")
+    return parser
+
+
+def select_device(requested: str = "auto") -> str:
+    """'auto' takes the GPU when torch sees one; 'cuda' without a GPU is an error, not a silent fallback."""
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device '{requested}' requested but torch sees no GPU; set device: auto or cpu")
+    return requested

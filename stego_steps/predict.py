@@ -1,0 +1,57 @@
+"""Stage `predict`: the head's codes for the evaluation split, with flip test-time augmentation.
+
+The code of each image is averaged with the (re-flipped) code of its mirror image, as in the official
+evaluation; it stays at feature resolution ([N,D,h,w] float32 in `codes.h5`) — upsampling and the probes
+come in `segment`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+from stego_steps.head import flip_tta_code, load_head
+from stego_steps.io import atomic_path, base_parser, progress, select_device, setup_logging
+from stego_steps.store import FeatureStore
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def predict_codes(store: FeatureStore, head: torch.nn.Module, out: Path, *, batch_size: int = 32,
+                  device: str = "cpu") -> None:
+    flips = FeatureStore(store.path, key="feats_flip", max_memory_gb=0)
+    with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
+        codes = f.create_dataset("codes", (store.n, head.code_dim, store.h, store.w), np.float32,
+                                 chunks=(1, head.code_dim, store.h, store.w))
+        for start in progress(range(0, store.n, batch_size), desc="predict"):
+            idx = np.arange(start, min(start + batch_size, store.n))
+            code = flip_tta_code(head, store.batch(idx).to(device), flips.batch(idx).to(device))
+            codes[start:start + len(idx)] = code.cpu().numpy()
+        f.attrs.update(n=store.n, source=str(store.path))
+    flips.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = base_parser(__doc__)
+    parser.add_argument("--features", type=Path, required=True, help="evaluation split feature store (.h5)")
+    parser.add_argument("--head", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True, help="codes (.h5)")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    torch.set_num_threads(args.threads)
+    device = select_device(args.device)
+    with FeatureStore(args.features, max_memory_gb=0) as store:
+        if not store.has("feats_flip"):
+            raise ValueError(f"{args.features} has no flipped features: it is not an evaluation split store")
+        predict_codes(store, load_head(args.head, device), args.out, device=device)
+    log.info("wrote %s", args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""Stage `probe`: the supervised linear probe, a diagnostic (reference §6).
+
+A 1×1 convolution from the (frozen, eval-mode) head's codes to class logits, trained with cross-entropy on
+the training labels, logits upsampled bilinearly to the label resolution, unlabeled pixels masked. Unlike the
+official code, it trains after the head on its final codes instead of alongside it (SPEC §9).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from stego_steps.head import load_head
+from stego_steps.io import (atomic_path, base_parser, progress, select_device, settings_arg, setup_logging)
+from stego_steps.store import FeatureStore
+
+log = logging.getLogger(__name__)
+
+
+def probe_loss(probe: nn.Module, code: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over labelled pixels of logits upsampled to the label size."""
+    logits = F.interpolate(probe(code), size=labels.shape[-2:], mode="bilinear", align_corners=False)
+    valid = (labels >= 0) & (labels < logits.shape[1])
+    if not bool(valid.any()):
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits.permute(0, 2, 3, 1)[valid], labels[valid].long())
+
+
+def train_probe(store: FeatureStore, head: nn.Module, n_classes: int, *, steps: int, batch_size: int,
+                lr: float, seed: int, device: str = "cpu") -> tuple[nn.Conv2d, list[float]]:
+    if not store.has("label"):
+        raise ValueError(f"{store.path} has no labels: the linear probe needs a labelled training split")
+    g = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        probe = nn.Conv2d(head.code_dim, n_classes, 1).to(device)
+    opt = torch.optim.Adam(probe.parameters(), lr=lr)
+    losses = []
+    for _ in progress(range(steps), desc="linear probe"):
+        idx = torch.randperm(store.n, generator=g)[: min(batch_size, store.n)].numpy()
+        with torch.no_grad():
+            code = head(store.batch(idx).to(device))
+        labels = torch.from_numpy(store.read("label", idx).astype(np.int64)).to(device)
+        loss = probe_loss(probe, code, labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    return probe.eval(), losses
+
+
+def load_probe(path: str | Path, device: str = "cpu") -> nn.Conv2d:
+    blob = torch.load(path, map_location=device, weights_only=True)
+    probe = nn.Conv2d(blob["code_dim"], blob["n_classes"], 1)
+    probe.load_state_dict(blob["state_dict"])
+    return probe.to(device).eval()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = base_parser(__doc__)
+    parser.add_argument("--features", type=Path, required=True, help="train split feature store (.h5)")
+    parser.add_argument("--head", type=Path, required=True)
+    parser.add_argument("--settings", type=settings_arg, required=True, help="JSON: steps, batch_size, lr, seed")
+    parser.add_argument("--out", type=Path, required=True, help="probe weights (.pt)")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    torch.set_num_threads(args.threads)
+    device = select_device(args.device)
+    s = args.settings
+    head = load_head(args.head, device)
+    with FeatureStore(args.features, max_memory_gb=s.get("max_memory_gb", 8.0)) as store:
+        n_classes = int(store.attrs["n_classes"])
+        probe, losses = train_probe(store, head, n_classes, steps=s["steps"], batch_size=s["batch_size"],
+                                    lr=s["lr"], seed=s["seed"], device=device)
+    log.info("linear probe: loss %.4f → %.4f over %d steps", losses[0], np.mean(losses[-10:]), len(losses))
+    with atomic_path(args.out) as tmp:
+        torch.save({"state_dict": probe.cpu().state_dict(), "code_dim": probe.in_channels,
+                    "n_classes": n_classes, "losses": losses}, tmp)
+
+
+if __name__ == "__main__":
+    main()

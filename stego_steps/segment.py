@@ -1,0 +1,115 @@
+"""Stage `segment`: per-pixel class maps for the evaluation split, before and after the dense CRF.
+
+For one probe and one shard of images: take the flip-averaged embedding (head code, or backbone features
+for the K-Means baseline), upsample it bilinearly to the label resolution, turn it into log-probabilities —
+`log_softmax(2·cos(x, centroids))` for cluster probes, `log_softmax(linear(x))` for the linear probe — and
+write the argmax (`raw`) and the argmax after the CRF (`crf`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from stego_steps.crf import refine_labels
+from stego_steps.io import atomic_path, base_parser, progress, setup_logging
+from stego_steps.probe import load_probe
+from stego_steps.store import FeatureStore
+
+log = logging.getLogger(__name__)
+
+PROBES = ("cluster", "linear", "backbone_kmeans")
+LogProbs = Callable[[torch.Tensor], torch.Tensor]
+
+
+def cluster_log_probs(centroids: np.ndarray, temperature: float = 2.0) -> LogProbs:
+    """Official cluster probe at evaluation: log_softmax(2 · cosine(pixel, centroid))."""
+    c = F.normalize(torch.as_tensor(centroids, dtype=torch.float32), dim=1)
+    return lambda x: torch.log_softmax(temperature * torch.einsum("bdhw,kd->bkhw", F.normalize(x, dim=1), c),
+                                       dim=1)
+
+
+def linear_log_probs(probe: torch.nn.Module) -> LogProbs:
+    return lambda x: torch.log_softmax(probe(x), dim=1)
+
+
+def shard_range(n: int, shard: int, n_shards: int) -> range:
+    """Contiguous, near-equal slices of range(n)."""
+    if not 0 <= shard < n_shards:
+        raise ValueError(f"shard {shard} is outside 0..{n_shards - 1}")
+    bounds = np.linspace(0, n, n_shards + 1).round().astype(int)
+    return range(bounds[shard], bounds[shard + 1])
+
+
+@torch.no_grad()
+def log_probs_at(embedding: torch.Tensor, size: int, to_log_probs: LogProbs) -> np.ndarray:
+    """[1,D,h,w] → log-probabilities [K,size,size] after bilinear upsampling of the embedding."""
+    up = F.interpolate(embedding, size=(size, size), mode="bilinear", align_corners=False)
+    return to_log_probs(up)[0].numpy()
+
+
+def segment(embeddings: Callable[[int], torch.Tensor], images: h5py.Dataset, rows: range,
+            to_log_probs: LogProbs, *, crf_workers: int, crf_timeout_s: float = 600
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """Raw and CRF-refined argmax maps [len(rows), H, W] (uint8)."""
+    size = images.shape[1]
+    raw = np.zeros((len(rows), size, size), np.uint8)
+
+    def items() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for j, i in enumerate(progress(rows, desc="segment")):
+            lp = log_probs_at(embeddings(i), size, to_log_probs)
+            raw[j] = lp.argmax(0)
+            yield images[i], lp
+
+    crf = np.stack(list(refine_labels(items(), workers=crf_workers, timeout_s=crf_timeout_s))) if len(rows) \
+        else np.zeros_like(raw)
+    return raw, crf.astype(np.uint8)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = base_parser(__doc__)
+    parser.add_argument("--features", type=Path, required=True, help="evaluation split feature store (.h5)")
+    parser.add_argument("--probe", choices=PROBES, required=True)
+    parser.add_argument("--codes", type=Path, help="head codes from `predict` (cluster, linear)")
+    parser.add_argument("--centroids", type=Path, help="centroids (cluster, backbone_kmeans)")
+    parser.add_argument("--linear", type=Path, help="linear probe weights (linear)")
+    parser.add_argument("--shard", type=int, default=0)
+    parser.add_argument("--n-shards", type=int, default=1)
+    parser.add_argument("--crf-timeout", type=float, default=600.0, help="seconds per image before giving up")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    torch.set_num_threads(1)  # the CRF workers take the job's threads
+    with contextlib.ExitStack() as stack:
+        store = stack.enter_context(FeatureStore(args.features, max_memory_gb=0))
+        if args.probe == "backbone_kmeans":
+            flips = stack.enter_context(FeatureStore(args.features, key="feats_flip", max_memory_gb=0))
+
+            def embeddings(i: int) -> torch.Tensor:
+                return 0.5 * (store.batch([i]) + flips.batch([i]).flip(-1))
+        else:
+            codes = stack.enter_context(h5py.File(args.codes, "r"))["codes"]
+
+            def embeddings(i: int) -> torch.Tensor:
+                return torch.from_numpy(codes[i:i + 1])
+        to_log_probs = (linear_log_probs(load_probe(args.linear)) if args.probe == "linear"
+                        else cluster_log_probs(np.load(args.centroids)))
+        rows = shard_range(store.n, args.shard, args.n_shards)
+        raw, crf = segment(embeddings, store.dataset("image"), rows, to_log_probs,
+                           crf_workers=args.threads, crf_timeout_s=args.crf_timeout)
+    with atomic_path(args.out) as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("raw", data=raw, compression="lzf")
+        f.create_dataset("crf", data=crf, compression="lzf")
+        f.attrs.update(start=rows.start, stop=rows.stop, probe=args.probe)
+    log.info("segmented images %d..%d with the %s probe", rows.start, rows.stop, args.probe)
+
+
+if __name__ == "__main__":
+    main()

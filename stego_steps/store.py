@@ -1,0 +1,60 @@
+"""Read access to the HDF5 feature stores written by `extract`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+
+class FeatureStore:
+    """Batches of cached features by sample index, from memory when they fit, else from disk."""
+
+    def __init__(self, path: str | Path, key: str = "feats", max_memory_gb: float = 8.0) -> None:
+        self.path = Path(path)
+        self._file = h5py.File(self.path, "r")
+        self._data = self._file[key]
+        self.n, self.dim, self.h, self.w = self._data.shape
+        self.attrs = dict(self._file.attrs)
+        self.class_names = json.loads(self.attrs.get("class_names", "[]"))
+        self._memory: np.ndarray | None = None
+        if self._data.size * 2 <= max_memory_gb * 2**30:
+            self._memory = self._data[...]
+
+    def has(self, key: str) -> bool:
+        return key in self._file
+
+    def dataset(self, key: str) -> h5py.Dataset:
+        """An HDF5 dataset of the store, read lazily."""
+        return self._file[key]
+
+    def read(self, key: str, index: np.ndarray | None = None) -> np.ndarray:
+        """Any dataset of the store, whole or at the given sample indices (in the given order)."""
+        data = self._file[key]
+        if index is None:
+            return data[...]
+        return _gather(data, np.asarray(index))
+
+    def batch(self, index: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """float32 [len(index), C, h, w]."""
+        index = np.asarray(index)
+        arr = self._memory[index] if self._memory is not None else _gather(self._data, index)
+        return torch.from_numpy(np.asarray(arr, dtype=np.float32))
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> FeatureStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _gather(data: h5py.Dataset, index: np.ndarray) -> np.ndarray:
+    """h5py fancy indexing needs increasing unique indices: read sorted, then restore the order."""
+    unique, inverse = np.unique(index, return_inverse=True)
+    return data[unique][inverse]

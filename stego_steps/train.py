@@ -1,0 +1,137 @@
+"""Stage `train`: fit the segmentation head with the STEGO loss on cached training features.
+
+One step = one batch of anchors, each paired with a positive drawn uniformly from its KNN ranks 1..k and
+with random negatives from the same batch. Adam without weight decay, no schedule. Writes the head, a per-step
+CSV log and the resolved settings; a checkpoint every `checkpoint_every` steps lets a killed run resume.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from stego_steps.head import SegmentationHead, save_head
+from stego_steps.io import (atomic_path, base_parser, progress, select_device, settings_arg, setup_logging,
+                            write_csv, write_json)
+from stego_steps.loss import TERMS, negative_perm, random_coords, stego_loss
+from stego_steps.store import FeatureStore
+
+log = logging.getLogger(__name__)
+
+
+class BatchSampler:
+    """Epochs of shuffled anchor indices and their KNN positives, from one explicit generator."""
+
+    def __init__(self, knn: np.ndarray, batch_size: int, neighbours: int, generator: torch.Generator) -> None:
+        self.knn, self.batch_size, self.g = torch.as_tensor(knn), batch_size, generator
+        self.neighbours = min(neighbours, self.knn.shape[1] - 1)
+        if self.neighbours < 1:
+            raise ValueError("the KNN table has no neighbours besides self; rebuild it with k >= 1")
+        self.order = torch.empty(0, dtype=torch.long)
+
+    def next(self) -> tuple[np.ndarray, np.ndarray]:
+        if len(self.order) < self.batch_size:  # drop the incomplete tail, like drop_last
+            self.order = torch.randperm(len(self.knn), generator=self.g)
+        anchors, self.order = self.order[: self.batch_size], self.order[self.batch_size:]
+        rank = torch.randint(1, self.neighbours + 1, (len(anchors),), generator=self.g)
+        return anchors.numpy(), self.knn[anchors, rank].numpy()
+
+
+def fingerprint(*parts: object) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def train(store: FeatureStore, knn: np.ndarray, settings: dict, *, device: str = "auto",
+          checkpoint: Path | None = None) -> tuple[SegmentationHead, pd.DataFrame]:
+    """Train the head; returns it (eval mode) and the per-step log."""
+    s = settings
+    device = select_device(device)
+    if len(knn) != store.n:
+        raise ValueError(f"KNN table has {len(knn)} rows but {store.path} has {store.n} samples; "
+                         "rerun the knn stage")
+    batch = min(s["batch_size"], store.n)
+    torch.manual_seed(s["seed"])  # dropout masks
+    g = torch.Generator().manual_seed(s["seed"])  # batches, positives, coordinates, negatives
+    head = SegmentationHead(store.dim, s["code_dim"], s["dropout"]).to(device)
+    loss_dropout = nn.Dropout2d(s["dropout"])  # third, independent mask: the features the loss sees
+    opt = torch.optim.Adam(head.parameters(), lr=s["lr"])
+    sampler = BatchSampler(knn, batch, s["neighbours"], g)
+    rows: list[dict] = []
+    start = 0
+    key = fingerprint(s, str(store.path), knn.shape)
+    if checkpoint is not None and checkpoint.exists():
+        state = torch.load(checkpoint, map_location=device, weights_only=False)
+        if state["fingerprint"] == key:
+            head.load_state_dict(state["head"])
+            opt.load_state_dict(state["opt"])
+            g.set_state(state["generator"])
+            torch.set_rng_state(state["torch_rng"])
+            sampler.order, rows, start = state["order"], state["rows"], state["step"]
+            log.info("resuming training at step %d from %s", start, checkpoint)
+    head.train()
+    for step in progress(range(start, s["steps"]), desc="train", initial=start, total=s["steps"]):
+        t0 = time.perf_counter()
+        anchors, positives = sampler.next()
+        f = store.batch(anchors).to(device)
+        f_pos = store.batch(positives).to(device)
+        code, code_pos = head(f), head(f_pos)
+        n = len(anchors)
+        out = stego_loss(
+            loss_dropout(f), code, loss_dropout(f_pos), code_pos,
+            coords1=random_coords(n, s["samples"], g).to(device),
+            coords2=random_coords(n, s["samples"], g).to(device),
+            perms=[negative_perm(n, g).to(device) for _ in range(s["negatives"])],
+            weights=s["weights"], shifts=s["shifts"],
+            spatial_centering=s["spatial_centering"], zero_clamp=s["zero_clamp"],
+        )
+        opt.zero_grad(set_to_none=True)
+        out["total"].backward()
+        opt.step()
+        rows.append({"step": step + 1, **{k: float(out[k]) for k in (*TERMS, "total")},
+                     "seconds": time.perf_counter() - t0})
+        if (step + 1) % max(s["steps"] // 10, 1) == 0:
+            log.info("step %d/%d loss %.4f (self %.4f knn %.4f random %.4f)", step + 1, s["steps"],
+                     *(rows[-1][k] for k in ("total", *TERMS)))
+        if checkpoint is not None and (step + 1) % s["checkpoint_every"] == 0 and step + 1 < s["steps"]:
+            with atomic_path(checkpoint) as tmp:
+                torch.save({"fingerprint": key, "head": head.state_dict(), "opt": opt.state_dict(),
+                            "generator": g.get_state(), "torch_rng": torch.get_rng_state(),
+                            "order": sampler.order, "rows": rows, "step": step + 1}, tmp)
+    return head.eval(), pd.DataFrame(rows)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = base_parser(__doc__)
+    parser.add_argument("--features", type=Path, required=True, help="train split feature store (.h5)")
+    parser.add_argument("--knn", type=Path, required=True, help="KNN table (.npy)")
+    parser.add_argument("--settings", type=settings_arg, required=True)
+    parser.add_argument("--head", type=Path, required=True, help="output: head weights (.pt)")
+    parser.add_argument("--log-csv", type=Path, required=True, help="output: per-step losses")
+    parser.add_argument("--resolved", type=Path, required=True, help="output: settings used (JSON)")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    torch.set_num_threads(args.threads)
+    checkpoint = args.head.with_name(args.head.name + ".checkpoint")
+    with FeatureStore(args.features, max_memory_gb=args.settings.get("max_memory_gb", 8.0)) as store:
+        head, steps = train(store, np.load(args.knn), args.settings, device=args.device, checkpoint=checkpoint)
+        meta = {"settings": args.settings, "backbone": store.attrs.get("backbone"),
+                "features": str(args.features)}
+    write_json(args.resolved, meta)
+    write_csv(args.log_csv, steps)
+    save_head(args.head, head.cpu(), meta)
+    if checkpoint.exists():
+        os.remove(checkpoint)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,418 @@
+"""Backbones: shapes, freezing, DINO's positional-embedding interpolation, weight loading, EfficientNet-Lite0."""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+
+from stego_steps import backbones as bb
+from stego_steps.backbones import (
+    BACKBONES,
+    FeatureExtractor,
+    WeightsUnavailable,
+    backbone_info,
+    build_backbone,
+    check_weights,
+)
+
+VIT_NAMES = [
+    "dino_vits8", "dino_vits16", "dino_vitb8", "dino_vitb16",
+    "dinov2_vits14", "dinov2_vitb14", "dinov2_vits14_reg", "dinov2_vitb14_reg",
+]
+MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+
+@pytest.fixture(autouse=True)
+def offline_empty_hf_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No network, and an empty Hugging Face cache whatever the machine has."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    return tmp_path / "hf_home"
+
+
+@pytest.fixture(scope="module")
+def vits8() -> FeatureExtractor:
+    return build_backbone("dino_vits8_random", seed=0)
+
+
+@pytest.fixture(scope="module")
+def vits16() -> FeatureExtractor:
+    return build_backbone("dino_vits16_random", seed=0)
+
+
+@pytest.fixture(scope="module")
+def lite0() -> FeatureExtractor:
+    return build_backbone("efficientnet_lite0")
+
+
+def _images(b: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
+    return torch.rand(b, 3, h, w, generator=torch.Generator().manual_seed(seed))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Static table
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_table_names_and_static_info_match_timm() -> None:
+    assert set(BACKBONES) == set(VIT_NAMES) | {n + "_random" for n in VIT_NAMES} | {"efficientnet_lite0"}
+    for name in VIT_NAMES:
+        spec = BACKBONES[name]
+        assert BACKBONES[name + "_random"].timm_name == spec.timm_name
+        # hub id of the static table = timm's pretrained config; dim and patch size = the architecture
+        assert timm.models.get_pretrained_cfg(spec.timm_name).hf_hub_id == spec.hf_hub_id
+        with torch.device("meta"):
+            model = timm.create_model(spec.timm_name, pretrained=False, num_classes=0)
+        info = backbone_info(name)
+        assert (info["stride"], info["dim"]) == (model.patch_embed.patch_size[0], model.embed_dim)
+        assert backbone_info(name + "_random")["random"] is True
+    assert (backbone_info("efficientnet_lite0")["stride"], backbone_info("efficientnet_lite0")["dim"]) == (8, 152)
+    with pytest.raises(ValueError, match="valid names: .*dino_vits8"):
+        backbone_info("dino_vitz8")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Shapes, determinism, freezing
+# ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "h", "w"),
+    [
+        ("dino_vits8_random", 32, 48),
+        ("dino_vits16_random", 32, 64),
+        ("dinov2_vits14_random", 28, 42),
+        ("dinov2_vits14_reg_random", 42, 28),
+        ("efficientnet_lite0", 40, 64),
+    ],
+)
+def test_output_shapes(name: str, h: int, w: int) -> None:
+    fx = build_backbone(name)
+    info = backbone_info(name)
+    assert isinstance(fx, FeatureExtractor)
+    assert (fx.name, fx.stride, fx.dim) == (name, info["stride"], info["dim"])
+    out = fx(_images(2, h, w))
+    assert out.shape == (2, info["dim"], h // info["stride"], w // info["stride"])
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+
+
+def test_dinov2_equals_timm_forward_features_without_prefix_tokens() -> None:
+    fx = build_backbone("dinov2_vits14_reg_random", seed=1)
+    x = _images(1, 28, 42)
+    tokens = fx.model.forward_features((x - MEAN) / STD)
+    assert tokens.shape[1] == 5 + 2 * 3  # CLS + 4 registers + patches
+    want = tokens[:, 5:].reshape(1, 2, 3, -1).permute(0, 3, 1, 2)
+    torch.testing.assert_close(fx(x), want, rtol=0, atol=0)
+
+
+def test_seeded_random_is_deterministic_and_leaves_global_rng_alone(vits8: FeatureExtractor) -> None:
+    state = torch.get_rng_state()
+    again = build_backbone("dino_vits8_random", seed=0)
+    assert torch.equal(torch.get_rng_state(), state)
+    other = build_backbone("dino_vits8_random", seed=1)
+    sd0, sd1, sd2 = vits8.state_dict(), again.state_dict(), other.state_dict()
+    assert all(torch.equal(sd0[k], sd1[k]) for k in sd0)
+    assert not torch.equal(sd0["model.pos_embed"], sd2["model.pos_embed"])
+    x = _images(1, 16, 24)
+    assert torch.equal(vits8(x), again(x))
+
+
+def test_frozen_and_train_mode_changes_nothing(lite0: FeatureExtractor) -> None:
+    vit = build_backbone("dino_vits8_random")
+    vit.model.pos_drop = torch.nn.Dropout(0.5)  # would make outputs random if train mode reached it
+    for fx, x in ((vit, _images(2, 16, 16)), (lite0, _images(2, 32, 32))):
+        assert not any(p.requires_grad for p in fx.parameters())
+        before = fx(x)
+        buffers = {k: v.clone() for k, v in fx.state_dict().items()}
+        assert fx.train() is fx
+        assert not fx.training and not any(m.training for m in fx.modules())
+        x_grad = x.clone().requires_grad_(True)
+        after = fx(x_grad)
+        assert not after.requires_grad
+        assert torch.equal(before, after)
+        assert torch.equal(fx(x), before)
+        # BatchNorm running statistics untouched
+        assert all(torch.equal(buffers[k], v) for k, v in fx.state_dict().items())
+
+
+@pytest.mark.parametrize("name", ["dino_vits8_random", "dinov2_vits14_random", "efficientnet_lite0"])
+def test_sizes_not_multiple_of_stride_raise(name: str) -> None:
+    fx = build_backbone(name)
+    s = fx.stride
+    for h, w in ((2 * s + 2, 2 * s), (2 * s, 3 * s - 1)):
+        with pytest.raises(ValueError, match=f"not a multiple of the backbone stride {s}"):
+            fx(_images(1, h, w))
+    with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
+        fx(torch.rand(1, 1, 2 * s, 2 * s))
+    with pytest.raises(ValueError, match="float"):
+        fx(torch.zeros(1, 3, 2 * s, 2 * s, dtype=torch.uint8))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# DINO positional-embedding interpolation
+# ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fixture", ["vits8", "vits16"])
+def test_native_grid_equals_plain_timm_forward(fixture: str, request: pytest.FixtureRequest) -> None:
+    fx = request.getfixturevalue(fixture)
+    x = _images(1, 224, 224)
+    want = fx.model.forward_features((x - MEAN) / STD)[:, 1:]
+    g = 224 // fx.stride
+    want = want.reshape(1, g, g, -1).permute(0, 3, 1, 2)
+    torch.testing.assert_close(fx(x), want, rtol=0, atol=0)
+
+
+def _dino_reference(model: torch.nn.Module, x: torch.Tensor, patch: int) -> torch.Tensor:
+    """DINO's prepare_tokens / interpolate_pos_encoding + get_intermediate_layers(n=1), written out."""
+    B, nc, w, h = x.shape  # DINO's naming: "w" is dim 2
+    t = model.patch_embed.proj(x).flatten(2).transpose(1, 2)
+    t = torch.cat((model.cls_token.expand(B, -1, -1), t), dim=1)
+    npatch = t.shape[1] - 1
+    N = model.pos_embed.shape[1] - 1
+    if npatch == N and w == h:
+        pos = model.pos_embed
+    else:
+        class_pos_embed = model.pos_embed[:, 0]
+        patch_pos_embed = model.pos_embed[:, 1:]
+        dim = t.shape[-1]
+        w0, h0 = w // patch + 0.1, h // patch + 0.1
+        patch_pos_embed = F.interpolate(
+            patch_pos_embed.reshape(1, int(math.sqrt(N)), int(math.sqrt(N)), dim).permute(0, 3, 1, 2),
+            scale_factor=(w0 / math.sqrt(N), h0 / math.sqrt(N)),
+            mode="bicubic",
+        )
+        assert int(w0) == patch_pos_embed.shape[-2] and int(h0) == patch_pos_embed.shape[-1]
+        patch_pos_embed = patch_pos_embed.permute(0, 2, 3, 1).reshape(1, -1, dim)
+        pos = torch.cat((class_pos_embed.unsqueeze(0), patch_pos_embed), dim=1)
+    t = t + pos
+    for blk in model.blocks:
+        t = blk(t)
+    t = model.norm(t)
+    # STEGO: feat[:, 1:].reshape(B, H // p, W // p, -1).permute(0, 3, 1, 2)
+    return t[:, 1:].reshape(B, w // patch, h // patch, -1).permute(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize(
+    ("fixture", "h", "w"),
+    [
+        ("vits8", 64, 64),  # square, smaller than native 28x28
+        ("vits8", 48, 80),  # non-square: checks the row/column order of the scale factors
+        ("vits16", 112, 448),  # 7x28 = 196 patches = native count, but not the native grid
+        ("vits16", 320, 320),  # larger than native (20x20)
+    ],
+)
+def test_non_native_grid_uses_dino_interpolation(
+    fixture: str, h: int, w: int, request: pytest.FixtureRequest
+) -> None:
+    fx = request.getfixturevalue(fixture)
+    x = _images(1, h, w)
+    with torch.no_grad():
+        want = _dino_reference(fx.model, (x - MEAN) / STD, fx.stride)
+    got = fx(x)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    # and it is not timm's own resampling (size + antialias, no +0.1 offset)
+    g = (h // fx.stride, w // fx.stride)
+    timm_pos = timm.layers.resample_abs_pos_embed(fx.model.pos_embed, new_size=g, num_prefix_tokens=1)
+    assert not torch.allclose(fx.dino_pos_embed(*g), timm_pos)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Loading weights
+# ----------------------------------------------------------------------------------------------------------
+
+# The key set of DINO's official VisionTransformer (dino/vision_transformer.py, num_classes=0), block index
+# replaced by N: the official `.pth` files hold exactly these.
+DINO_OFFICIAL_KEY_PATTERNS = {
+    "cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias", "norm.weight", "norm.bias",
+    *(
+        f"blocks.N.{m}.{p}"
+        for m in ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2")
+        for p in ("weight", "bias")
+    ),
+}
+
+
+def test_timm_dino_keys_are_the_official_dino_keys(vits8: FeatureExtractor) -> None:
+    keys = {re.sub(r"^blocks\.\d+\.", "blocks.N.", k) for k in vits8.model.state_dict()}
+    assert keys == DINO_OFFICIAL_KEY_PATTERNS
+
+
+@pytest.mark.parametrize("layout", ["plain", "teacher", "state_dict", "safetensors"])
+def test_official_layout_round_trip(layout: str, tmp_path: Path) -> None:
+    ref = build_backbone("dino_vits8_random", seed=3)
+    sd = {k: v.clone() for k, v in ref.model.state_dict().items()}
+    path = tmp_path / "dino_deitsmall8_300ep_pretrain.pth"
+    if layout == "plain":
+        torch.save(sd, path)
+    elif layout == "teacher":  # DINO's full training checkpoint
+        head = {"module.head.mlp.0.weight": torch.zeros(4, 384), "module.head.last_layer.weight_g": torch.ones(8, 1)}
+        torch.save(
+            {
+                "teacher": {**{"module.backbone." + k: v for k, v in sd.items()}, **head},
+                "student": {"module.backbone." + k: torch.zeros_like(v) for k, v in sd.items()},
+                "epoch": 300,
+            },
+            path,
+        )
+    elif layout == "state_dict":
+        torch.save({"state_dict": {"module." + k: v for k, v in sd.items()}}, path)
+    else:
+        from safetensors.torch import save_file
+
+        path = tmp_path / "model.safetensors"
+        save_file(sd, str(path))
+    check_weights("dino_vits8", str(path))
+    fx = build_backbone("dino_vits8", weights=str(path))
+    assert fx.weights_source == f"file:{path}"
+    x = _images(2, 40, 24)
+    assert torch.equal(fx(x), ref(x))
+
+
+def test_file_for_another_architecture_is_rejected(vits16: FeatureExtractor, tmp_path: Path) -> None:
+    path = tmp_path / "vits16.pth"
+    torch.save(vits16.model.state_dict(), path)
+    with pytest.raises(RuntimeError, match="do not fit backbone 'dino_vits8'"):
+        build_backbone("dino_vits8", weights=str(path))
+
+
+def test_weights_from_local_hf_cache(offline_empty_hf_cache: Path) -> None:
+    from safetensors.torch import save_file
+
+    ref = build_backbone("dino_vits16_random", seed=5)
+    repo = offline_empty_hf_cache / "hub" / "models--timm--vit_small_patch16_224.dino"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    save_file(ref.model.state_dict(), str(repo / "snapshots" / commit / "model.safetensors"))
+    check_weights("dino_vits16", None)
+    fx = build_backbone("dino_vits16")
+    assert fx.weights_source.startswith("hf-cache:")
+    x = _images(1, 32, 48)
+    assert torch.equal(fx(x), ref(x))
+
+
+@pytest.mark.parametrize(
+    ("name", "official"),
+    [
+        ("dino_vitb8", "dino_vitbase8_pretrain.pth"),
+        ("dino_vits8", "dino_deitsmall8_300ep_pretrain.pth"),
+        ("dinov2_vits14_reg", "dinov2_vits14_reg4_pretrain.pth"),
+    ],
+)
+def test_missing_weights_raise_helpful_error(name: str, official: str) -> None:
+    t0 = time.perf_counter()
+    for call in (lambda: check_weights(name, None), lambda: build_backbone(name)):
+        with pytest.raises(WeightsUnavailable) as info:
+            call()
+        msg = str(info.value)
+        assert isinstance(info.value, RuntimeError)
+        assert f"'{name}'" in msg
+        assert f"backbones: {{{name}: {{weights: /path/to/{official}}}}}" in msg
+        assert "config/config.yaml" in msg
+        assert "network access" in msg and "timm cache" in msg
+        assert f"'{name}_random'" in msg and "tests" in msg
+    assert time.perf_counter() - t0 < 5  # fails before building anything
+
+
+def test_check_weights_other_errors(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown backbone 'vit_huge'.*dino_vits8.*efficientnet_lite0"):
+        check_weights("vit_huge", None)
+    missing = tmp_path / "nope.pth"
+    with pytest.raises(FileNotFoundError, match=re.escape(str(missing))):
+        check_weights("dino_vits8", str(missing))
+    with pytest.raises(FileNotFoundError):
+        build_backbone("dino_vits8", weights=str(missing))
+    with pytest.raises(ValueError, match="never loads weights"):
+        check_weights("dino_vits8_random", str(missing))
+    check_weights("dino_vits8_random", None)
+    check_weights("efficientnet_lite0", None)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# EfficientNet-Lite0
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _pad_same(x: torch.Tensor, k: int, s: int) -> torch.Tensor:
+    """TensorFlow 'SAME' padding (extra pixel at the bottom/right)."""
+    ih, iw = x.shape[-2:]
+    ph = max((math.ceil(ih / s) - 1) * s + k - ih, 0)
+    pw = max((math.ceil(iw / s) - 1) * s + k - iw, 0)
+    return F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
+
+
+def _lite0_reference(sd: dict[str, torch.Tensor], x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """EfficientNet-Lite0 written out from the lukemelas-style file: logits and each stage's output."""
+
+    def conv(x: torch.Tensor, name: str, stride: int = 1, depthwise: bool = False) -> torch.Tensor:
+        w = sd[name + ".weight"]
+        groups = x.shape[1] if depthwise else 1
+        return F.conv2d(_pad_same(x, w.shape[-1], stride), w, stride=stride, groups=groups)
+
+    def bn(x: torch.Tensor, name: str, act: bool = True) -> torch.Tensor:
+        y = F.batch_norm(
+            x, sd[name + ".running_mean"], sd[name + ".running_var"], sd[name + ".weight"], sd[name + ".bias"],
+            training=False, eps=1e-3,
+        )
+        return F.relu6(y) if act else y
+
+    x = bn(conv(x, "_conv_stem", 2), "_bn0")
+    stages, index = [], 0
+    for n, stage_stride in zip((1, 2, 2, 3, 3, 4, 1), (1, 2, 2, 2, 1, 2, 1), strict=True):
+        for j in range(n):
+            p, stride, inp = f"_blocks.{index}.", stage_stride if j == 0 else 1, x
+            if p + "_expand_conv.weight" in sd:
+                x = bn(conv(x, p + "_expand_conv"), p + "_bn0")
+            x = bn(conv(x, p + "_depthwise_conv", stride, depthwise=True), p + "_bn1")
+            x = bn(conv(x, p + "_project_conv"), p + "_bn2", act=False)
+            if stride == 1 and x.shape == inp.shape:
+                x = x + inp
+            index += 1
+        stages.append(x)
+    x = bn(conv(x, "_conv_head"), "_bn1")
+    return F.linear(x.mean((2, 3)), sd["_fc.weight"], sd["_fc.bias"]), stages
+
+
+@pytest.fixture(scope="module")
+def lite0_file_state_dict() -> dict[str, torch.Tensor]:
+    path = bb._effnet_package_file()
+    assert path is not None and path.name == "efficientnet-lite0-57934424.pth"
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def test_lite0_keys_map_onto_timm_and_logits_match_reference(lite0_file_state_dict: dict) -> None:
+    mapped = bb.convert_efficientnet_lite0_state_dict(lite0_file_state_dict)
+    full = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
+    assert set(mapped) == set(full.state_dict())  # every key maps, one to one
+    full.load_state_dict(mapped, strict=True)  # and shapes match
+    x = (255 * _images(2, 72, 88) - 127) / 128  # sizes that need asymmetric SAME padding
+    with torch.no_grad():
+        want, _ = _lite0_reference(lite0_file_state_dict, x)
+        got = full(x)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="unexpected EfficientNet-Lite0 key"):
+        bb.convert_efficientnet_lite0_state_dict({"_blocks.0._expand_conv.weight": torch.zeros(1)})
+
+
+def test_lite0_features_are_stride8_plus_upsampled_stride16(
+    lite0: FeatureExtractor, lite0_file_state_dict: dict
+) -> None:
+    images = _images(2, 40, 56)
+    with torch.no_grad():
+        _, stages = _lite0_reference(lite0_file_state_dict, (255 * images - 127) / 128)
+    f8, f16 = stages[2], stages[4]
+    assert (f8.shape[1], f16.shape[1]) == (40, 112) and f8.shape[-2:] == (5, 7) and f16.shape[-2:] == (3, 4)
+    want = torch.cat([f8, F.interpolate(f16, size=(5, 7), mode="bilinear", align_corners=False)], dim=1)
+    torch.testing.assert_close(lite0(images), want, rtol=1e-4, atol=1e-4)

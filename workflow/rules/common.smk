@@ -1,0 +1,65 @@
+# Start-up: validate the configuration, resolve every dataset's preset and check backbone weights,
+# so that a bad configuration fails before any job runs. Helpers below keep the rules declarative.
+import json
+import shutil
+import sys
+
+from snakemake.utils import validate
+
+from stego_steps import backbones
+from stego_steps import config as stego_config
+from stego_steps.config import ConfigError, backbone_weights, dataset_settings, resolve, stage_settings
+
+# A short message naming the bad key first; then Snakemake's own validation fills in the defaults.
+try:
+    stego_config.validate(config)
+except ConfigError as err:
+    raise WorkflowError(str(err))
+validate(config, schema="../schemas/config.schema.yaml")
+
+PRESETS = {}
+for _ds in config["datasets"]:
+    try:
+        PRESETS[_ds] = resolve(config, _ds)
+    except ConfigError as err:
+        raise WorkflowError(f"config/config.yaml: {err}")
+for _ds in config["run"]:
+    if _ds not in config["datasets"]:
+        raise WorkflowError(f"config/config.yaml: run lists '{_ds}', which is not under `datasets:`")
+    _bb = PRESETS[_ds]["backbone"]
+    try:
+        backbones.check_weights(_bb, backbone_weights(config, _bb))
+    except (ValueError, RuntimeError, FileNotFoundError) as err:
+        raise WorkflowError(f"dataset '{_ds}': {err}")
+
+# Jobs run stage modules with the interpreter that runs Snakemake (the project's environment).
+PYTHON = sys.executable
+# GPU rules ask for one GPU when the models will run on one; on CPU machines they ask for none.
+GPU = 1 if config["device"] == "cuda" or (config["device"] == "auto" and shutil.which("nvidia-smi")) else 0
+SHARDS = range(config["segment_shards"])
+PROBES = ["cluster", "linear", "backbone_kmeans"]
+
+
+wildcard_constraints:
+    ds=r"[A-Za-z0-9_\-]+",
+    bb=r"[A-Za-z0-9_]+",
+    split=r"train|val",
+    probe="|".join(PROBES),
+    shard=r"\d+",
+
+
+def backbone_of(ds):
+    return PRESETS[ds]["backbone"]
+
+
+def settings(stage):
+    """Input function → the JSON settings of a stage for the job's dataset (and split)."""
+
+    def get(wildcards):
+        return json.dumps(stage_settings(config, wildcards.ds, stage, wildcards.get("split", "train")))
+
+    return get
+
+
+def prepare_settings(wildcards):
+    return json.dumps(dataset_settings(config, wildcards.ds))

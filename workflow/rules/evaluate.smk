@@ -1,0 +1,97 @@
+def segment_inputs(wildcards):
+    """What the segment stage of a probe reads besides the evaluation features."""
+    base = f"results/{wildcards.ds}"
+    bb = wildcards.bb
+    return {
+        "cluster": {"codes": f"{base}/predict/{bb}/codes.h5", "centroids": f"{base}/cluster/{bb}/centroids.npy"},
+        "linear": {"codes": f"{base}/predict/{bb}/codes.h5", "linear": f"{base}/probe/{bb}/linear.pt"},
+        "backbone_kmeans": {"centroids": f"{base}/cluster/{bb}/backbone_centroids.npy"},
+    }[wildcards.probe]
+
+
+def segment_args(wildcards, input):
+    return " ".join(f"--{name} {path}" for name, path in input.items() if name != "features")
+
+
+def evaluate_inputs(wildcards):
+    base, bb = f"results/{wildcards.ds}", backbone_of(wildcards.ds)
+    return {
+        "features": f"{base}/features/{bb}/val.h5",
+        "segments": expand(f"{base}/segment/{bb}/{{probe}}.{{shard}}.h5", probe=PROBES, shard=SHARDS),
+        "cluster": f"{base}/cluster/{bb}/centroids.npy",
+        "backbone_kmeans": f"{base}/cluster/{bb}/backbone_centroids.npy",
+    }
+
+
+rule predict:
+    """Codes of the evaluation images, averaged with those of their mirror images (flip TTA)."""
+    input:
+        features="results/{ds}/features/{bb}/val.h5",
+        head="results/{ds}/train/{bb}/head.pt",
+    output:
+        "results/{ds}/predict/{bb}/codes.h5",
+    params:
+        device=config["device"],
+    log:
+        "logs/{ds}/predict_{bb}.log",
+    benchmark:
+        "benchmarks/{ds}/predict_{bb}.tsv"
+    threads: 2
+    resources:
+        gpu=GPU,
+        mem_mb=8000,
+        runtime=120,
+    conda:
+        "../envs/stego.yaml"
+    shell:
+        "{PYTHON} -m stego_steps.predict --features {input.features} --head {input.head}"
+        " --device {params.device} --out {output} --threads {threads} 2> {log}"
+
+
+rule segment:
+    """Class maps of one shard of evaluation images for one probe, before and after the dense CRF."""
+    input:
+        unpack(segment_inputs),
+        features="results/{ds}/features/{bb}/val.h5",
+    output:
+        "results/{ds}/segment/{bb}/{probe}.{shard}.h5",
+    params:
+        args=segment_args,
+        n_shards=len(SHARDS),
+    log:
+        "logs/{ds}/segment_{bb}_{probe}.{shard}.log",
+    benchmark:
+        "benchmarks/{ds}/segment_{bb}_{probe}.{shard}.tsv"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=600,
+    conda:
+        "../envs/stego.yaml"
+    shell:
+        "{PYTHON} -m stego_steps.segment --features {input.features} --probe {wildcards.probe} {params.args}"
+        " --shard {wildcards.shard} --n-shards {params.n_shards} --out {output} --threads {threads} 2> {log}"
+
+
+rule evaluate:
+    """Hungarian-matched accuracy / mIoU table, per-class IoU and confusion matrices."""
+    input:
+        unpack(evaluate_inputs),
+    output:
+        table="results/{ds}/miou.csv",
+        per_class="results/{ds}/per_class_iou.csv",
+        confusion=directory("results/{ds}/confusion"),
+    params:
+        out_dir=subpath(output.table, parent=True),
+    log:
+        "logs/{ds}/evaluate.log",
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    conda:
+        "../envs/stego.yaml"
+    shell:
+        "{PYTHON} -m stego_steps.evaluate --features {input.features} --segments {input.segments}"
+        " --centroids cluster={input.cluster} backbone_kmeans={input.backbone_kmeans}"
+        " --dataset {wildcards.ds} --out-dir {params.out_dir} 2> {log}"

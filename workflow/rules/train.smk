@@ -1,0 +1,102 @@
+rule train:
+    """The segmentation head, trained with the STEGO correlation loss on cached features."""
+    input:
+        features="results/{ds}/features/{bb}/train.h5",
+        knn="results/{ds}/knn/{bb}/train.npy",
+    output:
+        head="results/{ds}/train/{bb}/head.pt",
+        log_csv="results/{ds}/train/{bb}/train_log.csv",
+        resolved="results/{ds}/train/{bb}/settings.json",
+    params:
+        settings=settings("train"),
+        device=config["device"],
+    log:
+        "logs/{ds}/train_{bb}.log",
+    benchmark:
+        "benchmarks/{ds}/train_{bb}.tsv"
+    threads: 2
+    resources:
+        gpu=GPU,
+        mem_mb=12000,
+        runtime=720,
+    conda:
+        "../envs/stego.yaml"
+    shell:
+        "{PYTHON} -m stego_steps.train --features {input.features} --knn {input.knn}"
+        " --settings {params.settings:q} --device {params.device} --head {output.head}"
+        " --log-csv {output.log_csv} --resolved {output.resolved} --threads {threads} 2> {log}"
+
+
+rule cluster:
+    """Minibatch spherical K-Means on the head's codes of the training set."""
+    input:
+        features="results/{ds}/features/{bb}/train.h5",
+        head="results/{ds}/train/{bb}/head.pt",
+    output:
+        "results/{ds}/cluster/{bb}/centroids.npy",
+    params:
+        settings=settings("cluster"),
+        device=config["device"],
+    log:
+        "logs/{ds}/cluster_{bb}.log",
+    benchmark:
+        "benchmarks/{ds}/cluster_{bb}.tsv"
+    threads: 2
+    resources:
+        mem_mb=12000,
+        runtime=240,
+    conda:
+        "../envs/stego.yaml"
+    shell:
+        "{PYTHON} -m stego_steps.cluster --features {input.features} --head {input.head}"
+        " --settings {params.settings:q} --device {params.device} --out {output} --threads {threads} 2> {log}"
+
+
+rule backbone_kmeans:
+    """The paper's baseline: the same K-Means directly on the backbone features."""
+    input:
+        "results/{ds}/features/{bb}/train.h5",
+    output:
+        "results/{ds}/cluster/{bb}/backbone_centroids.npy",
+    params:
+        settings=settings("cluster"),
+        device=config["device"],
+    log:
+        "logs/{ds}/backbone_kmeans_{bb}.log",
+    benchmark:
+        "benchmarks/{ds}/backbone_kmeans_{bb}.tsv"
+    threads: 2
+    resources:
+        mem_mb=12000,
+        runtime=240,
+    conda:
+        "../envs/stego.yaml"
+    shell:
+        "{PYTHON} -m stego_steps.cluster --features {input} --settings {params.settings:q}"
+        " --device {params.device} --out {output} --threads {threads} 2> {log}"
+
+
+rule linear_probe:
+    """Supervised linear probe on the final codes (a diagnostic, uses the training labels)."""
+    input:
+        features="results/{ds}/features/{bb}/train.h5",
+        head="results/{ds}/train/{bb}/head.pt",
+    output:
+        "results/{ds}/probe/{bb}/linear.pt",
+    params:
+        settings=settings("probe"),
+        device=config["device"],
+    log:
+        "logs/{ds}/linear_probe_{bb}.log",
+    benchmark:
+        "benchmarks/{ds}/linear_probe_{bb}.tsv"
+    threads: 2
+    resources:
+        gpu=GPU,
+        mem_mb=12000,
+        runtime=240,
+    conda:
+        "../envs/stego.yaml"
+    shell:
+        "{PYTHON} -m stego_steps.probe --features {input.features} --head {input.head}"
+        " --settings {params.settings:q} --device {params.device} --out {output} --threads {threads} 2> {log}"

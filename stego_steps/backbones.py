@@ -470,10 +470,13 @@ class EfficientNetFeatureExtractor(FeatureExtractor):
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _create_vit(spec: BackboneSpec) -> nn.Module:
+def _create_vit(spec: BackboneSpec, init: bool = True) -> nn.Module:
+    """The timm ViT without pretrained weights; `init=False` skips timm's (slow) init before a load."""
     import timm
 
     kwargs: dict[str, Any] = {"pretrained": False, "num_classes": 0}
+    if not init:
+        kwargs["weight_init"] = "skip"
     if spec.family == "dinov2":
         kwargs["dynamic_img_size"] = True
     model = timm.create_model(spec.timm_name, **kwargs)
@@ -542,7 +545,7 @@ def build_backbone(name: str, weights: str | os.PathLike | None = None, seed: in
         path, source = cached, f"hf-cache:{cached}"
         if spec.note:
             log.warning("%s: %s", name, spec.note)
-    model = _create_vit(spec)
+    model = _create_vit(spec, init=False)  # every tensor is overwritten by the strict load
     _load_vit_weights(spec, model, path)
     log.info("backbone %s (%s) loaded from %s", name, spec.timm_name, source)
     return ViTFeatureExtractor(spec, model, source)

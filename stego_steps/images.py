@@ -92,7 +92,7 @@ def transform_image(img: Image.Image, res: int, box: Box | None = None, jpeg_qua
         img = img.crop(box)
     if jpeg_quality:
         img = jpeg_roundtrip(img, jpeg_quality)
-    return np.asarray(center_crop(resize_short_side(img, res), res), dtype=np.uint8)
+    return np.array(center_crop(resize_short_side(img, res), res), dtype=np.uint8)
 
 
 def transform_label(label: np.ndarray, res: int, box: Box | None = None) -> np.ndarray:
@@ -100,7 +100,9 @@ def transform_label(label: np.ndarray, res: int, box: Box | None = None) -> np.n
     if box is not None:
         x0, y0, x1, y1 = box
         label = label[y0:y1, x0:x1]
-    # Shift by one so that IGNORE fits an unsigned 16-bit image for PIL's nearest resize.
-    img = Image.fromarray((label + 1).astype(np.uint16))
-    out = np.asarray(center_crop(resize_short_side(img, res), res)).astype(np.int16) - 1
-    return out
+    # Resize the labels packed into an RGB image (value + 1 over three bytes): PIL's 16-bit path rounds
+    # pixel centres differently from its RGB path, and labels must take exactly the image's pixels.
+    v = (label.astype(np.int64) + 1).astype(np.uint32)
+    packed = np.stack([v & 255, (v >> 8) & 255, (v >> 16) & 255], axis=-1).astype(np.uint8)
+    out = np.asarray(center_crop(resize_short_side(Image.fromarray(packed, "RGB"), res), res)).astype(np.int64)
+    return (out[..., 0] + (out[..., 1] << 8) + (out[..., 2] << 16) - 1).astype(np.int16)

@@ -59,8 +59,8 @@ def scores(confusion: Any, hungarian: bool = True) -> dict[str, Any]:
     unmatched clusters count as errors. IoU is NaN where the union is empty; mIoU averages the others.
 
     Returns a dict with `pixel_accuracy`, `miou` (floats, percent), `iou` (float array `[n_classes]`, a
-    fraction in [0, 1], NaN where the union is empty), `assignment` (int array `[n_clusters]`: the class matched to each
-    cluster, -1 if none) and `n_pixels`.
+    fraction in [0, 1], NaN where the union is empty), `assignment` (int array `[n_clusters]`: the class
+    matched to each cluster, -1 if none) and `n_pixels`.
     """
     conf = _as_numpy(confusion)
     if conf.ndim != 2:
@@ -106,7 +106,7 @@ def scores(confusion: Any, hungarian: bool = True) -> dict[str, Any]:
 
 
 def iou_table(names: Sequence[str], result: dict[str, Any]) -> Any:
-    """Per-class IoU as a pandas DataFrame: `class`, `iou` (percent, like `miou`) and the matched `cluster`."""
+    """Per-class IoU as a DataFrame: `class`, `iou` (percent, like `miou`) and the matched `cluster`."""
     import pandas as pd
 
     iou = np.asarray(result["iou"])

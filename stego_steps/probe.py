@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stego_steps.head import load_head
-from stego_steps.io import (atomic_path, base_parser, progress, select_device, settings_arg, setup_logging)
+from stego_steps.io import atomic_path, base_parser, progress, select_device, settings_arg, setup_logging
 from stego_steps.store import FeatureStore
 
 log = logging.getLogger(__name__)

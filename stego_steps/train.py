@@ -20,8 +20,16 @@ import torch
 from torch import nn
 
 from stego_steps.head import SegmentationHead, save_head
-from stego_steps.io import (atomic_path, base_parser, progress, select_device, settings_arg, setup_logging,
-                            write_csv, write_json)
+from stego_steps.io import (
+    atomic_path,
+    base_parser,
+    progress,
+    select_device,
+    settings_arg,
+    setup_logging,
+    write_csv,
+    write_json,
+)
 from stego_steps.loss import TERMS, negative_perm, random_coords, stego_loss
 from stego_steps.store import FeatureStore
 
@@ -96,7 +104,7 @@ def train(store: FeatureStore, knn: np.ndarray, settings: dict, *, device: str =
         opt.zero_grad(set_to_none=True)
         out["total"].backward()
         opt.step()
-        rows.append({"step": step + 1, **{k: float(out[k]) for k in (*TERMS, "total")},
+        rows.append({"step": step + 1, **{k: out[k].item() for k in (*TERMS, "total")},
                      "seconds": time.perf_counter() - t0})
         if (step + 1) % max(s["steps"] // 10, 1) == 0:
             log.info("step %d/%d loss %.4f (self %.4f knn %.4f random %.4f)", step + 1, s["steps"],

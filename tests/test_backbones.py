@@ -1,7 +1,12 @@
-"""Backbones: shapes, freezing, DINO's positional-embedding interpolation, weight loading, EfficientNet-Lite0."""
+"""Backbones: shapes, freezing, DINO's pos-embed interpolation, weight loading, EfficientNet-Lite0.
+
+Building a randomly initialised ViT costs about a second of CPU (timm's init), so models are built once per
+module through `_built` and never modified.
+"""
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import time
@@ -39,19 +44,25 @@ def offline_empty_hf_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> P
     return tmp_path / "hf_home"
 
 
-@pytest.fixture(scope="module")
+@functools.cache
+def _built(name: str, seed: int = 0) -> FeatureExtractor:
+    """Shared, read-only instances (random variants and the packaged EfficientNet need no HF cache)."""
+    return build_backbone(name, seed=seed)
+
+
+@pytest.fixture()
 def vits8() -> FeatureExtractor:
-    return build_backbone("dino_vits8_random", seed=0)
+    return _built("dino_vits8_random")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture()
 def vits16() -> FeatureExtractor:
-    return build_backbone("dino_vits16_random", seed=0)
+    return _built("dino_vits16_random")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture()
 def lite0() -> FeatureExtractor:
-    return build_backbone("efficientnet_lite0")
+    return _built("efficientnet_lite0")
 
 
 def _images(b: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
@@ -75,7 +86,8 @@ def test_table_names_and_static_info_match_timm() -> None:
         info = backbone_info(name)
         assert (info["stride"], info["dim"]) == (model.patch_embed.patch_size[0], model.embed_dim)
         assert backbone_info(name + "_random")["random"] is True
-    assert (backbone_info("efficientnet_lite0")["stride"], backbone_info("efficientnet_lite0")["dim"]) == (8, 152)
+    lite0 = backbone_info("efficientnet_lite0")
+    assert (lite0["stride"], lite0["dim"]) == (8, 152)
     with pytest.raises(ValueError, match="valid names: .*dino_vits8"):
         backbone_info("dino_vitz8")
 
@@ -96,7 +108,7 @@ def test_table_names_and_static_info_match_timm() -> None:
     ],
 )
 def test_output_shapes(name: str, h: int, w: int) -> None:
-    fx = build_backbone(name)
+    fx = _built(name)
     info = backbone_info(name)
     assert isinstance(fx, FeatureExtractor)
     assert (fx.name, fx.stride, fx.dim) == (name, info["stride"], info["dim"])
@@ -106,7 +118,7 @@ def test_output_shapes(name: str, h: int, w: int) -> None:
 
 
 def test_dinov2_equals_timm_forward_features_without_prefix_tokens() -> None:
-    fx = build_backbone("dinov2_vits14_reg_random", seed=1)
+    fx = _built("dinov2_vits14_reg_random")
     x = _images(1, 28, 42)
     tokens = fx.model.forward_features((x - MEAN) / STD)
     assert tokens.shape[1] == 5 + 2 * 3  # CLS + 4 registers + patches
@@ -118,7 +130,7 @@ def test_seeded_random_is_deterministic_and_leaves_global_rng_alone(vits8: Featu
     state = torch.get_rng_state()
     again = build_backbone("dino_vits8_random", seed=0)
     assert torch.equal(torch.get_rng_state(), state)
-    other = build_backbone("dino_vits8_random", seed=1)
+    other = _built("dino_vits8_random", seed=1)
     sd0, sd1, sd2 = vits8.state_dict(), again.state_dict(), other.state_dict()
     assert all(torch.equal(sd0[k], sd1[k]) for k in sd0)
     assert not torch.equal(sd0["model.pos_embed"], sd2["model.pos_embed"])
@@ -127,26 +139,34 @@ def test_seeded_random_is_deterministic_and_leaves_global_rng_alone(vits8: Featu
 
 
 def test_frozen_and_train_mode_changes_nothing(lite0: FeatureExtractor) -> None:
-    vit = build_backbone("dino_vits8_random")
-    vit.model.pos_drop = torch.nn.Dropout(0.5)  # would make outputs random if train mode reached it
-    for fx, x in ((vit, _images(2, 16, 16)), (lite0, _images(2, 32, 32))):
-        assert not any(p.requires_grad for p in fx.parameters())
-        before = fx(x)
-        buffers = {k: v.clone() for k, v in fx.state_dict().items()}
-        assert fx.train() is fx
-        assert not fx.training and not any(m.training for m in fx.modules())
-        x_grad = x.clone().requires_grad_(True)
-        after = fx(x_grad)
-        assert not after.requires_grad
-        assert torch.equal(before, after)
-        assert torch.equal(fx(x), before)
-        # BatchNorm running statistics untouched
-        assert all(torch.equal(buffers[k], v) for k, v in fx.state_dict().items())
+    vit = _built("dino_vits8_random", seed=1)
+    # a live dropout would make outputs random if train mode reached the wrapped model
+    vit.model.pos_drop = torch.nn.Dropout(0.5)
+    try:
+        _check_frozen(vit, _images(2, 16, 16))
+    finally:
+        vit.model.pos_drop = torch.nn.Dropout(0.0)
+    _check_frozen(lite0, _images(2, 32, 32))
+
+
+def _check_frozen(fx: FeatureExtractor, x: torch.Tensor) -> None:
+    """Parameters frozen; `.train()` switches nothing on; no graph; BatchNorm statistics unchanged."""
+    assert not any(p.requires_grad for p in fx.parameters())
+    before = fx(x)
+    buffers = {k: v.clone() for k, v in fx.state_dict().items()}
+    assert fx.train() is fx
+    assert not fx.training and not any(m.training for m in fx.modules())
+    x_grad = x.clone().requires_grad_(True)
+    after = fx(x_grad)
+    assert not after.requires_grad
+    assert torch.equal(before, after)
+    assert torch.equal(fx(x), before)
+    assert all(torch.equal(buffers[k], v) for k, v in fx.state_dict().items())
 
 
 @pytest.mark.parametrize("name", ["dino_vits8_random", "dinov2_vits14_random", "efficientnet_lite0"])
 def test_sizes_not_multiple_of_stride_raise(name: str) -> None:
-    fx = build_backbone(name)
+    fx = _built(name)
     s = fx.stride
     for h, w in ((2 * s + 2, 2 * s), (2 * s, 3 * s - 1)):
         with pytest.raises(ValueError, match=f"not a multiple of the backbone stride {s}"):
@@ -250,13 +270,16 @@ def test_timm_dino_keys_are_the_official_dino_keys(vits8: FeatureExtractor) -> N
 
 @pytest.mark.parametrize("layout", ["plain", "teacher", "state_dict", "safetensors"])
 def test_official_layout_round_trip(layout: str, tmp_path: Path) -> None:
-    ref = build_backbone("dino_vits8_random", seed=3)
+    ref = _built("dino_vits8_random", seed=1)
     sd = {k: v.clone() for k, v in ref.model.state_dict().items()}
     path = tmp_path / "dino_deitsmall8_300ep_pretrain.pth"
     if layout == "plain":
         torch.save(sd, path)
     elif layout == "teacher":  # DINO's full training checkpoint
-        head = {"module.head.mlp.0.weight": torch.zeros(4, 384), "module.head.last_layer.weight_g": torch.ones(8, 1)}
+        head = {  # the DINO projection head sits beside the backbone and must be dropped
+            "module.head.mlp.0.weight": torch.zeros(4, 3),
+            "module.head.last_layer.weight_g": torch.ones(1),
+        }
         torch.save(
             {
                 "teacher": {**{"module.backbone." + k: v for k, v in sd.items()}, **head},
@@ -279,6 +302,23 @@ def test_official_layout_round_trip(layout: str, tmp_path: Path) -> None:
     assert torch.equal(fx(x), ref(x))
 
 
+@pytest.mark.parametrize("name", ["dinov2_vits14", "dinov2_vits14_reg"])
+def test_official_dinov2_layout_loads(name: str, tmp_path: Path) -> None:
+    """DINOv2's own files carry mask_token (and register_tokens, with the CLS position inside pos_embed)."""
+    ref = _built(name + "_random")
+    sd = {k: v.clone() for k, v in ref.model.state_dict().items()}
+    official = {"mask_token": torch.zeros(1, sd["cls_token"].shape[-1])}
+    if "reg_token" in sd:
+        cls_pos = torch.randn(1, 1, sd["cls_token"].shape[-1])
+        official["register_tokens"] = sd.pop("reg_token")
+        official["cls_token"] = sd.pop("cls_token") - cls_pos[:, 0]
+        official["pos_embed"] = torch.cat([cls_pos, sd.pop("pos_embed")], dim=1)
+    path = tmp_path / f"{name}_pretrain.pth"
+    torch.save({**sd, **official}, path)
+    x = _images(1, 28, 42)
+    torch.testing.assert_close(build_backbone(name, weights=str(path))(x), ref(x), rtol=1e-6, atol=1e-6)
+
+
 def test_file_for_another_architecture_is_rejected(vits16: FeatureExtractor, tmp_path: Path) -> None:
     path = tmp_path / "vits16.pth"
     torch.save(vits16.model.state_dict(), path)
@@ -289,7 +329,7 @@ def test_file_for_another_architecture_is_rejected(vits16: FeatureExtractor, tmp
 def test_weights_from_local_hf_cache(offline_empty_hf_cache: Path) -> None:
     from safetensors.torch import save_file
 
-    ref = build_backbone("dino_vits16_random", seed=5)
+    ref = _built("dino_vits16_random")
     repo = offline_empty_hf_cache / "hub" / "models--timm--vit_small_patch16_224.dino"
     commit = "0123456789abcdef0123456789abcdef01234567"
     (repo / "refs").mkdir(parents=True)
@@ -362,10 +402,8 @@ def _lite0_reference(sd: dict[str, torch.Tensor], x: torch.Tensor) -> tuple[torc
         return F.conv2d(_pad_same(x, w.shape[-1], stride), w, stride=stride, groups=groups)
 
     def bn(x: torch.Tensor, name: str, act: bool = True) -> torch.Tensor:
-        y = F.batch_norm(
-            x, sd[name + ".running_mean"], sd[name + ".running_var"], sd[name + ".weight"], sd[name + ".bias"],
-            training=False, eps=1e-3,
-        )
+        mean, var = sd[name + ".running_mean"], sd[name + ".running_var"]
+        y = F.batch_norm(x, mean, var, sd[name + ".weight"], sd[name + ".bias"], training=False, eps=1e-3)
         return F.relu6(y) if act else y
 
     x = bn(conv(x, "_conv_stem", 2), "_bn0")

@@ -1,6 +1,7 @@
 # Start-up: validate the configuration, resolve every dataset's preset and check backbone weights,
 # so that a bad configuration fails before any job runs. Helpers below keep the rules declarative.
 import json
+import os
 import shutil
 import sys
 
@@ -32,8 +33,13 @@ for _ds in config["run"]:
     except (ValueError, RuntimeError, FileNotFoundError) as err:
         raise WorkflowError(f"dataset '{_ds}': {err}")
 
-# Jobs run stage modules with the interpreter that runs Snakemake (the project's environment).
-PYTHON = sys.executable
+# Jobs call `python -m stego_steps.<stage>`: the interpreter that runs Snakemake (the project's environment)
+# comes first on PATH, unless --sdm conda puts the rule's environment in front of it.
+envvars:
+    "PATH",
+
+
+os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
 # GPU rules ask for one GPU when the models will run on one; on CPU machines they ask for none.
 GPU = 1 if config["device"] == "cuda" or (config["device"] == "auto" and shutil.which("nvidia-smi")) else 0
 SHARDS = range(config["segment_shards"])
@@ -63,3 +69,28 @@ def settings(stage):
 
 def prepare_settings(wildcards):
     return json.dumps(dataset_settings(config, wildcards.ds))
+
+
+def segment_inputs(wildcards):
+    """What the segment stage of a probe reads besides the evaluation features."""
+    base = f"results/{wildcards.ds}"
+    bb = wildcards.bb
+    return {
+        "cluster": {"codes": f"{base}/predict/{bb}/codes.h5", "centroids": f"{base}/cluster/{bb}/centroids.npy"},
+        "linear": {"codes": f"{base}/predict/{bb}/codes.h5", "linear": f"{base}/probe/{bb}/linear.pt"},
+        "backbone_kmeans": {"centroids": f"{base}/cluster/{bb}/backbone_centroids.npy"},
+    }[wildcards.probe]
+
+
+def segment_args(wildcards, input):
+    return " ".join(f"--{name} {path}" for name, path in input.items() if name != "features")
+
+
+def evaluate_inputs(wildcards):
+    base, bb = f"results/{wildcards.ds}", backbone_of(wildcards.ds)
+    return {
+        "features": f"{base}/features/{bb}/val.h5",
+        "segments": expand(f"{base}/segment/{bb}/{{probe}}.{{shard}}.h5", probe=PROBES, shard=SHARDS),
+        "cluster": f"{base}/cluster/{bb}/centroids.npy",
+        "backbone_kmeans": f"{base}/cluster/{bb}/backbone_centroids.npy",
+    }

@@ -1,28 +1,3 @@
-def segment_inputs(wildcards):
-    """What the segment stage of a probe reads besides the evaluation features."""
-    base = f"results/{wildcards.ds}"
-    bb = wildcards.bb
-    return {
-        "cluster": {"codes": f"{base}/predict/{bb}/codes.h5", "centroids": f"{base}/cluster/{bb}/centroids.npy"},
-        "linear": {"codes": f"{base}/predict/{bb}/codes.h5", "linear": f"{base}/probe/{bb}/linear.pt"},
-        "backbone_kmeans": {"centroids": f"{base}/cluster/{bb}/backbone_centroids.npy"},
-    }[wildcards.probe]
-
-
-def segment_args(wildcards, input):
-    return " ".join(f"--{name} {path}" for name, path in input.items() if name != "features")
-
-
-def evaluate_inputs(wildcards):
-    base, bb = f"results/{wildcards.ds}", backbone_of(wildcards.ds)
-    return {
-        "features": f"{base}/features/{bb}/val.h5",
-        "segments": expand(f"{base}/segment/{bb}/{{probe}}.{{shard}}.h5", probe=PROBES, shard=SHARDS),
-        "cluster": f"{base}/cluster/{bb}/centroids.npy",
-        "backbone_kmeans": f"{base}/cluster/{bb}/backbone_centroids.npy",
-    }
-
-
 rule predict:
     """Codes of the evaluation images, averaged with those of their mirror images (flip TTA)."""
     input:
@@ -44,7 +19,7 @@ rule predict:
     conda:
         "../envs/stego.yaml"
     shell:
-        "{PYTHON} -m stego_steps.predict --features {input.features} --head {input.head}"
+        "python -m stego_steps.predict --features {input.features} --head {input.head}"
         " --device {params.device} --out {output} --threads {threads} 2> {log}"
 
 
@@ -69,7 +44,7 @@ rule segment:
     conda:
         "../envs/stego.yaml"
     shell:
-        "{PYTHON} -m stego_steps.segment --features {input.features} --probe {wildcards.probe} {params.args}"
+        "python -m stego_steps.segment --features {input.features} --probe {wildcards.probe} {params.args}"
         " --shard {wildcards.shard} --n-shards {params.n_shards} --out {output} --threads {threads} 2> {log}"
 
 
@@ -92,6 +67,6 @@ rule evaluate:
     conda:
         "../envs/stego.yaml"
     shell:
-        "{PYTHON} -m stego_steps.evaluate --features {input.features} --segments {input.segments}"
+        "python -m stego_steps.evaluate --features {input.features} --segments {input.segments}"
         " --centroids cluster={input.cluster} backbone_kmeans={input.backbone_kmeans}"
         " --dataset {wildcards.ds} --out-dir {params.out_dir} 2> {log}"

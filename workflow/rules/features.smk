@@ -19,7 +19,7 @@ rule extract:
     conda:
         "../envs/stego.yaml"
     shell:
-        "{PYTHON} -m stego_steps.extract --index {input.index} --classes {input.classes} --split {wildcards.split}"
+        "python -m stego_steps.extract --index {input.index} --classes {input.classes} --split {wildcards.split}"
         " --settings {params.settings:q} --out {output} --threads {threads} 2> {log}"
 
 
@@ -42,4 +42,4 @@ rule knn:
     conda:
         "../envs/stego.yaml"
     shell:
-        "{PYTHON} -m stego_steps.knn --features {input} --k {params.k} --out {output} --threads {threads} 2> {log}"
+        "python -m stego_steps.knn --features {input} --k {params.k} --out {output} --threads {threads} 2> {log}"

@@ -17,5 +17,5 @@ rule prepare:
     conda:
         "../envs/stego.yaml"
     shell:
-        "{PYTHON} -m stego_steps.prepare --kind {params.kind} --settings {params.settings:q}"
+        "python -m stego_steps.prepare --kind {params.kind} --settings {params.settings:q}"
         " --out-dir {params.out_dir} 2> {log}"

@@ -22,7 +22,7 @@ rule train:
     conda:
         "../envs/stego.yaml"
     shell:
-        "{PYTHON} -m stego_steps.train --features {input.features} --knn {input.knn}"
+        "python -m stego_steps.train --features {input.features} --knn {input.knn}"
         " --settings {params.settings:q} --device {params.device} --head {output.head}"
         " --log-csv {output.log_csv} --resolved {output.resolved} --threads {threads} 2> {log}"
 
@@ -48,7 +48,7 @@ rule cluster:
     conda:
         "../envs/stego.yaml"
     shell:
-        "{PYTHON} -m stego_steps.cluster --features {input.features} --head {input.head}"
+        "python -m stego_steps.cluster --features {input.features} --head {input.head}"
         " --settings {params.settings:q} --device {params.device} --out {output} --threads {threads} 2> {log}"
 
 
@@ -72,7 +72,7 @@ rule backbone_kmeans:
     conda:
         "../envs/stego.yaml"
     shell:
-        "{PYTHON} -m stego_steps.cluster --features {input} --settings {params.settings:q}"
+        "python -m stego_steps.cluster --features {input} --settings {params.settings:q}"
         " --device {params.device} --out {output} --threads {threads} 2> {log}"
 
 
@@ -98,5 +98,5 @@ rule linear_probe:
     conda:
         "../envs/stego.yaml"
     shell:
-        "{PYTHON} -m stego_steps.probe --features {input.features} --head {input.head}"
+        "python -m stego_steps.probe --features {input.features} --head {input.head}"
         " --settings {params.settings:q} --device {params.device} --out {output} --threads {threads} 2> {log}"

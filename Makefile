@@ -1,0 +1,35 @@
+# `make demo` and `make test` set up .venv (once) and run; they need only Python >= 3.10 with venv.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Model hubs are never needed: the demo's weights ship in a pip package, tests use seeded random ViTs.
+export HF_HUB_OFFLINE := 1
+CORES ?= 2
+
+.PHONY: setup demo test lint bench clean
+
+setup: $(VENV)/.installed
+
+# pip resolves torch for the platform (on the dev machines: the local CUDA build that runs on CPU).
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+demo: setup
+	$(BIN)/snakemake --cores $(CORES) results/demo/miou.csv
+	@cat results/demo/miou.csv
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/snakemake --lint
+
+test: lint
+	$(BIN)/python -m pytest -p no:cacheprovider -q
+
+bench: setup
+	$(BIN)/python bench/stages.py
+
+clean:
+	rm -rf results logs benchmarks .snakemake

@@ -1,0 +1,73 @@
+"""Config validation and preset resolution: bad keys and values fail with the key named."""
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stego_steps import config as C
+
+CONFIG = yaml.safe_load((Path(__file__).parents[1] / "config" / "config.yaml").read_text())
+
+
+def test_shipped_config_is_valid_and_every_preset_resolves():
+    C.validate(CONFIG)
+    for name in CONFIG["presets"]:
+        cfg = copy.deepcopy(CONFIG)
+        cfg["datasets"]["x"] = {"kind": "directory", "preset": name, "root": "somewhere"}
+        assert C.resolve(cfg, "x") == CONFIG["presets"][name]
+
+
+def test_paper_presets_hold_the_checkpoint_values():
+    coco, city, pots = (CONFIG["presets"][k] for k in ("cocostuff", "cityscapes", "potsdam"))
+    assert (coco["backbone"], coco["head"]["code_dim"], coco["train"]["batch_size"], coco["train"]["steps"]) == \
+        ("dino_vitb8", 90, 32, 7000)
+    assert city["head"]["code_dim"] == 100 and city["loss"]["spatial_centering"] is False
+    assert pots["backbone"] == "dino_vits8" and pots["loss"]["shifts"]["random"] == 0.76
+    assert coco["loss"]["weights"]["random"] == 0.1538476246415498 and coco["jpeg_quality"] == 75
+
+
+@pytest.mark.parametrize("path,value,named", [
+    (("presets", "demo", "train", "stepz"), 5, "presets.demo.train"),
+    (("presets", "demo", "train", "steps"), 0, "presets.demo.train.steps"),
+    (("device",), "gpu", "device"),
+    (("datasets", "demo", "kind"), "imagenet", "datasets.demo.kind"),
+    (("datasets", "demo", "overrides", "loss", "shifts", "selff"), 0.1, "datasets.demo.overrides.loss.shifts"),
+    (("unknown_top_level",), 1, "(top level)"),
+])
+def test_invalid_keys_and_values_are_named(path, value, named):
+    cfg = copy.deepcopy(CONFIG)
+    node = cfg
+    for key in path[:-1]:
+        node = node.setdefault(key, {})
+    node[path[-1]] = value
+    with pytest.raises(C.ConfigError) as err:
+        C.validate(cfg)
+    assert named in str(err.value)
+
+
+def test_overrides_merge_deeply_and_missing_keys_are_reported():
+    cfg = copy.deepcopy(CONFIG)
+    cfg["datasets"]["demo"]["overrides"] = {"train": {"steps": 7}, "loss": {"shifts": {"knn": 0.5}}}
+    r = C.resolve(cfg, "demo")
+    assert r["train"]["steps"] == 7 and r["train"]["batch_size"] == CONFIG["presets"]["demo"]["train"]["batch_size"]
+    assert r["loss"]["shifts"] == {**CONFIG["presets"]["demo"]["loss"]["shifts"], "knn": 0.5}
+    del cfg["presets"]["demo"]["loss"]["weights"]["random"]
+    with pytest.raises(C.ConfigError, match="loss.weights.random"):
+        C.resolve(cfg, "demo")
+    with pytest.raises(C.ConfigError, match="unknown preset"):
+        C.resolve({**cfg, "datasets": {"d": {"kind": "demo", "preset": "nope", "root": "r"}}}, "d")
+
+
+def test_stage_settings_carry_only_their_stage():
+    ex = C.stage_settings(CONFIG, "demo", "extract", "val")
+    assert ex["res"] == CONFIG["presets"]["demo"]["eval_res"] and ex["evaluation"] is True
+    assert C.stage_settings(CONFIG, "demo", "extract", "train")["res"] == CONFIG["presets"]["demo"]["train_res"]
+    tr = C.stage_settings(CONFIG, "demo", "train")
+    assert {"code_dim", "steps", "weights", "shifts", "neighbours", "seed"} <= set(tr)
+    cfg = copy.deepcopy(CONFIG)
+    cfg["datasets"]["coco"] = {"kind": "cocostuff", "preset": "cocostuff", "root": "r"}
+    # JPEG re-encoding applies to the five-crops of the training split only.
+    assert C.stage_settings(cfg, "coco", "extract", "train")["jpeg_quality"] == 75
+    assert C.stage_settings(cfg, "coco", "extract", "val")["jpeg_quality"] is None

@@ -1,0 +1,57 @@
+"""The evaluation table from shards of predictions, and segmentation log-probabilities."""
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from stego_steps import evaluate, segment
+
+
+def test_evaluate_rows_for_a_permuted_perfect_clustering():
+    labels = np.random.default_rng(0).integers(-1, 3, (4, 10, 10))
+    perm = np.array([2, 0, 1])
+    perfect = perm[np.clip(labels, 0, None)].astype(np.uint8)
+    preds = {"cluster": {False: perfect, True: perfect},
+             "linear": {False: np.clip(labels, 0, None), True: np.zeros_like(perfect)},
+             "backbone_kmeans": {False: perfect, True: perfect}}
+    rows, conf = evaluate.evaluate(labels, preds, {"cluster": 3, "linear": 3, "backbone_kmeans": 3}, 3)
+    assert [(r["probe"], r["crf"]) for r in rows] == list(evaluate.ROWS)
+    by = {(r["probe"], r["crf"]): r for r in rows}
+    assert by["cluster", True]["miou"] == pytest.approx(100.0)
+    assert by["linear", False]["miou"] == pytest.approx(100.0)  # identity mapping, no Hungarian
+    valid = labels >= 0
+    assert by["linear", True]["pixel_accuracy"] == pytest.approx(100.0 * (labels[valid] == 0).mean())
+    assert conf["cluster_crf"].sum() == valid.sum()
+
+
+def test_shards_are_stitched_and_gaps_detected(tmp_path):
+    paths = []
+    for shard, (start, stop) in enumerate([(0, 2), (2, 5)]):
+        path = tmp_path / f"cluster.{shard}.h5"
+        with h5py.File(path, "w") as f:
+            f["raw"] = np.full((stop - start, 3, 3), shard, np.uint8)
+            f["crf"] = np.full((stop - start, 3, 3), shard + 5, np.uint8)
+            f.attrs.update(start=start, stop=stop, probe="cluster")
+        paths.append(path)
+    out = evaluate.read_predictions(paths[::-1], "cluster", 5)
+    assert out[False][:, 0, 0].tolist() == [0, 0, 1, 1, 1] and out[True][:, 0, 0].tolist() == [5, 5, 6, 6, 6]
+    with pytest.raises(ValueError, match="do not cover"):
+        evaluate.read_predictions(paths[:1], "cluster", 5)
+
+
+def test_shard_ranges_partition_the_images():
+    covered = [i for s in range(4) for i in segment.shard_range(10, s, 4)]
+    assert covered == list(range(10))
+    with pytest.raises(ValueError):
+        segment.shard_range(10, 4, 4)
+
+
+def test_cluster_log_probs_are_the_official_tempered_cosine():
+    centroids = np.array([[1.0, 0.0], [0.0, 2.0]])
+    x = torch.tensor([[3.0, 0.0]])[:, :, None, None]  # cos = (1, 0)
+    lp = segment.cluster_log_probs(centroids)(x)[:, :, 0, 0]
+    torch.testing.assert_close(lp, torch.log_softmax(torch.tensor([[2.0, 0.0]]), dim=1))
+    up = segment.log_probs_at(torch.randn(1, 2, 4, 4), 16, segment.cluster_log_probs(centroids))
+    assert up.shape == (2, 16, 16)
+    np.testing.assert_allclose(np.exp(up).sum(0), 1.0, rtol=1e-5)

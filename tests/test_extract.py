@@ -1,0 +1,76 @@
+"""The feature store: HDF5 round trip on a tiny demo index with a seeded random ViT, and resuming."""
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from stego_steps import extract, images, prepare
+from stego_steps.prepare import read_index, row_box
+
+SETTINGS = dict(backbone="dino_vits16_random", weights=None, batch_size=3, device="cpu", seed=0)
+
+
+@pytest.fixture
+def demo_index(tmp_path):
+    settings = {"root": str(tmp_path / "data"), "five_crop": False, "crop_ratio": 0.5,
+                "generator": {"n_train": 5, "n_val": 3, "height": 48, "width": 64, "seed": 0}}
+    prepare.prepare("demo", settings, tmp_path / "index")
+    return tmp_path / "index"
+
+
+def test_train_and_eval_stores_round_trip(demo_index, tmp_path):
+    classes = json.loads((demo_index / "classes.json").read_text())
+    train_index, val_index = read_index(demo_index / "train.csv"), read_index(demo_index / "val.csv")
+    extract.extract(train_index, classes, tmp_path / "train.h5", res=32, evaluation=False, **SETTINGS)
+    extract.extract(val_index, classes, tmp_path / "val.h5", res=48, evaluation=True, **SETTINGS)
+    with h5py.File(tmp_path / "train.h5") as f:
+        assert f["feats"].shape == (5, 384, 2, 2) and f["feats"].dtype == np.float16
+        assert f["pooled"].shape == (5, 384) and f["pooled"].dtype == np.float32
+        np.testing.assert_allclose(f["pooled"][...], f["feats"][...].astype(np.float32).mean((2, 3)), atol=2e-3)
+        assert "image" not in f and "feats_flip" not in f
+        assert f.attrs["res"] == 32 and f.attrs["n_classes"] == len(classes["names"])
+        assert [i.decode() for i in f["ids"][...]] == list(train_index["id"])
+        row = train_index.iloc[2]
+        want = images.transform_label(images.apply_lut(images.read_label(row["label"]), classes["lut"]), 32,
+                                      row_box(row))
+        np.testing.assert_array_equal(f["label"][2], want)
+    with h5py.File(tmp_path / "val.h5") as f:
+        assert f["feats_flip"].shape == f["feats"].shape == (3, 384, 3, 3)
+        assert f["image"].shape == (3, 48, 48, 3) and f["label"].shape == (3, 48, 48)
+        row = val_index.iloc[1]
+        np.testing.assert_array_equal(f["image"][1], images.transform_image(images.read_image(row["image"]), 48))
+    assert not (tmp_path / "train.h5.partial").exists()
+
+
+def test_killed_extraction_resumes_to_the_same_file(demo_index, tmp_path, monkeypatch):
+    classes = json.loads((demo_index / "classes.json").read_text())
+    index = read_index(demo_index / "train.csv")
+    extract.extract(index, classes, tmp_path / "ref.h5", res=32, evaluation=False, **SETTINGS)
+    real, calls = extract.features_of, []
+
+    def dies_on_second_batch(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed")
+        return real(*args)
+
+    monkeypatch.setattr(extract, "features_of", dies_on_second_batch)
+    with pytest.raises(KeyboardInterrupt):
+        extract.extract(index, classes, tmp_path / "out.h5", res=32, evaluation=False, **SETTINGS)
+    assert not (tmp_path / "out.h5").exists()
+    with h5py.File(tmp_path / "out.h5.partial") as f:
+        assert f.attrs["done"] == 3
+    monkeypatch.setattr(extract, "features_of", real)
+    extract.extract(index, classes, tmp_path / "out.h5", res=32, evaluation=False, **SETTINGS)
+    with h5py.File(tmp_path / "ref.h5") as a, h5py.File(tmp_path / "out.h5") as b:
+        for key in ("feats", "pooled", "label"):
+            np.testing.assert_array_equal(a[key][...], b[key][...])
+
+
+def test_resolution_must_be_a_multiple_of_the_stride(demo_index, tmp_path):
+    classes = json.loads((demo_index / "classes.json").read_text())
+    with pytest.raises(ValueError, match="multiple"):
+        extract.extract(read_index(demo_index / "train.csv"), classes, tmp_path / "x.h5", res=40,
+                        evaluation=False, **SETTINGS)

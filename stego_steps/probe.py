@@ -25,10 +25,10 @@ log = logging.getLogger(__name__)
 def probe_loss(probe: nn.Module, code: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy over labelled pixels of logits upsampled to the label size."""
     logits = F.interpolate(probe(code), size=labels.shape[-2:], mode="bilinear", align_corners=False)
-    valid = (labels >= 0) & (labels < logits.shape[1])
-    if not bool(valid.any()):
+    target = torch.where((labels >= 0) & (labels < logits.shape[1]), labels.long(), -1)
+    if not bool((target >= 0).any()):
         return logits.sum() * 0.0
-    return F.cross_entropy(logits.permute(0, 2, 3, 1)[valid], labels[valid].long())
+    return F.cross_entropy(logits, target, ignore_index=-1)
 
 
 def train_probe(store: FeatureStore, head: nn.Module, n_classes: int, *, steps: int, batch_size: int,
@@ -40,18 +40,33 @@ def train_probe(store: FeatureStore, head: nn.Module, n_classes: int, *, steps: 
         torch.manual_seed(seed)
         probe = nn.Conv2d(head.code_dim, n_classes, 1).to(device)
     opt = torch.optim.Adam(probe.parameters(), lr=lr)
+    codes = _all_codes(store, head, device) if _codes_fit(store, head) else None
     losses = []
     for _ in progress(range(steps), desc="linear probe"):
         idx = torch.randperm(store.n, generator=g)[: min(batch_size, store.n)].numpy()
-        with torch.no_grad():
-            code = head(store.batch(idx).to(device))
+        if codes is not None:
+            code = codes[torch.from_numpy(idx)].to(device)
+        else:
+            with torch.no_grad():
+                code = head(store.batch(idx).to(device))
         labels = torch.from_numpy(store.read("label", idx).astype(np.int64)).to(device)
         loss = probe_loss(probe, code, labels)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     return probe.eval(), losses
+
+
+def _codes_fit(store: FeatureStore, head: nn.Module, max_gb: float = 2.0) -> bool:
+    return store.n * head.code_dim * store.h * store.w * 4 <= max_gb * 2**30
+
+
+@torch.no_grad()
+def _all_codes(store: FeatureStore, head: nn.Module, device: str, batch_size: int = 64) -> torch.Tensor:
+    """The frozen head's codes of the whole split, computed once (the head does not change here)."""
+    return torch.cat([head(store.batch(np.arange(i, min(i + batch_size, store.n))).to(device)).cpu()
+                      for i in range(0, store.n, batch_size)])
 
 
 def load_probe(path: str | Path, device: str = "cpu") -> nn.Conv2d:

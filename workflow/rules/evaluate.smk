@@ -10,7 +10,7 @@ rule predict:
     log:
         "logs/{ds}/predict_{bb}.log",
     benchmark:
-        "benchmarks/{ds}/predict_{bb}.tsv"
+        "benchmarks/{ds}/predict/{bb}.tsv"
     threads: 2
     resources:
         gpu=GPU,
@@ -36,7 +36,7 @@ rule segment:
     log:
         "logs/{ds}/segment_{bb}_{probe}.{shard}.log",
     benchmark:
-        "benchmarks/{ds}/segment_{bb}_{probe}.{shard}.tsv"
+        "benchmarks/{ds}/segment/{bb}_{probe}.{shard}.tsv"
     threads: 2
     resources:
         mem_mb=4000,
@@ -60,6 +60,8 @@ rule evaluate:
         out_dir=subpath(output.table, parent=True),
     log:
         "logs/{ds}/evaluate.log",
+    benchmark:
+        "benchmarks/{ds}/evaluate/all.tsv"
     threads: 1
     resources:
         mem_mb=8000,

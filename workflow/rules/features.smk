@@ -10,7 +10,7 @@ rule extract:
     log:
         "logs/{ds}/extract_{bb}_{split}.log",
     benchmark:
-        "benchmarks/{ds}/extract_{bb}_{split}.tsv"
+        "benchmarks/{ds}/extract/{bb}_{split}.tsv"
     threads: 2
     resources:
         gpu=GPU,
@@ -34,7 +34,7 @@ rule knn:
     log:
         "logs/{ds}/knn_{bb}.log",
     benchmark:
-        "benchmarks/{ds}/knn_{bb}.tsv"
+        "benchmarks/{ds}/knn/{bb}.tsv"
     threads: 2
     resources:
         mem_mb=4000,

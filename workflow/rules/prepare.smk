@@ -10,6 +10,8 @@ rule prepare:
         out_dir=subpath(output.classes, parent=True),
     log:
         "logs/{ds}/prepare.log",
+    benchmark:
+        "benchmarks/{ds}/prepare/all.tsv"
     threads: 1
     resources:
         mem_mb=2000,

@@ -13,7 +13,7 @@ rule train:
     log:
         "logs/{ds}/train_{bb}.log",
     benchmark:
-        "benchmarks/{ds}/train_{bb}.tsv"
+        "benchmarks/{ds}/train/{bb}.tsv"
     threads: 2
     resources:
         gpu=GPU,
@@ -40,7 +40,7 @@ rule cluster:
     log:
         "logs/{ds}/cluster_{bb}.log",
     benchmark:
-        "benchmarks/{ds}/cluster_{bb}.tsv"
+        "benchmarks/{ds}/cluster/{bb}.tsv"
     threads: 2
     resources:
         mem_mb=12000,
@@ -64,7 +64,7 @@ rule backbone_kmeans:
     log:
         "logs/{ds}/backbone_kmeans_{bb}.log",
     benchmark:
-        "benchmarks/{ds}/backbone_kmeans_{bb}.tsv"
+        "benchmarks/{ds}/backbone_kmeans/{bb}.tsv"
     threads: 2
     resources:
         mem_mb=12000,
@@ -89,7 +89,7 @@ rule linear_probe:
     log:
         "logs/{ds}/linear_probe_{bb}.log",
     benchmark:
-        "benchmarks/{ds}/linear_probe_{bb}.tsv"
+        "benchmarks/{ds}/linear_probe/{bb}.tsv"
     threads: 2
     resources:
         gpu=GPU,

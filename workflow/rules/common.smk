@@ -27,11 +27,6 @@ for _ds in config["datasets"]:
 for _ds in config["run"]:
     if _ds not in config["datasets"]:
         raise WorkflowError(f"config/config.yaml: run lists '{_ds}', which is not under `datasets:`")
-    _bb = PRESETS[_ds]["backbone"]
-    try:
-        backbones.check_weights(_bb, backbone_weights(config, _bb))
-    except (ValueError, RuntimeError, FileNotFoundError) as err:
-        raise WorkflowError(f"dataset '{_ds}': {err}")
 
 # Jobs call `python -m stego_steps.<stage>`: the interpreter that runs Snakemake (the project's environment)
 # comes first on PATH, unless --sdm conda puts the rule's environment in front of it.
@@ -65,6 +60,18 @@ def settings(stage):
         return json.dumps(stage_settings(config, wildcards.ds, stage, wildcards.get("split", "train")))
 
     return get
+
+
+def backbone_weights_input(wildcards):
+    """The weights file of the job's backbone as an input (none for timm-cache or random weights).
+
+    Checked while the DAG is built, so missing weights stop the run before any job starts."""
+    path = backbone_weights(config, wildcards.bb)
+    try:
+        backbones.check_weights(wildcards.bb, path)
+    except (ValueError, RuntimeError, FileNotFoundError) as err:
+        raise WorkflowError(f"backbone '{wildcards.bb}' (dataset '{wildcards.ds}'): {err}")
+    return [path] if path else []
 
 
 def prepare_settings(wildcards):

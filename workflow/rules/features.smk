@@ -3,6 +3,7 @@ rule extract:
     input:
         index="results/{ds}/index/{split}.csv",
         classes="results/{ds}/index/classes.json",
+        weights=backbone_weights_input,
     output:
         "results/{ds}/features/{bb}/{split}.h5",
     params:

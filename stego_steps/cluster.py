@@ -38,7 +38,7 @@ def kmeans_pp(x: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
     dist = (1 - x @ centroids[0]).clamp_min(0)
     for _ in range(1, k):
         weights = dist if float(dist.sum()) > 0 else torch.ones_like(dist)
-        nxt = x[torch.multinomial(weights, 1, generator=g)].squeeze(0)
+        nxt = x[torch.multinomial(weights.cpu(), 1, generator=g)].squeeze(0)  # CPU generator
         centroids.append(nxt)
         dist = torch.minimum(dist, (1 - x @ nxt).clamp_min(0))
     return torch.stack(centroids)

@@ -25,4 +25,5 @@ include: "workflow/rules/evaluate.smk"
 rule all:
     default_target: True
     input:
-        expand("results/{ds}/miou.csv", ds=config["run"]),
+        # miou.csv, or clusters.csv for a dataset without labels
+        [final_target(ds) for ds in config["run"]],

@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     device = select_device(args.device)
     s = args.settings
     embed: Embed = load_head(args.head, device) if args.head else (lambda f: f)
-    with FeatureStore(args.features, max_memory_gb=s.get("max_memory_gb", 8.0)) as store:
+    with FeatureStore(args.features, max_memory_gb=s.get("max_memory_gb", 8.0), device=device) as store:
         # K = number of classes (+ optional extra clusters); the class count comes with the features.
         n_clusters = int(store.attrs["n_classes"]) + s.get("extra_clusters", 0)
         centroids, score = spherical_kmeans(

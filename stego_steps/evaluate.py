@@ -6,6 +6,9 @@ Reads the segment shards of every probe and the evaluation labels, and writes:
 - `confusion/{probe}_{crf|raw}.csv`: the confusion matrices (rows predicted cluster, columns true class).
 Cluster probes are matched to classes by one Hungarian assignment over the whole split; the linear probe uses
 the identity. Pixels in unmatched (extra) clusters count as errors.
+
+With `--no-labels` (a dataset without labels) it writes only `clusters.csv`: for every cluster-probe row, the
+pixel share of each cluster and the number of images it appears in.
 """
 
 from __future__ import annotations
@@ -58,6 +61,35 @@ def evaluate(labels: np.ndarray, predictions: dict[str, dict[bool, np.ndarray]],
     return rows, confusions
 
 
+def cluster_shares(predictions: dict[str, dict[bool, np.ndarray]], n_clusters: dict[str, int]) -> list[dict]:
+    """Pixels, pixel share (percent) and images of every cluster, for each (probe, crf) in ROWS present."""
+    rows = []
+    for probe, crf in ROWS:
+        if probe not in predictions:
+            continue
+        maps = predictions[probe][crf]
+        k = n_clusters[probe]
+        per_image = np.stack([np.bincount(m.ravel(), minlength=k)[:k] for m in maps]) if len(maps) \
+            else np.zeros((0, k), np.int64)
+        pixels = per_image.sum(0)
+        total = max(int(pixels.sum()), 1)
+        rows += [{"probe": probe, "crf": crf, "cluster": c, "pixels": int(pixels[c]),
+                  "share": 100.0 * pixels[c] / total, "images": int((per_image[:, c] > 0).sum())}
+                 for c in range(k)]
+    return rows
+
+
+def centroid_counts(items: list[str]) -> dict[str, int]:
+    """`PROBE=path.npy` arguments → number of clusters of each probe."""
+    counts = {}
+    for item in items:
+        probe, _, path = item.partition("=")
+        if not path:
+            raise argparse.ArgumentTypeError(f"--centroids expects PROBE=path, got '{item}'")
+        counts[probe] = len(np.load(path))
+    return counts
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = base_parser(__doc__)
     parser.add_argument("--features", type=Path, required=True, help="evaluation split feature store (.h5)")
@@ -66,20 +98,20 @@ def main(argv: list[str] | None = None) -> None:
                         help="PROBE=path.npy for cluster probes (their K may exceed the class count)")
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--out-dir", type=Path, required=True)
+    parser.add_argument("--no-labels", action="store_true",
+                        help="a dataset without labels: write only clusters.csv (cluster probes' pixel shares)")
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
+    if args.no_labels:
+        write_cluster_table(args)
+        return
     with FeatureStore(args.features, max_memory_gb=0) as store:
         if not store.has("label"):
             raise ValueError(f"{args.features} has no labels: the labelled metrics cannot be computed")
         labels = store.read("label")
         names, backbone = store.class_names, store.attrs["backbone"]
     n_classes = len(names)
-    n_clusters = {"linear": n_classes}
-    for item in args.centroids:
-        probe, _, path = item.partition("=")
-        if not path:
-            raise argparse.ArgumentTypeError(f"--centroids expects PROBE=path, got '{item}'")
-        n_clusters[probe] = len(np.load(path))
+    n_clusters = {"linear": n_classes, **centroid_counts(args.centroids)}
     probes = [p for p in dict.fromkeys(p for p, _ in ROWS) if p in n_clusters]
     predictions = {p: read_predictions(args.segments, p, len(labels)) for p in probes}
     rows, confusions = evaluate(labels, predictions, n_clusters, n_classes)
@@ -92,6 +124,18 @@ def main(argv: list[str] | None = None) -> None:
         write_csv(args.out_dir / "confusion" / f"{key}.csv", pd.DataFrame(conf, columns=names))
     write_csv(args.out_dir / "per_class_iou.csv", per_class)
     write_csv(args.out_dir / "miou.csv", table)  # last: the rule's main target
+    log.info("\n%s", table.to_string(index=False, float_format="%.2f"))
+
+
+def write_cluster_table(args: argparse.Namespace) -> None:
+    """`--no-labels`: clusters.csv from the segments of the probes given with --centroids."""
+    with FeatureStore(args.features, max_memory_gb=0) as store:
+        n, backbone = store.n, store.attrs["backbone"]
+    n_clusters = centroid_counts(args.centroids)
+    predictions = {p: read_predictions(args.segments, p, n) for p in n_clusters}
+    table = pd.DataFrame([{"dataset": args.dataset, "backbone": backbone, **r, "n_images": n}
+                          for r in cluster_shares(predictions, n_clusters)])
+    write_csv(args.out_dir / "clusters.csv", table)
     log.info("\n%s", table.to_string(index=False, float_format="%.2f"))
 
 

@@ -41,15 +41,18 @@ def train_probe(store: FeatureStore, head: nn.Module, n_classes: int, *, steps: 
         probe = nn.Conv2d(head.code_dim, n_classes, 1).to(device)
     opt = torch.optim.Adam(probe.parameters(), lr=lr)
     codes = _all_codes(store, head, device) if _codes_fit(store, head) else None
+    label_bytes = store.n * int(np.prod(store.dataset("label").shape[1:])) * 2
+    all_labels = torch.from_numpy(store.read("label")).to(device) if label_bytes <= 2 * 2**30 else None
     losses = []
     for _ in progress(range(steps), desc="linear probe"):
         idx = torch.randperm(store.n, generator=g)[: min(batch_size, store.n)].numpy()
         if codes is not None:
-            code = codes[torch.from_numpy(idx)].to(device)
+            code = codes[torch.from_numpy(idx).to(device)]
         else:
             with torch.no_grad():
                 code = head(store.batch(idx).to(device))
-        labels = torch.from_numpy(store.read("label", idx).astype(np.int64)).to(device)
+        labels = (all_labels[torch.from_numpy(idx).to(device)] if all_labels is not None
+                  else torch.from_numpy(store.read("label", idx)).to(device))
         loss = probe_loss(probe, code, labels)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -65,7 +68,7 @@ def _codes_fit(store: FeatureStore, head: nn.Module, max_gb: float = 2.0) -> boo
 @torch.no_grad()
 def _all_codes(store: FeatureStore, head: nn.Module, device: str, batch_size: int = 64) -> torch.Tensor:
     """The frozen head's codes of the whole split, computed once (the head does not change here)."""
-    return torch.cat([head(store.batch(np.arange(i, min(i + batch_size, store.n))).to(device)).cpu()
+    return torch.cat([head(store.batch(np.arange(i, min(i + batch_size, store.n))).to(device))
                       for i in range(0, store.n, batch_size)])
 
 
@@ -89,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     device = select_device(args.device)
     s = args.settings
     head = load_head(args.head, device)
-    with FeatureStore(args.features, max_memory_gb=s.get("max_memory_gb", 8.0)) as store:
+    with FeatureStore(args.features, max_memory_gb=s.get("max_memory_gb", 8.0), device=device) as store:
         n_classes = int(store.attrs["n_classes"])
         probe, losses = train_probe(store, head, n_classes, steps=s["steps"], batch_size=s["batch_size"],
                                     lr=s["lr"], seed=s["seed"], device=device)

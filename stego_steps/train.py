@@ -130,8 +130,10 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging(args.verbose)
     torch.set_num_threads(args.threads)
     checkpoint = args.head.with_name(args.head.name + ".checkpoint")
-    with FeatureStore(args.features, max_memory_gb=args.settings.get("max_memory_gb", 8.0)) as store:
-        head, steps = train(store, np.load(args.knn), args.settings, device=args.device, checkpoint=checkpoint)
+    device = select_device(args.device)
+    with FeatureStore(args.features, max_memory_gb=args.settings.get("max_memory_gb", 8.0),
+                      device=device) as store:
+        head, steps = train(store, np.load(args.knn), args.settings, device=device, checkpoint=checkpoint)
         meta = {"settings": args.settings, "backbone": store.attrs.get("backbone"),
                 "features": str(args.features)}
     write_json(args.resolved, meta)

@@ -39,6 +39,7 @@ os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.g
 GPU = 1 if config["device"] == "cuda" or (config["device"] == "auto" and shutil.which("nvidia-smi")) else 0
 SHARDS = range(config["segment_shards"])
 PROBES = ["cluster", "linear", "backbone_kmeans"]
+UNSUPERVISED = ["cluster", "backbone_kmeans"]  # the probes that need no labels
 
 
 wildcard_constraints:
@@ -51,6 +52,36 @@ wildcard_constraints:
 
 def backbone_of(ds):
     return PRESETS[ds]["backbone"]
+
+
+def labelled(ds):
+    """Whether dataset `ds` has labels (the metrics and the linear probe need them).
+
+    Its `labelled` key, else for kind `directory` whether `<root>/labels` exists, else true. Decided while the
+    DAG is built (before `prepare` has looked at the files), so that `rule all` can pick the dataset's target."""
+    entry = config["datasets"][ds]
+    if entry["kind"] != "directory":
+        return entry.get("labelled", True)
+    root = entry["root"]
+    flag = entry.get("labelled", os.path.isdir(os.path.join(root, "labels")))
+    missing = [s for s in ("train", "val") if not os.path.isdir(os.path.join(root, "labels", s))]
+    if flag and os.path.isdir(root) and missing:
+        why = "`labelled: true`" if "labelled" in entry else f"{os.path.join(root, 'labels')} exists"
+        raise WorkflowError(f"dataset '{ds}' is labelled ({why}) but {os.path.join(root, 'labels', missing[0])} "
+                            "does not exist: add the label PNGs of that split, or set `labelled: false` to run without "
+                            f"labels (cluster segmentations and results/{ds}/clusters.csv, no metrics)")
+    return flag
+
+
+def final_target(ds):
+    """The table a dataset's run ends with: the metrics when it has labels, else the cluster pixel shares."""
+    return f"results/{ds}/miou.csv" if labelled(ds) else f"results/{ds}/clusters.csv"
+
+
+def require_labels(ds, what):
+    if not labelled(ds):
+        raise WorkflowError(f"dataset '{ds}' has no labels, so {what} cannot be computed; its result is "
+                            f"results/{ds}/clusters.csv (cluster pixel shares) and the cluster segmentations")
 
 
 def settings(stage):
@@ -82,6 +113,8 @@ def segment_inputs(wildcards):
     """What the segment stage of a probe reads besides the evaluation features."""
     base = f"results/{wildcards.ds}"
     bb = wildcards.bb
+    if wildcards.probe == "linear":
+        require_labels(wildcards.ds, "the linear probe")
     return {
         "cluster": {"codes": f"{base}/predict/{bb}/codes.h5", "centroids": f"{base}/cluster/{bb}/centroids.npy"},
         "linear": {"codes": f"{base}/predict/{bb}/codes.h5", "linear": f"{base}/probe/{bb}/linear.pt"},
@@ -94,10 +127,19 @@ def segment_args(wildcards, input):
 
 
 def evaluate_inputs(wildcards):
-    base, bb = f"results/{wildcards.ds}", backbone_of(wildcards.ds)
+    require_labels(wildcards.ds, "the labelled metrics (miou.csv)")
+    return _evaluation_inputs(wildcards.ds, PROBES)
+
+
+def evaluate_unlabelled_inputs(wildcards):
+    return _evaluation_inputs(wildcards.ds, UNSUPERVISED)
+
+
+def _evaluation_inputs(ds, probes):
+    base, bb = f"results/{ds}", backbone_of(ds)
     return {
         "features": f"{base}/features/{bb}/val.h5",
-        "segments": expand(f"{base}/segment/{bb}/{{probe}}.{{shard}}.h5", probe=PROBES, shard=SHARDS),
+        "segments": expand(f"{base}/segment/{bb}/{{probe}}.{{shard}}.h5", probe=probes, shard=SHARDS),
         "cluster": f"{base}/cluster/{bb}/centroids.npy",
         "backbone_kmeans": f"{base}/cluster/{bb}/backbone_centroids.npy",
     }

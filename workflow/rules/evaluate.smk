@@ -72,3 +72,27 @@ rule evaluate:
         "python -m stego_steps.evaluate --features {input.features} --segments {input.segments}"
         " --centroids cluster={input.cluster} backbone_kmeans={input.backbone_kmeans}"
         " --dataset {wildcards.ds} --out-dir {params.out_dir} 2> {log}"
+
+
+rule evaluate_unlabelled:
+    """Without labels: the pixel share of every cluster of the cluster probe and the backbone K-Means."""
+    input:
+        unpack(evaluate_unlabelled_inputs),
+    output:
+        "results/{ds}/clusters.csv",
+    params:
+        out_dir=subpath(output[0], parent=True),
+    log:
+        "logs/{ds}/evaluate_unlabelled.log",
+    benchmark:
+        "benchmarks/{ds}/evaluate/unlabelled.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../envs/stego.yaml"
+    shell:
+        "python -m stego_steps.evaluate --no-labels --features {input.features} --segments {input.segments}"
+        " --centroids cluster={input.cluster} backbone_kmeans={input.backbone_kmeans}"
+        " --dataset {wildcards.ds} --out-dir {params.out_dir} 2> {log}"

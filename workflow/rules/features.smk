@@ -3,6 +3,9 @@ rule extract:
     input:
         index="results/{ds}/index/{split}.csv",
         classes="results/{ds}/index/classes.json",
+        # The disk check runs first; ancient: a rerun plan (e.g. the other split's settings changed) does
+        # not redo this split's extraction by itself.
+        plan=ancient("results/{ds}/plan/{bb}.txt"),
         weights=backbone_weights_input,
     output:
         "results/{ds}/features/{bb}/{split}.h5",

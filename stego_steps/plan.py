@@ -1,0 +1,211 @@
+"""Stage `plan`: before the heavy work, tell the samples per split and the size of each feature store, and
+refuse to start when the disk cannot hold them.
+
+Bytes per store (what `extract` writes, HDF5 overhead aside):
+- `feats` float16 `N·C·(res/stride)²·2`, `pooled` float32 `N·C·4`;
+- `label` int16 `N·res²·2` when the split has labels (written compressed: an upper bound);
+- evaluation splits also `image` uint8 `N·res²·3` (compressed: an upper bound) and `feats_flip` (as `feats`).
+
+The stores go to one folder; its free space is read from the nearest existing parent. Stores (or resumable
+`.partial` files) already in that folder are replaced by the extraction, so their bytes count as free. The
+run is refused when `needed · margin > free`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from stego_steps.backbones import backbone_info
+from stego_steps.io import base_parser, settings_arg, setup_logging, write_text
+from stego_steps.prepare import read_index
+
+log = logging.getLogger(__name__)
+
+MARGIN = 1.1  # needed × margin must fit: HDF5 overhead, logs and the small artifacts of the later stages
+
+
+class InsufficientSpace(RuntimeError):
+    """The feature stores would not fit on the disk."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitPlan:
+    """Size of one split's feature store."""
+
+    split: str
+    samples: int
+    res: int
+    stride: int
+    channels: int
+    evaluation: bool
+    labelled: bool
+
+    @property
+    def grid(self) -> int:
+        return self.res // self.stride
+
+    @property
+    def parts(self) -> dict[str, int]:
+        """Bytes of every dataset of the store."""
+        n, c, res = self.samples, self.channels, self.res
+        feats = n * c * self.grid**2 * 2
+        parts = {"feats": feats, "pooled": n * c * 4}
+        if self.labelled:
+            parts["label"] = n * res * res * 2
+        if self.evaluation:
+            parts["image"] = n * res * res * 3
+            parts["feats_flip"] = feats
+        return parts
+
+    @property
+    def bytes(self) -> int:
+        return sum(self.parts.values())
+
+
+def index_summary(path: str | Path) -> tuple[int, bool]:
+    """(samples, labelled) of an index CSV; a split is labelled when every row has a label file."""
+    frame = read_index(path)
+    return len(frame), bool(len(frame)) and bool((frame["label"] != "").all())
+
+
+def split_plan(split: str, samples: int, labelled: bool, settings: Mapping[str, Any]) -> SplitPlan:
+    """The store of one split from its sample count and its `extract` settings (backbone, res, evaluation)."""
+    info = backbone_info(settings["backbone"])
+    res, stride = int(settings["res"]), int(info["stride"])
+    if res % stride:
+        raise ValueError(f"{split}: resolution {res} is not a multiple of backbone {settings['backbone']}'s "
+                         f"stride {stride}; pick a multiple in the preset (train_res / eval_res)")
+    return SplitPlan(split=split, samples=samples, res=res, stride=stride, channels=int(info["dim"]),
+                     evaluation=bool(settings["evaluation"]), labelled=labelled)
+
+
+def make_plan(indexes: Mapping[str, str | Path], settings: Mapping[str, Mapping[str, Any]]) -> list[SplitPlan]:
+    """One SplitPlan per split of `indexes` (split → index CSV), with `settings[split]` its extract settings."""
+    missing = sorted(set(indexes) - set(settings))
+    if missing:
+        raise ValueError(f"no extract settings for split(s) {', '.join(missing)}")
+    return [split_plan(split, *index_summary(path), settings[split]) for split, path in indexes.items()]
+
+
+def existing_parent(path: str | Path) -> Path:
+    """`path` itself or its nearest existing parent (the folder whose disk the stores will land on)."""
+    path = Path(path).absolute()
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return candidate
+    return Path(path.anchor)
+
+
+def free_bytes(path: str | Path) -> tuple[Path, int]:
+    """(the existing folder that was measured, its free bytes)."""
+    where = existing_parent(path)
+    return where, int(shutil.disk_usage(where).free)
+
+
+def reclaimable_bytes(store_dir: str | Path, splits: list[str]) -> int:
+    """Bytes of the stores (and partial stores) already in `store_dir` that the extraction replaces."""
+    total = 0
+    for split in splits:
+        for name in (f"{split}.h5", f"{split}.h5.partial"):
+            path = Path(store_dir) / name
+            if path.is_file():
+                total += path.stat().st_size
+    return total
+
+
+def human(n: float) -> str:
+    """Bytes in decimal units (1 GB = 10⁹ bytes), like `df -H`."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")
+
+
+def format_plan(plans: list[SplitPlan], *, title: str, store_dir: str | Path, measured: Path, free: int,
+                reclaimable: int = 0, margin: float = MARGIN) -> str:
+    """The human-readable table: one line per split, the total and the free disk."""
+    header = ("split", "samples", "resolution", "grid", "channels", "bytes", "")
+    lines = [header]
+    for p in plans:
+        lines.append((p.split, f"{p.samples:,}", f"{p.res}×{p.res}", f"{p.grid}×{p.grid}", str(p.channels),
+                      f"{p.bytes:,}", f"({human(p.bytes)})"))
+    total = sum(p.bytes for p in plans)
+    lines.append(("total", f"{sum(p.samples for p in plans):,}", "", "", "", f"{total:,}", f"({human(total)})"))
+    widths = [max(len(row[k]) for row in lines) for k in range(len(header))]
+    aligned = ["  ".join(cell.rjust(w) if k in (1, 4, 5) else cell.ljust(w)
+                         for k, (cell, w) in enumerate(zip(row, widths, strict=True))).rstrip()
+               for row in lines]
+    rule = "-" * max(len(line) for line in aligned)
+    out = [title, f"feature stores in {store_dir}", "", aligned[0], rule, *aligned[1:-1], rule, aligned[-1], ""]
+    out.append(f"free disk: {free:,} bytes ({human(free)}) at {measured}")
+    if reclaimable:
+        out.append(f"  + {reclaimable:,} bytes ({human(reclaimable)}) of stores in {store_dir} that are replaced")
+    out.append(f"needed with a {100 * (margin - 1):.0f}% margin: {int(total * margin):,} bytes "
+               f"({human(total * margin)})")
+    out.append("labels and images are stored compressed: their sizes are upper bounds")
+    return "\n".join(out) + "\n"
+
+
+def check_space(plans: list[SplitPlan], free: int, *, store_dir: str | Path, margin: float = MARGIN) -> None:
+    """Raise InsufficientSpace, with the choices that make the stores smaller, when they do not fit."""
+    total = sum(p.bytes for p in plans)
+    needed = int(total * margin)
+    if needed <= free:
+        return
+    stride = min((p.stride for p in plans), default=16)
+    choices = ["fewer images: a smaller image folder, or for cocostuff the 49,629-image list "
+               "(`train_list: Coco164kFull_Stuff_Coarse_7`)",
+               "no five-crop (`overrides: {five_crop: false}`): 5× fewer training samples"]
+    if stride < 16:
+        choices.append(f"a /16 backbone (e.g. `overrides: {{backbone: dino_vitb16}}`): {(stride / 16) ** 2:.2g}× "
+                       "the feature bytes")
+    choices.append("another disk: run from a folder there (`snakemake --directory /big/disk ...`; make relative "
+                   "dataset roots absolute)")
+    raise InsufficientSpace(
+        f"not enough disk for the feature stores: they need {human(needed)} ({needed:,} bytes, {human(total)} "
+        f"plus a {100 * (margin - 1):.0f}% margin) in {store_dir}, but only {human(free)} ({free:,} bytes) are "
+        "free there. Choices:\n" + "\n".join(f"  - {c};" for c in choices[:-1]) + f"\n  - {choices[-1]}.")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = base_parser(__doc__)
+    parser.add_argument("--index", nargs="+", required=True, metavar="SPLIT=CSV",
+                        help="index CSV of each split, e.g. train=results/x/index/train.csv")
+    parser.add_argument("--settings", type=settings_arg, required=True,
+                        help="JSON {split: extract settings (backbone, res, evaluation, ...)}")
+    parser.add_argument("--store-dir", type=Path, required=True, help="folder the feature stores go to")
+    parser.add_argument("--out", type=Path, required=True, help="the plan (text)")
+    parser.add_argument("--title", default="plan", help="first line of the table")
+    parser.add_argument("--margin", type=float, default=MARGIN, help="needed × margin must be free")
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    indexes = {}
+    for item in args.index:
+        split, sep, path = item.partition("=")
+        if not sep or not path:
+            parser.error(f"--index expects SPLIT=path, got '{item}'")
+        indexes[split] = path
+    plans = make_plan(indexes, args.settings)
+    measured, free = free_bytes(args.store_dir)
+    reclaimable = reclaimable_bytes(args.store_dir, list(indexes))
+    text = format_plan(plans, title=args.title, store_dir=args.store_dir, measured=measured, free=free,
+                       reclaimable=reclaimable, margin=args.margin)
+    log.info("\n%s", text)
+    print(text, flush=True)  # the job's stdout: Snakemake shows it on the console
+    try:
+        check_space(plans, free + reclaimable, store_dir=args.store_dir, margin=args.margin)
+    except InsufficientSpace as err:
+        log.error("%s", err)
+        print(f"PLAN REFUSED: {err}", flush=True)
+        raise SystemExit(1) from None
+    write_text(args.out, text)
+
+
+if __name__ == "__main__":
+    main()

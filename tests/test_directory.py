@@ -1,0 +1,122 @@
+"""A `directory` dataset (your own images) through the whole workflow with the EfficientNet-Lite0 backbone,
+from a config of a few lines: with labels to the metrics, without labels to the cluster segmentations."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import pandas as pd
+import pytest
+
+from stego_steps import demo
+
+ROOT = Path(__file__).resolve().parents[1]
+CLASSES = list(demo.CLASS_NAMES)
+# What a user writes (README, "directory"), plus the tiny sizes of tests/data/tiny_config.yaml.
+CONFIG = """\
+run: [mine]
+device: cpu
+datasets:
+  mine:
+    kind: directory
+    preset: demo
+    root: {root}
+    class_names: [{classes}]
+    overrides:
+      train_res: 64
+      eval_res: 96
+      train: {{batch_size: 8, steps: 20, checkpoint_every: 10}}
+      cluster: {{iterations: 10, batch_images: 4, init_images: 4, n_init: 2}}
+      probe: {{steps: 10, batch_size: 4}}
+"""
+
+
+def make_folder(root: Path, labels: bool = True) -> Path:
+    """Demo scenes rearranged into the `directory` layout: imgs/{train,val}/*.png (+ labels/{train,val}/*.png)."""
+    scratch = root.parent / f"{root.name}_scenes"
+    rows = demo.write_demo(scratch, {"train": 24, "val": 6}, height=96, width=128, seed=0)
+    for split, split_rows in rows.items():
+        for row in split_rows:
+            for key, folder in (("image", "imgs"), ("label", "labels")):
+                if key == "label" and not labels:
+                    continue
+                dest = root / folder / split / Path(row[key]).name
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(row[key], dest)
+    shutil.rmtree(scratch)
+    return root
+
+
+def workdir_with_config(tmp_path: Path, labels: bool, extra: str = "") -> tuple[Path, Path]:
+    make_folder(tmp_path / "data" / "mine", labels=labels)
+    config = tmp_path / "mine.yaml"
+    config.write_text(CONFIG.format(root="data/mine", classes=", ".join(CLASSES)) + extra)
+    return tmp_path, config
+
+
+def snakemake(workdir: Path, config: Path, *args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir),
+           "--configfile", str(config), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+
+
+def test_labels_are_decided_from_the_folder_before_any_job(tmp_path):
+    workdir, config = workdir_with_config(tmp_path, labels=False)
+    out = snakemake(workdir, config, "-n", "--quiet", "rules")
+    assert out.returncode == 0, out.stderr
+    jobs = set((out.stdout + out.stderr).split())
+    assert {"prepare", "plan", "extract", "cluster", "backbone_kmeans", "segment", "evaluate_unlabelled"} <= jobs
+    assert not {"linear_probe", "evaluate"} & jobs
+    # The metrics of an unlabelled dataset are refused with the reason, before any job.
+    out = snakemake(workdir, config, "-n", "results/mine/miou.csv")
+    said = out.stdout + out.stderr
+    assert out.returncode != 0 and "has no labels" in said and "results/mine/clusters.csv" in said
+    # `labelled: true` without the label folders: stopped while the DAG is built.
+    forced = tmp_path / "forced.yaml"
+    forced.write_text("datasets:\n  mine:\n    labelled: true\n")
+    out = snakemake(workdir, config, str(forced), "--cores", "1")
+    said = out.stdout + out.stderr
+    assert out.returncode != 0 and "labels/train does not exist" in said and "labelled: false" in said
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.slow
+def test_directory_with_labels_end_to_end(tmp_path):
+    workdir, config = workdir_with_config(tmp_path, labels=True)
+    out = snakemake(workdir, config, "--cores", "2")
+    assert out.returncode == 0, out.stderr[-4000:]
+    base = tmp_path / "results" / "mine"
+    table = pd.read_csv(base / "miou.csv")
+    assert list(zip(table["probe"], table["crf"], strict=True)) == [
+        ("cluster", False), ("cluster", True), ("linear", False), ("linear", True), ("backbone_kmeans", True)]
+    assert (table["dataset"] == "mine").all() and (table["backbone"] == "efficientnet_lite0").all()
+    assert (table["n_images"] == 6).all()
+    assert table["pixel_accuracy"].between(0, 100).all() and table["miou"].between(0, 100).all()
+    # The demo scenes are easy for a pretrained backbone: better than chance (1/6 of the pixels) everywhere.
+    assert (table["pixel_accuracy"] > 100 / len(CLASSES)).all()
+    per_class = pd.read_csv(base / "per_class_iou.csv")
+    assert per_class["class"].iloc[: len(CLASSES)].tolist() == CLASSES
+    plan = (base / "plan" / "efficientnet_lite0.txt").read_text()
+    assert "train       24" in plan and "val          6" in plan
+
+
+@pytest.mark.slow
+def test_directory_without_labels_ends_with_the_cluster_segmentations(tmp_path):
+    workdir, config = workdir_with_config(tmp_path, labels=False)
+    out = snakemake(workdir, config, "--cores", "2")
+    assert out.returncode == 0, out.stderr[-4000:]
+    base = tmp_path / "results" / "mine"
+    assert not (base / "miou.csv").exists() and not (base / "probe").exists()
+    for probe in ("cluster", "backbone_kmeans"):
+        with h5py.File(base / "segment" / "efficientnet_lite0" / f"{probe}.0.h5", "r") as f:
+            assert f["crf"].shape == (6, 96, 96) and f["raw"].shape == (6, 96, 96)
+    table = pd.read_csv(base / "clusters.csv")
+    assert set(zip(table["probe"], table["crf"], strict=True)) == {
+        ("cluster", False), ("cluster", True), ("backbone_kmeans", True)}
+    for _, group in table.groupby(["probe", "crf"]):
+        assert group["cluster"].tolist() == list(range(len(CLASSES)))
+        assert group["share"].sum() == pytest.approx(100.0) and group["pixels"].sum() == 6 * 96 * 96

@@ -1,0 +1,170 @@
+"""The plan before extraction: samples per split, bytes per feature store, and the refusal on a full disk."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stego_steps import plan, prepare
+from stego_steps.config import stage_settings
+from stego_steps.io import write_csv
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+
+
+def _index(path: Path, n: int, labelled: bool = True) -> Path:
+    rows = [{"id": str(i), "image": f"img/{i}.jpg", "label": f"lab/{i}.png" if labelled else ""}
+            for i in range(n)]
+    write_csv(path, prepare.index_frame(rows))
+    return path
+
+
+def _settings(backbone: str = "dino_vitb8", train_res: int = 224, eval_res: int = 320) -> dict:
+    return {"train": {"backbone": backbone, "res": train_res, "evaluation": False},
+            "val": {"backbone": backbone, "res": eval_res, "evaluation": True}}
+
+
+def _usage(free: int):
+    return lambda path: shutil._ntuple_diskusage(10**15, 10**15 - free, free)
+
+
+def test_bytes_per_store_follow_the_extract_layout():
+    train = plan.SplitPlan("train", samples=10, res=224, stride=8, channels=768, evaluation=False, labelled=True)
+    assert train.grid == 28
+    assert train.parts == {"feats": 10 * 768 * 28 * 28 * 2, "pooled": 10 * 768 * 4, "label": 10 * 224 * 224 * 2}
+    val = plan.SplitPlan("val", samples=3, res=320, stride=8, channels=768, evaluation=True, labelled=True)
+    feats = 3 * 768 * 40 * 40 * 2
+    assert val.parts == {"feats": feats, "pooled": 3 * 768 * 4, "label": 3 * 320 * 320 * 2,
+                         "image": 3 * 320 * 320 * 3, "feats_flip": feats}
+    assert val.bytes == sum(val.parts.values())
+    unlabelled = plan.SplitPlan("val", samples=3, res=320, stride=8, channels=768, evaluation=True,
+                                labelled=False)
+    assert "label" not in unlabelled.parts and unlabelled.bytes == val.bytes - 3 * 320 * 320 * 2
+    # The README's figure: COCO-Stuff five-crop of the full training list at ViT-B/8, ≈ 590 GB of features.
+    coco = plan.SplitPlan("train", samples=488_510, res=224, stride=8, channels=768, evaluation=False,
+                          labelled=True)
+    assert coco.parts["feats"] == pytest.approx(590e9, rel=0.01)
+
+
+def test_make_plan_reads_the_index_and_the_backbone_facts(tmp_path):
+    indexes = {"train": _index(tmp_path / "train.csv", 12), "val": _index(tmp_path / "val.csv", 4, False)}
+    plans = plan.make_plan(indexes, _settings("efficientnet_lite0"))
+    assert [(p.split, p.samples, p.res, p.stride, p.channels, p.evaluation, p.labelled) for p in plans] == [
+        ("train", 12, 224, 8, 152, False, True), ("val", 4, 320, 8, 152, True, False)]
+    vit16 = plan.make_plan(indexes, _settings("dino_vits16_random"))
+    assert vit16[0].grid == 14 and vit16[0].channels == 384
+    assert vit16[0].parts["feats"] * 4 == plan.make_plan(indexes, _settings("dino_vits8"))[0].parts["feats"]
+    with pytest.raises(ValueError, match="val: resolution 320 is not a multiple.*stride 14"):
+        plan.make_plan(indexes, _settings("dinov2_vits14"))
+    with pytest.raises(ValueError, match="no extract settings for split"):
+        plan.make_plan(indexes, {"train": _settings()["train"]})
+
+
+def test_settings_come_from_the_stage_settings(tmp_path):
+    """The rule passes stage_settings(config, ds, 'extract', split): train_res for train, eval_res for val."""
+    cfg = copy.deepcopy(CONFIG)
+    cfg["datasets"]["mine"] = {"kind": "directory", "preset": "potsdam", "root": "x",
+                               "overrides": {"train_res": 64, "eval_res": 96}}
+    settings = {s: stage_settings(cfg, "mine", "extract", s) for s in ("train", "val")}
+    indexes = {s: _index(tmp_path / f"{s}.csv", 5) for s in ("train", "val")}
+    train, val = plan.make_plan(indexes, settings)
+    assert (train.res, train.grid, train.channels, train.evaluation) == (64, 8, 384, False)
+    assert (val.res, val.grid, val.evaluation) == (96, 12, True)
+
+
+def test_free_space_of_the_nearest_existing_parent(tmp_path, monkeypatch):
+    assert plan.existing_parent(tmp_path / "results" / "x" / "features") == tmp_path
+    seen = []
+    monkeypatch.setattr(plan.shutil, "disk_usage", lambda p: seen.append(Path(p)) or _usage(123)(p))
+    assert plan.free_bytes(tmp_path / "a" / "b") == (tmp_path, 123) and seen == [tmp_path]
+    store = tmp_path / "stores"
+    store.mkdir()
+    (store / "train.h5").write_bytes(b"x" * 100)
+    (store / "val.h5.partial").write_bytes(b"x" * 10)
+    (store / "other.h5").write_bytes(b"x" * 1000)
+    assert plan.reclaimable_bytes(store, ["train", "val"]) == 110
+    assert plan.reclaimable_bytes(tmp_path / "missing", ["train"]) == 0
+
+
+def _run(tmp_path: Path, *extra: str, settings: dict | None = None) -> tuple[Path, list[str]]:
+    indexes = {"train": _index(tmp_path / "index" / "train.csv", 20), "val": _index(tmp_path / "index" / "val.csv", 5)}
+    out = tmp_path / "plan" / "bb.txt"
+    argv = ["--index", *(f"{s}={p}" for s, p in indexes.items()), "--settings", json.dumps(settings or _settings()),
+            "--store-dir", str(tmp_path / "features" / "bb"), "--out", str(out), "--title", "plan: test", *extra]
+    return out, argv
+
+
+def test_cli_writes_the_table(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(plan.shutil, "disk_usage", _usage(10**12))
+    out, argv = _run(tmp_path)
+    plan.main(argv)
+    text = out.read_text()
+    assert text == capsys.readouterr().out.rstrip("\n") + "\n"
+    lines = text.splitlines()
+    assert lines[0] == "plan: test"
+    train = next(line for line in lines if line.startswith("train"))
+    val = next(line for line in lines if line.startswith("val"))
+    total = next(line for line in lines if line.startswith("total"))
+    expected = plan.make_plan({"train": tmp_path / "index" / "train.csv", "val": tmp_path / "index" / "val.csv"},
+                              _settings())
+    assert train.split()[:5] == ["train", "20", "224×224", "28×28", "768"]
+    assert val.split()[:5] == ["val", "5", "320×320", "40×40", "768"]
+    assert f"{expected[0].bytes:,}" in train and f"{expected[1].bytes:,}" in val
+    assert f"{expected[0].bytes + expected[1].bytes:,}" in total and total.split()[1] == "25"
+    assert f"free disk: {10**12:,} bytes (1.0 TB) at {tmp_path}" in text
+
+
+def test_cli_refuses_when_the_disk_cannot_hold_the_stores(tmp_path, monkeypatch, capsys):
+    out, argv = _run(tmp_path)
+    total = sum(p.bytes for p in plan.make_plan(
+        {"train": tmp_path / "index" / "train.csv", "val": tmp_path / "index" / "val.csv"}, _settings()))
+    # Exactly total × 1.1 free is enough; a little less is refused.
+    monkeypatch.setattr(plan.shutil, "disk_usage", _usage(int(total * 1.1)))
+    plan.main(argv)
+    assert out.exists()
+    out.unlink()
+    monkeypatch.setattr(plan.shutil, "disk_usage", _usage(int(total * 1.1) - 1000))
+    with pytest.raises(SystemExit) as exc:
+        plan.main(argv)
+    assert exc.value.code == 1
+    assert not out.exists()
+    captured = capsys.readouterr()
+    message = captured.out
+    assert "PLAN REFUSED: not enough disk for the feature stores" in message
+    assert f"({int(total * 1.1):,} bytes" in message and f"({int(total * 1.1) - 1000:,} bytes) are free" in message
+    for choice in ("Coco164kFull_Stuff_Coarse_7", "five_crop: false", "a /16 backbone", "--directory"):
+        assert choice in message
+    assert "ERROR" in captured.err and "not enough disk" in captured.err  # also in the rule's log
+    # Stores already in the folder are replaced, so their bytes count as free.
+    store = tmp_path / "features" / "bb"
+    store.mkdir(parents=True)
+    (store / "train.h5").write_bytes(b"x" * 2000)
+    plan.main(argv)
+    assert out.exists()
+
+
+def test_refusal_choices_fit_the_backbone():
+    p16 = [plan.SplitPlan("train", 10**6, 224, 16, 768, False, True)]
+    with pytest.raises(plan.InsufficientSpace) as exc:
+        plan.check_space(p16, 10, store_dir="results/x/features/bb")
+    assert "/16 backbone" not in str(exc.value) and "five_crop: false" in str(exc.value)
+    p8 = [plan.SplitPlan("train", 10**6, 224, 8, 768, False, True)]
+    with pytest.raises(plan.InsufficientSpace, match=r"/16 backbone.*0\.25× the feature bytes"):
+        plan.check_space(p8, 10, store_dir="results/x/features/bb")
+
+
+def test_plan_runs_before_extraction_in_the_workflow(tmp_path):
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path), "--configfile",
+           str(ROOT / "tests" / "data" / "tiny_config.yaml"), "-n", "--quiet", "rules",
+           "--", "results/demo/features/efficientnet_lite0/train.h5"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert {"prepare", "plan", "extract"} <= set((out.stdout + out.stderr).split())

@@ -9,7 +9,9 @@ Layout of `{split}.h5`:
 - attrs: backbone, res, stride, split, n_classes, class_names.
 
 The caching is lossless for training because the backbone is frozen and no augmentation reaches the loss.
-Writing goes to `{out}.partial` with a progress counter; a killed run resumes from it.
+Writing goes to `{out}.partial` with a progress counter; a killed run resumes from it. Large splits are
+extracted in shards (contiguous slices of the index, one job each) and gathered into one store of HDF5
+virtual datasets that point at the shard files, so gathering copies nothing.
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from stego_steps import images
 from stego_steps.backbones import FeatureExtractor, build_backbone
-from stego_steps.io import base_parser, progress, select_device, settings_arg, setup_logging
+from stego_steps.io import atomic_path, base_parser, progress, select_device, settings_arg, setup_logging
 from stego_steps.prepare import read_index, row_box
+from stego_steps.store import shard_range
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +88,11 @@ def _create(f: h5py.File, n: int, c: int, grid: int, res: int, evaluation: bool,
 
 def extract(index: pd.DataFrame, classes: dict, out: Path, *, backbone: str, weights: str | None, res: int,
             evaluation: bool, jpeg_quality: int | None = None, batch_size: int = 16, workers: int = 0,
-            device: str = "auto", seed: int = 0, split: str = "") -> None:
-    """Write the feature store for one split (resuming a partial one written from the same inputs)."""
+            device: str = "auto", seed: int = 0, split: str = "", shard: int = 0, n_shards: int = 1) -> None:
+    """Write the feature store of one split, or of one shard of it (resuming a partial one written from the
+    same inputs)."""
+    rows = shard_range(len(index), shard, n_shards)
+    index = index.iloc[rows.start:rows.stop]
     device = select_device(device)
     net = build_backbone(backbone, weights=weights, seed=seed).to(device)
     if res % net.stride:
@@ -113,7 +119,8 @@ def extract(index: pd.DataFrame, classes: dict, out: Path, *, backbone: str, wei
         if "feats" not in f:
             _create(f, n, net.dim, grid, res, evaluation, with_labels)
             f.attrs.update(fingerprint=key, done=0, backbone=backbone, res=res, stride=net.stride, split=split,
-                           n_classes=len(classes["names"]), class_names=json.dumps(classes["names"]))
+                           n_classes=len(classes["names"]), class_names=json.dumps(classes["names"]),
+                           start=rows.start, stop=rows.stop)
             f.create_dataset("ids", data=index["id"].astype(str).to_numpy().astype("S"))
         done = int(f.attrs["done"])
         if done:
@@ -137,6 +144,34 @@ def extract(index: pd.DataFrame, classes: dict, out: Path, *, backbone: str, wei
     log.info("wrote %s: %d samples, %d×%d×%d features", out, n, net.dim, grid, grid)
 
 
+def gather(shards: list[Path], out: Path) -> None:
+    """One store over all shards: virtual datasets whose sources are the shard files (relative paths, so
+    the folder can move), plus the small `ids`. Checks that the shards tile the split exactly."""
+    metas = []
+    for path in shards:
+        with h5py.File(path, "r") as f:
+            metas.append((int(f.attrs["start"]), int(f.attrs["stop"]), path,
+                          {k: (f[k].shape, f[k].dtype) for k in f if k != "ids"}, dict(f.attrs), f["ids"][...]))
+    metas.sort(key=lambda m: m[0])
+    stops = [m[1] for m in metas]
+    if [m[0] for m in metas] != [0, *stops[:-1]]:
+        raise ValueError(f"feature shards do not tile the split: {[(m[0], m[1], str(m[2])) for m in metas]}; "
+                         "rerun the extract jobs of the missing shards")
+    n, first = stops[-1], metas[0]
+    with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
+        for key, (shape, dtype) in first[3].items():
+            layout = h5py.VirtualLayout(shape=(n, *shape[1:]), dtype=dtype)
+            for start, stop, path, datasets, _, _ in metas:
+                if datasets.get(key, (None,))[0] != (stop - start, *shape[1:]):
+                    raise ValueError(f"shard {path} has no dataset '{key}' of the expected shape")
+                source = os.path.relpath(path, out.parent)
+                layout[start:stop] = h5py.VirtualSource(source, key, shape=(stop - start, *shape[1:]))
+            f.create_virtual_dataset(key, layout)
+        f.create_dataset("ids", data=np.concatenate([m[5] for m in metas]))
+        f.attrs.update({k: v for k, v in first[4].items() if k not in ("start", "stop", "done", "fingerprint")})
+        f.attrs["shards"] = len(metas)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = base_parser(__doc__)
     parser.add_argument("--index", type=Path, required=True)
@@ -145,13 +180,31 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--settings", type=settings_arg, required=True,
                         help="JSON: backbone, weights, res, evaluation, jpeg_quality, batch_size, device, seed")
     parser.add_argument("--split", default="")
+    parser.add_argument("--shard", type=int, default=0)
+    parser.add_argument("--n-shards", type=int, default=1)
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
     torch.set_num_threads(args.threads)
     classes = json.loads(args.classes.read_text())
-    extract(read_index(args.index), classes, args.out, split=args.split,
+    extract(read_index(args.index), classes, args.out, split=args.split, shard=args.shard, n_shards=args.n_shards,
             workers=max(args.threads - 1, 0) if args.threads > 2 else 0, **args.settings)
 
 
+def gather_main(argv: list[str] | None = None) -> None:
+    """`python -m stego_steps.extract gather --out split.h5 shard0.h5 shard1.h5 ...`"""
+    parser = base_parser("Gather feature shards into one store of virtual datasets.")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("shards", type=Path, nargs="+")
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    gather(args.shards, args.out)
+    log.info("gathered %d shards into %s", len(args.shards), args.out)
+
+
 if __name__ == "__main__":
-    main()
+    import sys
+
+    if sys.argv[1:2] == ["gather"]:
+        gather_main(sys.argv[2:])
+    else:
+        main()

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from stego_steps.crf import refine_labels
 from stego_steps.io import atomic_path, base_parser, progress, setup_logging
 from stego_steps.probe import load_probe
-from stego_steps.store import FeatureStore
+from stego_steps.store import FeatureStore, shard_range
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +38,6 @@ def cluster_log_probs(centroids: np.ndarray, temperature: float = 2.0) -> LogPro
 
 def linear_log_probs(probe: torch.nn.Module) -> LogProbs:
     return lambda x: torch.log_softmax(probe(x), dim=1)
-
-
-def shard_range(n: int, shard: int, n_shards: int) -> range:
-    """Contiguous, near-equal slices of range(n)."""
-    if not 0 <= shard < n_shards:
-        raise ValueError(f"shard {shard} is outside 0..{n_shards - 1}")
-    bounds = np.linspace(0, n, n_shards + 1).round().astype(int)
-    return range(bounds[shard], bounds[shard + 1])
 
 
 @torch.no_grad()

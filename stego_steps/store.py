@@ -62,3 +62,11 @@ def _gather(data: h5py.Dataset, index: np.ndarray) -> np.ndarray:
     """h5py fancy indexing needs increasing unique indices: read sorted, then restore the order."""
     unique, inverse = np.unique(index, return_inverse=True)
     return data[unique][inverse]
+
+
+def shard_range(n: int, shard: int, n_shards: int) -> range:
+    """Contiguous, near-equal slices of range(n)."""
+    if not 0 <= shard < n_shards:
+        raise ValueError(f"shard {shard} is outside 0..{n_shards - 1}")
+    bounds = np.linspace(0, n, n_shards + 1).round().astype(int)
+    return range(bounds[shard], bounds[shard + 1])

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from stego_steps import evaluate, segment
+from stego_steps import evaluate, segment, store
 
 
 def test_evaluate_rows_for_a_permuted_perfect_clustering():
@@ -41,10 +41,10 @@ def test_shards_are_stitched_and_gaps_detected(tmp_path):
 
 
 def test_shard_ranges_partition_the_images():
-    covered = [i for s in range(4) for i in segment.shard_range(10, s, 4)]
+    covered = [i for s in range(4) for i in store.shard_range(10, s, 4)]
     assert covered == list(range(10))
     with pytest.raises(ValueError):
-        segment.shard_range(10, 4, 4)
+        store.shard_range(10, 4, 4)
 
 
 def test_cluster_log_probs_are_the_official_tempered_cosine():

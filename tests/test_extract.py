@@ -74,3 +74,20 @@ def test_resolution_must_be_a_multiple_of_the_stride(demo_index, tmp_path):
     with pytest.raises(ValueError, match="multiple"):
         extract.extract(read_index(demo_index / "train.csv"), classes, tmp_path / "x.h5", res=40,
                         evaluation=False, **SETTINGS)
+
+
+def test_shards_gather_into_the_same_store(demo_index, tmp_path):
+    classes = json.loads((demo_index / "classes.json").read_text())
+    index = read_index(demo_index / "val.csv")
+    extract.extract(index, classes, tmp_path / "whole.h5", res=32, evaluation=True, **SETTINGS)
+    shards = [tmp_path / "shards" / f"{i}.h5" for i in range(2)]
+    for i, path in enumerate(shards):
+        extract.extract(index, classes, path, res=32, evaluation=True, shard=i, n_shards=2, **SETTINGS)
+    extract.gather(shards[::-1], tmp_path / "val.h5")
+    with h5py.File(tmp_path / "whole.h5") as a, h5py.File(tmp_path / "val.h5") as b:
+        assert b["feats"].is_virtual and b.attrs["shards"] == 2
+        for key in ("feats", "feats_flip", "pooled", "label", "image", "ids"):
+            np.testing.assert_array_equal(a[key][...], b[key][...])
+        assert b.attrs["n_classes"] == a.attrs["n_classes"]
+    with pytest.raises(ValueError, match="do not tile"):
+        extract.gather(shards[:1][::-1][1:] + shards[1:], tmp_path / "bad.h5")

@@ -9,8 +9,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "data" / "tiny_config.yaml"
-STAGES = {"prepare", "extract", "knn", "train", "cluster", "backbone_kmeans", "linear_probe", "predict",
-          "segment", "evaluate"}
+STAGES = {"prepare", "plan", "extract", "gather_features", "knn", "train", "cluster", "backbone_kmeans",
+          "linear_probe", "predict", "segment", "evaluate"}
 
 
 def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:

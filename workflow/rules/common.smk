@@ -2,6 +2,9 @@
 # so that a bad configuration fails before any job runs. Helpers below keep the rules declarative.
 import json
 import os
+from pathlib import Path
+
+import h5py
 import shutil
 import sys
 
@@ -38,6 +41,7 @@ os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.g
 # GPU rules ask for one GPU when the models will run on one; on CPU machines they ask for none.
 GPU = 1 if config["device"] == "cuda" or (config["device"] == "auto" and shutil.which("nvidia-smi")) else 0
 SHARDS = range(config["segment_shards"])
+EXTRACT_SHARDS = range(config["extract_shards"])
 PROBES = ["cluster", "linear", "backbone_kmeans"]
 UNSUPERVISED = ["cluster", "backbone_kmeans"]  # the probes that need no labels
 
@@ -143,3 +147,34 @@ def _evaluation_inputs(ds, probes):
         "cluster": f"{base}/cluster/{bb}/centroids.npy",
         "backbone_kmeans": f"{base}/cluster/{bb}/backbone_centroids.npy",
     }
+
+
+def _samples(index_csv):
+    with open(index_csv) as f:
+        return max(sum(1 for _ in f) - 1, 0)
+
+
+def extract_runtime(wildcards, input):
+    """Minutes for one extraction shard: start-up plus a slow GPU's pace (20 images/s, flips counted)."""
+    per_shard = _samples(input.index) / len(EXTRACT_SHARDS)
+    passes = 1 if wildcards.split == "train" else 2
+    return int(30 + per_shard * passes / 20 / 60)
+
+
+def store_mb(features):
+    """Size of a feature store in MB; a gathered store is virtual, so count its shard files."""
+    shard_dir = Path(features).with_suffix("")
+    files = list(shard_dir.glob("*.h5")) if shard_dir.is_dir() else [Path(features)]
+    return sum(f.stat().st_size for f in files if f.exists()) / 2**20
+
+
+def in_memory_mb(wildcards, input):
+    """Memory for stages that hold the training store in memory (up to max_memory_gb = 8 GB) and more."""
+    return int(4000 + 1.2 * min(store_mb(input.features), 8192))
+
+
+def segment_runtime(wildcards, input):
+    """Minutes for one CRF shard: about 3 s per 320² image and probe on one core, spread over 2 threads."""
+    with h5py.File(input.features, "r") as f:
+        n = len(f["ids"])
+    return int(30 + n / len(SHARDS) * 3 / 2 / 60)

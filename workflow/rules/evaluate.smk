@@ -40,7 +40,7 @@ rule segment:
     threads: 2
     resources:
         mem_mb=4000,
-        runtime=600,
+        runtime=segment_runtime,
     conda:
         "../envs/stego.yaml"
     shell:

@@ -1,5 +1,5 @@
 rule extract:
-    """Frozen backbone features of one split → HDF5 (float16 patch features, pooled descriptors)."""
+    """Frozen backbone features of one shard of a split → HDF5 (float16 patch features, pooled descriptors)."""
     input:
         index="results/{ds}/index/{split}.csv",
         classes="results/{ds}/index/classes.json",
@@ -8,23 +8,44 @@ rule extract:
         plan=ancient("results/{ds}/plan/{bb}.txt"),
         weights=backbone_weights_input,
     output:
-        "results/{ds}/features/{bb}/{split}.h5",
+        "results/{ds}/features/{bb}/{split}/{shard}.h5",
     params:
         settings=settings("extract"),
+        n_shards=len(EXTRACT_SHARDS),
     log:
-        "logs/{ds}/extract_{bb}_{split}.log",
+        "logs/{ds}/extract_{bb}_{split}.{shard}.log",
     benchmark:
-        "benchmarks/{ds}/extract/{bb}_{split}.tsv"
+        "benchmarks/{ds}/extract/{bb}_{split}.{shard}.tsv"
     threads: 2
     resources:
         gpu=GPU,
         mem_mb=8000,
-        runtime=720,
+        runtime=extract_runtime,
     conda:
         "../envs/stego.yaml"
     shell:
         "python -m stego_steps.extract --index {input.index} --classes {input.classes} --split {wildcards.split}"
-        " --settings {params.settings:q} --out {output} --threads {threads} 2> {log}"
+        " --shard {wildcards.shard} --n-shards {params.n_shards} --settings {params.settings:q}"
+        " --out {output} --threads {threads} 2> {log}"
+
+
+rule gather_features:
+    """One feature store per split: HDF5 virtual datasets over the shards (nothing is copied)."""
+    input:
+        lambda w: expand("results/{{ds}}/features/{{bb}}/{{split}}/{shard}.h5", shard=EXTRACT_SHARDS),
+    output:
+        "results/{ds}/features/{bb}/{split}.h5",
+    log:
+        "logs/{ds}/gather_features_{bb}_{split}.log",
+    localrule: True
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        "../envs/stego.yaml"
+    shell:
+        "python -m stego_steps.extract gather --out {output} {input} 2> {log}"
 
 
 rule knn:

@@ -17,7 +17,7 @@ rule train:
     threads: 2
     resources:
         gpu=GPU,
-        mem_mb=12000,
+        mem_mb=in_memory_mb,
         runtime=720,
     conda:
         "../envs/stego.yaml"
@@ -43,7 +43,7 @@ rule cluster:
         "benchmarks/{ds}/cluster/{bb}.tsv"
     threads: 2
     resources:
-        mem_mb=12000,
+        mem_mb=in_memory_mb,
         runtime=240,
     conda:
         "../envs/stego.yaml"
@@ -55,7 +55,7 @@ rule cluster:
 rule backbone_kmeans:
     """The paper's baseline: the same K-Means directly on the backbone features."""
     input:
-        "results/{ds}/features/{bb}/train.h5",
+        features="results/{ds}/features/{bb}/train.h5",
     output:
         "results/{ds}/cluster/{bb}/backbone_centroids.npy",
     params:
@@ -67,12 +67,12 @@ rule backbone_kmeans:
         "benchmarks/{ds}/backbone_kmeans/{bb}.tsv"
     threads: 2
     resources:
-        mem_mb=12000,
+        mem_mb=in_memory_mb,
         runtime=240,
     conda:
         "../envs/stego.yaml"
     shell:
-        "python -m stego_steps.cluster --features {input} --settings {params.settings:q}"
+        "python -m stego_steps.cluster --features {input.features} --settings {params.settings:q}"
         " --device {params.device} --out {output} --threads {threads} 2> {log}"
 
 
@@ -93,7 +93,7 @@ rule linear_probe:
     threads: 2
     resources:
         gpu=GPU,
-        mem_mb=12000,
+        mem_mb=in_memory_mb,
         runtime=240,
     conda:
         "../envs/stego.yaml"

@@ -17,7 +17,13 @@ import torch
 import torch.nn.functional as F
 
 from stego_steps.head import load_head
-from stego_steps.io import base_parser, progress, select_device, settings_arg, setup_logging, write_npy
+from stego_steps.io import (
+    base_parser,
+    parse_stage_args,
+    progress,
+    settings_arg,
+    write_npy,
+)
 from stego_steps.store import FeatureStore
 
 log = logging.getLogger(__name__)
@@ -86,17 +92,14 @@ def spherical_kmeans(store: FeatureStore, embed: Embed, k: int, *, iterations: i
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = base_parser(__doc__)
+    parser = base_parser(__doc__, device=True)
     parser.add_argument("--features", type=Path, required=True, help="train split feature store (.h5)")
     parser.add_argument("--head", type=Path, help="trained head; omit to cluster the backbone features")
     parser.add_argument("--settings", type=settings_arg, required=True,
                         help="JSON: extra_clusters, iterations, batch_images, init_images, n_init, seed")
     parser.add_argument("--out", type=Path, required=True, help="centroids [K,D] (.npy)")
-    parser.add_argument("--device", default="auto")
-    args = parser.parse_args(argv)
-    setup_logging(args.verbose)
-    torch.set_num_threads(args.threads)
-    device = select_device(args.device)
+    args = parse_stage_args(parser, argv)
+    device = args.device
     s = args.settings
     embed: Embed = load_head(args.head, device) if args.head else (lambda f: f)
     with FeatureStore(args.features, max_memory_gb=s.get("max_memory_gb", 8.0), device=device) as store:

@@ -96,11 +96,25 @@ def settings_arg(text: str) -> dict:
     return value
 
 
-def base_parser(description: str) -> argparse.ArgumentParser:
+def base_parser(description: str, *, device: bool = False) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch and workers")
     parser.add_argument("--verbose", action="store_true")
+    if device:
+        parser.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda")
     return parser
+
+
+def parse_stage_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse a stage's CLI, set up logging, cap torch at the job's threads and resolve `--device`."""
+    import torch
+
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    torch.set_num_threads(args.threads)
+    if hasattr(args, "device"):
+        args.device = select_device(args.device)
+    return args
 
 
 def select_device(requested: str = "auto") -> str:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from stego_steps.head import flip_tta_code, load_head
-from stego_steps.io import atomic_path, base_parser, progress, select_device, setup_logging
+from stego_steps.io import atomic_path, base_parser, parse_stage_args, progress
 from stego_steps.store import FeatureStore
 
 log = logging.getLogger(__name__)
@@ -37,15 +37,12 @@ def predict_codes(store: FeatureStore, head: torch.nn.Module, out: Path, *, batc
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = base_parser(__doc__)
+    parser = base_parser(__doc__, device=True)
     parser.add_argument("--features", type=Path, required=True, help="evaluation split feature store (.h5)")
     parser.add_argument("--head", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True, help="codes (.h5)")
-    parser.add_argument("--device", default="auto")
-    args = parser.parse_args(argv)
-    setup_logging(args.verbose)
-    torch.set_num_threads(args.threads)
-    device = select_device(args.device)
+    args = parse_stage_args(parser, argv)
+    device = args.device
     with FeatureStore(args.features, max_memory_gb=0) as store:
         if not store.has("feats_flip"):
             raise ValueError(f"{args.features} has no flipped features: it is not an evaluation split store")

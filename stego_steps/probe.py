@@ -16,7 +16,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from stego_steps.head import load_head
-from stego_steps.io import atomic_path, base_parser, progress, select_device, settings_arg, setup_logging
+from stego_steps.io import (
+    atomic_path,
+    base_parser,
+    parse_stage_args,
+    progress,
+    settings_arg,
+)
 from stego_steps.store import FeatureStore
 
 log = logging.getLogger(__name__)
@@ -80,16 +86,13 @@ def load_probe(path: str | Path, device: str = "cpu") -> nn.Conv2d:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = base_parser(__doc__)
+    parser = base_parser(__doc__, device=True)
     parser.add_argument("--features", type=Path, required=True, help="train split feature store (.h5)")
     parser.add_argument("--head", type=Path, required=True)
     parser.add_argument("--settings", type=settings_arg, required=True, help="JSON: steps, batch_size, lr, seed")
     parser.add_argument("--out", type=Path, required=True, help="probe weights (.pt)")
-    parser.add_argument("--device", default="auto")
-    args = parser.parse_args(argv)
-    setup_logging(args.verbose)
-    torch.set_num_threads(args.threads)
-    device = select_device(args.device)
+    args = parse_stage_args(parser, argv)
+    device = args.device
     s = args.settings
     head = load_head(args.head, device)
     with FeatureStore(args.features, max_memory_gb=s.get("max_memory_gb", 8.0), device=device) as store:

@@ -23,10 +23,10 @@ from stego_steps.head import SegmentationHead, save_head
 from stego_steps.io import (
     atomic_path,
     base_parser,
+    parse_stage_args,
     progress,
     select_device,
     settings_arg,
-    setup_logging,
     write_csv,
     write_json,
 )
@@ -118,19 +118,16 @@ def train(store: FeatureStore, knn: np.ndarray, settings: dict, *, device: str =
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = base_parser(__doc__)
+    parser = base_parser(__doc__, device=True)
     parser.add_argument("--features", type=Path, required=True, help="train split feature store (.h5)")
     parser.add_argument("--knn", type=Path, required=True, help="KNN table (.npy)")
     parser.add_argument("--settings", type=settings_arg, required=True)
     parser.add_argument("--head", type=Path, required=True, help="output: head weights (.pt)")
     parser.add_argument("--log-csv", type=Path, required=True, help="output: per-step losses")
     parser.add_argument("--resolved", type=Path, required=True, help="output: settings used (JSON)")
-    parser.add_argument("--device", default="auto")
-    args = parser.parse_args(argv)
-    setup_logging(args.verbose)
-    torch.set_num_threads(args.threads)
+    args = parse_stage_args(parser, argv)
     checkpoint = args.head.with_name(args.head.name + ".checkpoint")
-    device = select_device(args.device)
+    device = args.device
     with FeatureStore(args.features, max_memory_gb=args.settings.get("max_memory_gb", 8.0),
                       device=device) as store:
         head, steps = train(store, np.load(args.knn), args.settings, device=device, checkpoint=checkpoint)

@@ -53,3 +53,15 @@ def test_demo_runs_end_to_end(tmp_path):
     # Nothing left to do: a second run is a no-op.
     again = snakemake(tmp_path, "--cores", "2", "-n")
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_missing_weights_stop_the_run_before_any_job(tmp_path):
+    out = snakemake(tmp_path, "--cores", "1", "results/cocostuff/miou.csv")
+    assert out.returncode != 0
+    assert "no pretrained weights for backbone 'dino_vitb8'" in out.stderr and "weights:" in out.stderr
+    assert not (tmp_path / "results").exists()
+    # A dry run still shows the DAG, with the preset's values, and the warning.
+    dry = snakemake(tmp_path, "-n", "-p", "results/cocostuff/miou.csv")
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    text = dry.stdout + dry.stderr
+    assert "a real run would stop here" in text and '"jpeg_quality": 75' in text and '"code_dim": 90' in text

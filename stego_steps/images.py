@@ -31,8 +31,12 @@ def read_image(path: str | Path) -> Image.Image:
         if arr.dtype != np.uint8:
             arr = np.clip(arr, 0, 255).astype(np.uint8)
         return Image.fromarray(arr, "RGB")
-    with Image.open(path) as img:
-        return img.convert("RGB")
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except OSError as err:  # truncated or not an image (PIL's UnidentifiedImageError is an OSError)
+        raise ValueError(f"cannot read image {path} ({err}): the file is damaged or not an image; "
+                         "replace it, or remove it from the dataset and rerun `prepare`") from err
 
 
 def read_label(path: str | Path) -> np.ndarray:
@@ -44,8 +48,12 @@ def read_label(path: str | Path) -> np.ndarray:
         from scipy.io import loadmat
 
         return np.asarray(loadmat(path)["gt"]).astype(np.int64)
-    with Image.open(path) as img:
-        return np.asarray(img).astype(np.int64)
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img).astype(np.int64)
+    except OSError as err:
+        raise ValueError(f"cannot read label map {path} ({err}): the file is damaged or not an image; "
+                         "replace it, or remove the sample from the dataset and rerun `prepare`") from err
 
 
 def apply_lut(raw: np.ndarray, lut: Sequence[int] | None) -> np.ndarray:

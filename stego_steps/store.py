@@ -16,7 +16,12 @@ class FeatureStore:
     def __init__(self, path: str | Path, key: str = "feats", max_memory_gb: float = 8.0,
                  device: str | torch.device = "cpu") -> None:
         self.path, self.device = Path(path), torch.device(device)
-        self._file = h5py.File(self.path, "r")
+        try:
+            self._file = h5py.File(self.path, "r")
+        except OSError as err:
+            raise ValueError(f"feature store {self.path} is unreadable ({err}); delete it and rerun: Snakemake "
+                             "recomputes it (`--forcerun extract` if a gathered store points at lost shards)"
+                             ) from err
         self._data = self._file[key]
         self.n, self.dim, self.h, self.w = self._data.shape
         self.attrs = dict(self._file.attrs)

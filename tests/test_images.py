@@ -63,3 +63,14 @@ def test_read_back_png(tmp_path):
     Image.fromarray(np.full((20, 30), 7, np.uint8)).save(tmp_path / "l.png")
     assert images.read_image(tmp_path / "a.png").size == (30, 20)
     assert (images.read_label(tmp_path / "l.png") == 7).all()
+
+
+def test_damaged_files_name_the_file_and_the_fix(tmp_path):
+    import pytest
+
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG not really")
+    with pytest.raises(ValueError, match="broken.png.*replace it"):
+        images.read_image(bad)
+    with pytest.raises(ValueError, match="broken.png"):
+        images.read_label(bad)

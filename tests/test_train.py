@@ -72,3 +72,10 @@ def test_a_killed_run_resumes_to_the_same_head(store_path, tmp_path):
 def test_knn_table_must_match_the_store(store_path):
     with FeatureStore(store_path) as store, pytest.raises(ValueError, match="rerun the knn stage"):
         train.train(store, np.zeros((3, 4), int), SETTINGS, device="cpu")
+
+
+def test_a_damaged_store_names_the_file_and_the_fix(tmp_path):
+    bad = tmp_path / "train.h5"
+    bad.write_bytes(b"truncated")
+    with pytest.raises(ValueError, match="train.h5 is unreadable.*delete it and rerun"):
+        FeatureStore(bad)

@@ -34,6 +34,41 @@ def load_schema(path: Path = SCHEMA) -> dict:
     return yaml.safe_load(path.read_text())
 
 
+def _coerce_scalar(value: str, types: list[str]) -> Any:
+    lowered = value.strip().lower()
+    if "null" in types and lowered in ("null", "none", "~"):
+        return None
+    if "boolean" in types and lowered in ("true", "false"):
+        return lowered == "true"
+    for kind, cast in (("integer", int), ("number", float)):
+        if kind in types:
+            try:
+                return cast(value)
+            except ValueError:
+                pass
+    return value
+
+
+def coerce(value: Any, schema: dict, defs: dict | None = None) -> Any:
+    """Values typed as the schema says: `snakemake --config` hands nested values over as strings ('5').
+
+    Returns the coerced copy; anything that does not parse is left for `validate` to report.
+    """
+    defs = defs if defs is not None else schema.get("$defs", {})
+    if "$ref" in schema:
+        schema = defs[schema["$ref"].split("/")[-1]]
+    types = schema.get("type", [])
+    types = [types] if isinstance(types, str) else types
+    if isinstance(value, str) and set(types) & {"integer", "number", "boolean", "null"}:
+        return _coerce_scalar(value, types)
+    if isinstance(value, dict):
+        props, extra = schema.get("properties", {}), schema.get("additionalProperties")
+        return {k: coerce(v, props.get(k, extra if isinstance(extra, dict) else {}), defs) for k, v in value.items()}
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [coerce(v, schema["items"], defs) for v in value]
+    return value
+
+
 def validate(config: dict, schema: dict | None = None) -> None:
     """Check the config against the JSON schema; the error names the offending key and the problem."""
     import jsonschema

@@ -71,3 +71,19 @@ def test_stage_settings_carry_only_their_stage():
     # JPEG re-encoding applies to the five-crops of the training split only.
     assert C.stage_settings(cfg, "coco", "extract", "train")["jpeg_quality"] == 75
     assert C.stage_settings(cfg, "coco", "extract", "val")["jpeg_quality"] is None
+
+
+def test_command_line_strings_are_typed_by_the_schema():
+    cfg = copy.deepcopy(CONFIG)
+    cfg["segment_shards"] = "3"
+    cfg["datasets"]["demo"]["overrides"] = {"train": {"steps": "5", "lr": "1e-3"}, "jpeg_quality": "null",
+                                            "loss": {"zero_clamp": "false"}}
+    out = C.coerce(cfg, C.load_schema())
+    C.validate(out)
+    o = out["datasets"]["demo"]["overrides"]
+    assert out["segment_shards"] == 3 and o["train"] == {"steps": 5, "lr": 1e-3}
+    assert o["jpeg_quality"] is None and o["loss"]["zero_clamp"] is False
+    assert out["datasets"]["demo"]["root"] == CONFIG["datasets"]["demo"]["root"]  # strings stay strings
+    bad = C.coerce({**cfg, "segment_shards": "many"}, C.load_schema())
+    with pytest.raises(C.ConfigError, match="segment_shards"):
+        C.validate(bad)

@@ -65,3 +65,9 @@ def test_missing_weights_stop_the_run_before_any_job(tmp_path):
     assert dry.returncode == 0, dry.stderr[-2000:]
     text = dry.stdout + dry.stderr
     assert "a real run would stop here" in text and '"jpeg_quality": 75' in text and '"code_dim": 90' in text
+
+
+def test_command_line_overrides_reach_the_stages(tmp_path):
+    dry = snakemake(tmp_path, "-n", "-p", "--config", 'datasets={"demo": {"overrides": {"train": {"steps": 5}}}}')
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    assert '"steps": 5, "lr"' in dry.stdout + dry.stderr

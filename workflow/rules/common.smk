@@ -15,6 +15,7 @@ from stego_steps import config as stego_config
 from stego_steps.config import ConfigError, backbone_weights, dataset_settings, resolve, stage_settings
 
 # A short message naming the bad key first; then Snakemake's own validation fills in the defaults.
+config.update(stego_config.coerce(config, stego_config.load_schema()))
 try:
     stego_config.validate(config)
 except ConfigError as err:

@@ -68,10 +68,10 @@ def test_three_terms_and_total_by_hand():
                        perms=[torch.tensor([1, 0]), torch.tensor([0, 1])], weights=w, shifts=b)
     # self: F = 1, S = 1 → −(1 − 0.1). knn: F = 0, S = 1 → −(0 − 0.2).
     # random: the swap gives F = 0 → 0.4; the identity (allowed when given explicitly) gives F = 1 → −0.6.
-    assert float(out["self"]) == pytest.approx(-0.9)
-    assert float(out["knn"]) == pytest.approx(0.2)
-    assert float(out["random"]) == pytest.approx((0.4 - 0.6) / 2)
-    assert float(out["total"]) == pytest.approx(0.5 * -0.9 + 2.0 * 0.2 + 3.0 * -0.1)
+    assert out["self"].item() == pytest.approx(-0.9)
+    assert out["knn"].item() == pytest.approx(0.2)
+    assert out["random"].item() == pytest.approx((0.4 - 0.6) / 2)
+    assert out["total"].item() == pytest.approx(0.5 * -0.9 + 2.0 * 0.2 + 3.0 * -0.1)
     out["total"].backward()
     assert code.grad is not None and code_pos.grad is not None
 

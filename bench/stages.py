@@ -50,8 +50,8 @@ def main() -> None:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="stego-bench-"))
     elapsed = run_demo(workdir, args.configfile, args.cores)
     jobs = stage_table(workdir)
-    order = ["prepare", "extract", "knn", "train", "cluster", "backbone_kmeans", "linear_probe", "predict",
-             "segment", "evaluate"]
+    order = ["prepare", "plan", "extract", "gather_features", "knn", "train", "cluster", "backbone_kmeans",
+             "linear_probe", "predict", "segment", "evaluate"]
     table = (jobs.groupby("stage").agg(jobs=("job", "count"), wall_s=("wall_s", "sum"),
                                        max_rss_mb=("max_rss_mb", "max"))
              .reindex([s for s in order if s in set(jobs["stage"])]))

@@ -37,6 +37,8 @@ rule gather_features:
         "results/{ds}/features/{bb}/{split}.h5",
     log:
         "logs/{ds}/gather_features_{bb}_{split}.log",
+    benchmark:
+        "benchmarks/{ds}/gather_features/{bb}_{split}.tsv"
     localrule: True
     threads: 1
     resources:

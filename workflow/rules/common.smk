@@ -1,13 +1,13 @@
-# Start-up: validate the configuration, resolve every dataset's preset and check backbone weights,
-# so that a bad configuration fails before any job runs. Helpers below keep the rules declarative.
+# Start-up: validate the configuration and resolve every dataset's preset, so that a bad configuration fails
+# before any job runs (backbone weights are checked while the DAG is built). Helpers below keep the rules
+# declarative.
 import json
 import os
+import shutil
+import sys
 from pathlib import Path
 
 import h5py
-import shutil
-import sys
-
 from snakemake.utils import validate
 
 from stego_steps import backbones

@@ -1,10 +1,12 @@
 """environment.yml (conda) and pyproject.toml (pip) name the same dependencies."""
 
 import re
-import tomllib
 from pathlib import Path
 
+import pytest
 import yaml
+
+tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
 
 ROOT = Path(__file__).resolve().parents[1]
 # conda package → the pip package it stands for

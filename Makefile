@@ -32,4 +32,5 @@ bench: setup
 	$(BIN)/python bench/stages.py
 
 clean:
-	rm -rf results logs benchmarks .snakemake
+	find results -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +
+	rm -rf logs benchmarks .snakemake

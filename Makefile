@@ -32,5 +32,4 @@ bench: setup
 	$(BIN)/python bench/stages.py
 
 clean:
-	find results -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +
-	rm -rf logs benchmarks .snakemake
+	rm -rf results logs benchmarks .snakemake

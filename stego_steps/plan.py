@@ -6,9 +6,9 @@ Bytes per store (what `extract` writes, HDF5 overhead aside):
 - `label` int16 `N·res²·2` when the split has labels (written compressed: an upper bound);
 - evaluation splits also `image` uint8 `N·res²·3` (compressed: an upper bound) and `feats_flip` (as `feats`).
 
-The stores go to one folder; its free space is read from the nearest existing parent. Stores (or resumable
-`.partial` files) already in that folder are replaced by the extraction, so their bytes count as free. The
-run is refused when `needed · margin > free`.
+The stores go to one folder; its free space is read from the nearest existing parent. Stores and their shard
+files (or resumable `.partial` files) already in that folder are replaced by the extraction, so their bytes
+count as free. The run is refused when `needed · margin > free`.
 """
 
 from __future__ import annotations
@@ -108,13 +108,13 @@ def free_bytes(path: str | Path) -> tuple[Path, int]:
 
 
 def reclaimable_bytes(store_dir: str | Path, splits: list[str]) -> int:
-    """Bytes of the stores (and partial stores) already in `store_dir` that the extraction replaces."""
+    """Bytes of the stores (and partial stores) already in `store_dir` that the extraction replaces: the
+    gathered `{split}.h5` and the shard files `{split}/{shard}.h5` it points at."""
     total = 0
     for split in splits:
-        for name in (f"{split}.h5", f"{split}.h5.partial"):
-            path = Path(store_dir) / name
-            if path.is_file():
-                total += path.stat().st_size
+        paths = [Path(store_dir) / f"{split}.h5", Path(store_dir) / f"{split}.h5.partial",
+                 *(Path(store_dir) / split).glob("*.h5"), *(Path(store_dir) / split).glob("*.h5.partial")]
+        total += sum(path.stat().st_size for path in paths if path.is_file())
     return total
 
 

@@ -91,6 +91,11 @@ def test_free_space_of_the_nearest_existing_parent(tmp_path, monkeypatch):
     (store / "val.h5.partial").write_bytes(b"x" * 10)
     (store / "other.h5").write_bytes(b"x" * 1000)
     assert plan.reclaimable_bytes(store, ["train", "val"]) == 110
+    # Sharded extraction: the shard files (and their partial files) count too.
+    (store / "train").mkdir()
+    (store / "train" / "0.h5").write_bytes(b"x" * 7)
+    (store / "train" / "1.h5.partial").write_bytes(b"x" * 3)
+    assert plan.reclaimable_bytes(store, ["train", "val"]) == 120
     assert plan.reclaimable_bytes(tmp_path / "missing", ["train"]) == 0
 
 

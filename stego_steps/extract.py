@@ -16,7 +16,6 @@ virtual datasets that point at the shard files, so gathering copies nothing.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -30,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from stego_steps import images
 from stego_steps.backbones import FeatureExtractor, build_backbone
-from stego_steps.io import atomic_path, base_parser, progress, select_device, settings_arg, setup_logging
+from stego_steps.io import atomic_path, base_parser, fingerprint, progress, select_device, settings_arg, setup_logging
 from stego_steps.prepare import read_index, row_box
 from stego_steps.store import shard_range
 
@@ -69,13 +68,6 @@ def features_of(backbone: FeatureExtractor, batch: torch.Tensor, device: str) ->
     return backbone(batch.to(device)).float().cpu()
 
 
-def fingerprint(index: pd.DataFrame, settings: dict) -> str:
-    """Identifies what a partial file was computed from, so a resume never mixes two inputs."""
-    h = hashlib.sha256(index.to_csv(index=False).encode())
-    h.update(json.dumps(settings, sort_keys=True).encode())
-    return h.hexdigest()
-
-
 def _create(f: h5py.File, n: int, c: int, grid: int, res: int, evaluation: bool, with_labels: bool) -> None:
     f.create_dataset("feats", (n, c, grid, grid), np.float16, chunks=(1, c, grid, grid))
     f.create_dataset("pooled", (n, c), np.float32)
@@ -102,7 +94,7 @@ def extract(index: pd.DataFrame, classes: dict, out: Path, *, backbone: str, wei
     with_labels = bool((index["label"] != "").all())
     settings = dict(backbone=backbone, weights=weights, res=res, evaluation=evaluation,
                     jpeg_quality=jpeg_quality, seed=seed)
-    key = fingerprint(index, settings)
+    key = fingerprint(index.to_csv(index=False), settings)
     partial = out.with_name(out.name + ".partial")
     n = len(index)
     if partial.exists():

@@ -7,8 +7,6 @@ CSV log and the resolved settings; a checkpoint every `checkpoint_every` steps l
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import time
@@ -23,6 +21,7 @@ from stego_steps.head import SegmentationHead, save_head
 from stego_steps.io import (
     atomic_path,
     base_parser,
+    fingerprint,
     parse_stage_args,
     progress,
     select_device,
@@ -52,10 +51,6 @@ class BatchSampler:
         anchors, self.order = self.order[: self.batch_size], self.order[self.batch_size:]
         rank = torch.randint(1, self.neighbours + 1, (len(anchors),), generator=self.g)
         return anchors.numpy(), self.knn[anchors, rank].numpy()
-
-
-def fingerprint(*parts: object) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def train(store: FeatureStore, knn: np.ndarray, settings: dict, *, device: str = "auto",

@@ -6,6 +6,7 @@ import torch
 
 from stego_steps import knn, train
 from stego_steps.head import SegmentationHead, flip_tta_code
+from stego_steps.io import fingerprint
 from stego_steps.store import FeatureStore
 
 SETTINGS = {
@@ -60,7 +61,7 @@ def test_a_killed_run_resumes_to_the_same_head(store_path, tmp_path):
         state = torch.load(ckpt, weights_only=False)
         assert state["step"] == 10
         # The fingerprint includes the step count, so use the same settings to resume.
-        state["fingerprint"] = train.fingerprint(SETTINGS, str(store_path), table.shape)
+        state["fingerprint"] = fingerprint(SETTINGS, str(store_path), table.shape)
         torch.save(state, ckpt)
         resumed, log = train.train(store, table, SETTINGS, device="cpu", checkpoint=ckpt)
     assert list(log["step"]) == list(range(1, 13))

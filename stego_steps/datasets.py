@@ -27,6 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from stego_steps.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -151,10 +153,12 @@ def five_crop_boxes(height: int, width: int, ratio: float) -> list[Box]:
     return [(x, y, x + w, y + h) for x, y in corners]
 
 
-def _row_box(row: Row) -> Box | None:
-    if any(row.get(k) is None for k in ("x0", "y0", "x1", "y1")):
+def row_box(row: Mapping[str, Any]) -> Box | None:
+    """The crop box of an index row (a dict or a pandas row); None (or NaN, as read from CSV) = whole image."""
+    values = [row.get(k) for k in ("x0", "y0", "x1", "y1")]
+    if any(pd.isna(v) for v in values):
         return None
-    return int(row["x0"]), int(row["y0"]), int(row["x1"]), int(row["y1"])
+    return tuple(int(v) for v in values)
 
 
 def five_crop_rows(rows: Sequence[Row], ratio: float, threads: int = 8) -> list[Row]:
@@ -167,7 +171,7 @@ def five_crop_rows(rows: Sequence[Row], ratio: float, threads: int = 8) -> list[
         sizes = list(pool.map(image_size, [row["image"] for row in rows]))
     out: list[Row] = []
     for row, (height, width) in zip(rows, sizes, strict=True):
-        base = _row_box(row) or (0, 0, width, height)
+        base = row_box(row) or (0, 0, width, height)
         bx, by = base[0], base[1]
         boxes = five_crop_boxes(base[3] - base[1], base[2] - base[0], ratio)
         for k, (x0, y0, x1, y1) in enumerate(boxes):

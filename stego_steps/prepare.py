@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from stego_steps import datasets
+from stego_steps.datasets import row_box  # noqa: F401 (the stages read crop boxes from here)
 from stego_steps.io import base_parser, settings_arg, setup_logging, write_csv, write_json
 
 log = logging.getLogger(__name__)
@@ -35,12 +36,6 @@ def read_index(path: str | Path) -> pd.DataFrame:
     if missing:
         raise ValueError(f"index {path} lacks columns {missing}; rerun the prepare stage")
     return frame
-
-
-def row_box(row: pd.Series) -> tuple[int, int, int, int] | None:
-    if pd.isna(row["x0"]):
-        return None
-    return int(row["x0"]), int(row["y0"]), int(row["x1"]), int(row["y1"])
 
 
 def prepare(kind: str, settings: dict, out_dir: Path) -> dict[str, int]:

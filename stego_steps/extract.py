@@ -69,13 +69,17 @@ def features_of(backbone: FeatureExtractor, batch: torch.Tensor, device: str) ->
 
 
 def _create(f: h5py.File, n: int, c: int, grid: int, res: int, evaluation: bool, with_labels: bool) -> None:
-    f.create_dataset("feats", (n, c, grid, grid), np.float16, chunks=(1, c, grid, grid))
+    # One sample per chunk; an empty shard (fewer batches than shards) gets empty, unchunked datasets.
+    def sample_chunks(*shape: int, compress: bool = False) -> dict:
+        return dict(chunks=(1, *shape), compression="lzf" if compress else None) if n else {}
+
+    f.create_dataset("feats", (n, c, grid, grid), np.float16, **sample_chunks(c, grid, grid))
     f.create_dataset("pooled", (n, c), np.float32)
     if with_labels:
-        f.create_dataset("label", (n, res, res), np.int16, chunks=(1, res, res), compression="lzf")
+        f.create_dataset("label", (n, res, res), np.int16, **sample_chunks(res, res, compress=True))
     if evaluation:
-        f.create_dataset("feats_flip", (n, c, grid, grid), np.float16, chunks=(1, c, grid, grid))
-        f.create_dataset("image", (n, res, res, 3), np.uint8, chunks=(1, res, res, 3), compression="lzf")
+        f.create_dataset("feats_flip", (n, c, grid, grid), np.float16, **sample_chunks(c, grid, grid))
+        f.create_dataset("image", (n, res, res, 3), np.uint8, **sample_chunks(res, res, 3, compress=True))
 
 
 def extract(index: pd.DataFrame, classes: dict, out: Path, *, backbone: str, weights: str | None, res: int,
@@ -83,7 +87,8 @@ def extract(index: pd.DataFrame, classes: dict, out: Path, *, backbone: str, wei
             device: str = "auto", seed: int = 0, split: str = "", shard: int = 0, n_shards: int = 1) -> None:
     """Write the feature store of one split, or of one shard of it (resuming a partial one written from the
     same inputs)."""
-    rows = shard_range(len(index), shard, n_shards)
+    with_labels = bool((index["label"] != "").all())  # of the whole split: an empty shard has the same datasets
+    rows = shard_range(len(index), shard, n_shards, align=batch_size)
     index = index.iloc[rows.start:rows.stop]
     device = select_device(device)
     net = build_backbone(backbone, weights=weights, seed=seed).to(device)
@@ -91,9 +96,10 @@ def extract(index: pd.DataFrame, classes: dict, out: Path, *, backbone: str, wei
         raise ValueError(f"resolution {res} is not a multiple of backbone {backbone}'s stride {net.stride}; "
                          f"pick a multiple in the preset")
     grid = res // net.stride
-    with_labels = bool((index["label"] != "").all())
+    # Batch composition and compute threads change the features' last bits, so they are part of the key.
     settings = dict(backbone=backbone, weights=weights, res=res, evaluation=evaluation,
-                    jpeg_quality=jpeg_quality, seed=seed)
+                    jpeg_quality=jpeg_quality, seed=seed, batch_size=batch_size,
+                    torch_threads=torch.get_num_threads() if device == "cpu" else None)
     key = fingerprint(index.to_csv(index=False), settings)
     partial = out.with_name(out.name + ".partial")
     n = len(index)
@@ -144,7 +150,7 @@ def gather(shards: list[Path], out: Path) -> None:
         with h5py.File(path, "r") as f:
             metas.append((int(f.attrs["start"]), int(f.attrs["stop"]), path,
                           {k: (f[k].shape, f[k].dtype) for k in f if k != "ids"}, dict(f.attrs), f["ids"][...]))
-    metas.sort(key=lambda m: m[0])
+    metas.sort(key=lambda m: (m[0], m[1]))  # an empty shard sorts before the one it abuts
     stops = [m[1] for m in metas]
     if [m[0] for m in metas] != [0, *stops[:-1]]:
         raise ValueError(f"feature shards do not tile the split: {[(m[0], m[1], str(m[2])) for m in metas]}; "
@@ -156,6 +162,8 @@ def gather(shards: list[Path], out: Path) -> None:
             for start, stop, path, datasets, _, _ in metas:
                 if datasets.get(key, (None,))[0] != (stop - start, *shape[1:]):
                     raise ValueError(f"shard {path} has no dataset '{key}' of the expected shape")
+                if stop == start:  # an empty shard contributes nothing
+                    continue
                 source = os.path.relpath(path, out.parent)
                 layout[start:stop] = h5py.VirtualSource(source, key, shape=(stop - start, *shape[1:]))
             f.create_virtual_dataset(key, layout)
@@ -176,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n-shards", type=int, default=1)
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.torch_threads)
     classes = json.loads(args.classes.read_text())
     extract(read_index(args.index), classes, args.out, split=args.split, shard=args.shard, n_shards=args.n_shards,
             workers=max(args.threads - 1, 0) if args.threads > 2 else 0, **args.settings)

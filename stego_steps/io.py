@@ -104,7 +104,12 @@ def settings_arg(text: str) -> dict:
 
 def base_parser(description: str, *, device: bool = False) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch and workers")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads of the job, for worker processes (data loading, CRF)")
+    parser.add_argument("--torch-threads", type=int, default=2,
+                        help="torch's (and FAISS's) compute threads. Fixed by the config rather than taken from the "
+                             "job's share of --cores: CPU kernels round differently with other thread counts, and "
+                             "a result must not depend on how many cores a run was given")
     parser.add_argument("--verbose", action="store_true")
     if device:
         parser.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda")
@@ -112,12 +117,12 @@ def base_parser(description: str, *, device: bool = False) -> argparse.ArgumentP
 
 
 def parse_stage_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
-    """Parse a stage's CLI, set up logging, cap torch at the job's threads and resolve `--device`."""
+    """Parse a stage's CLI, set up logging, fix torch's compute threads and resolve `--device`."""
     import torch
 
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.torch_threads)
     if hasattr(args, "device"):
         args.device = select_device(args.device)
     return args

@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     import faiss
     import h5py
 
-    faiss.omp_set_num_threads(max(1, args.threads))
+    faiss.omp_set_num_threads(max(1, args.torch_threads))
     with h5py.File(args.features, "r") as f:
         if "pooled" not in f:
             raise SystemExit(
@@ -126,7 +126,8 @@ def main(argv: list[str] | None = None) -> None:
         pooled = np.asarray(f["pooled"][...], dtype=np.float32)
     use_gpu = {"auto": None, "cpu": False, "cuda": True}[args.device]
     log.info(
-        "knn: pooled features %s from %s, k=%d, %d threads", pooled.shape, args.features, args.k, args.threads
+        "knn: pooled features %s from %s, k=%d, %d threads", pooled.shape, args.features, args.k,
+        args.torch_threads,
     )
     start = time.perf_counter()
     table = knn_table(pooled, args.k, use_gpu=use_gpu)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from pathlib import Path
 
 import h5py
@@ -22,6 +24,7 @@ class FeatureStore:
             raise ValueError(f"feature store {self.path} is unreadable ({err}); delete it and rerun: Snakemake "
                              "recomputes it (`--forcerun extract` if a gathered store points at lost shards)"
                              ) from err
+        _check_sources(self._file, self.path)
         self._data = self._file[key]
         self.n, self.dim, self.h, self.w = self._data.shape
         self.attrs = dict(self._file.attrs)
@@ -31,6 +34,14 @@ class FeatureStore:
         self._memory: torch.Tensor | None = None
         if self._data.size * 2 <= max_memory_gb * 2**30:
             self._memory = torch.from_numpy(self._data[...].astype(np.float16)).to(self.device)
+
+    def digest(self, key: str = "pooled", rows_per_read: int = 65536) -> str:
+        """SHA-256 of a dataset's values, read in slices (bounded memory). The pooled descriptors follow from
+        every feature, so their digest identifies what a checkpoint was trained on."""
+        h, data = hashlib.sha256(), self._file[key]
+        for start in range(0, len(data), rows_per_read):
+            h.update(np.ascontiguousarray(data[start:start + rows_per_read]).tobytes())
+        return h.hexdigest()
 
     def has(self, key: str) -> bool:
         return key in self._file
@@ -63,15 +74,40 @@ class FeatureStore:
         self.close()
 
 
+def _check_sources(f: h5py.File, path: Path) -> None:
+    """A gathered store reads its shard files through HDF5 virtual datasets, which return zeros for a missing
+    source: refuse to open one whose shard files are missing instead."""
+    missing = set()
+    for data in f.values():
+        if isinstance(data, h5py.Dataset) and data.is_virtual:
+            for source in data.virtual_sources():
+                shard = Path(source.file_name)
+                if not shard.is_absolute():
+                    shard = path.parent / shard
+                if not os.path.isfile(shard):
+                    missing.add(str(shard))
+    if missing:
+        raise ValueError(f"feature store {path} points at shard files that are missing: {', '.join(sorted(missing))}; "
+                         f"rerun with `snakemake --forcerun gather_features <target>` (the missing shards are "
+                         f"re-extracted), or delete {path}")
+
+
 def _gather(data: h5py.Dataset, index: np.ndarray) -> np.ndarray:
     """h5py fancy indexing needs increasing unique indices: read sorted, then restore the order."""
     unique, inverse = np.unique(index, return_inverse=True)
     return data[unique][inverse]
 
 
-def shard_range(n: int, shard: int, n_shards: int) -> range:
-    """Contiguous, near-equal slices of range(n)."""
+def shard_range(n: int, shard: int, n_shards: int, align: int = 1) -> range:
+    """Contiguous, near-equal slices of range(n) whose starts are multiples of `align`.
+
+    Extraction aligns shards on its batch size, so that a sharded run feeds the backbone exactly the batches
+    of an unsharded one: CPU kernels round differently for other batch compositions, and features must not
+    depend on how a split was sharded. A shard may be empty when there are fewer batches than shards."""
     if not 0 <= shard < n_shards:
         raise ValueError(f"shard {shard} is outside 0..{n_shards - 1}")
-    bounds = np.linspace(0, n, n_shards + 1).round().astype(int)
+    if align < 1:
+        raise ValueError(f"shard alignment must be at least 1, got {align}")
+    n_blocks = -(-n // align)
+    bounds = np.minimum(np.linspace(0, n_blocks, n_shards + 1).round().astype(int) * align, n)
     return range(bounds[shard], bounds[shard + 1])

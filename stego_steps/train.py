@@ -7,6 +7,7 @@ CSV log and the resolved settings; a checkpoint every `checkpoint_every` steps l
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -53,6 +54,13 @@ class BatchSampler:
         return anchors.numpy(), self.knn[anchors, rank].numpy()
 
 
+def checkpoint_key(settings: dict, store: FeatureStore, knn: np.ndarray) -> str:
+    """What a checkpoint was made from: the settings, the very features (the digest of their pooled
+    descriptors) and the KNN table. A checkpoint resumes only when all three are the same."""
+    knn_digest = hashlib.sha256(np.ascontiguousarray(knn).tobytes()).hexdigest()
+    return fingerprint(settings, store.digest("pooled"), knn_digest)
+
+
 def train(store: FeatureStore, knn: np.ndarray, settings: dict, *, device: str = "auto",
           checkpoint: Path | None = None) -> tuple[SegmentationHead, pd.DataFrame]:
     """Train the head; returns it (eval mode) and the per-step log."""
@@ -70,7 +78,7 @@ def train(store: FeatureStore, knn: np.ndarray, settings: dict, *, device: str =
     sampler = BatchSampler(knn, batch, s["neighbours"], g)
     rows: list[dict] = []
     start = 0
-    key = fingerprint(s, str(store.path), knn.shape)
+    key = checkpoint_key(s, store, knn)
     if checkpoint is not None and checkpoint.exists():
         state = torch.load(checkpoint, map_location=device, weights_only=False)
         if state["fingerprint"] == key:
@@ -78,8 +86,12 @@ def train(store: FeatureStore, knn: np.ndarray, settings: dict, *, device: str =
             opt.load_state_dict(state["opt"])
             g.set_state(state["generator"])
             torch.set_rng_state(state["torch_rng"])
+            if state.get("cuda_rng") is not None and torch.device(device).type == "cuda":
+                torch.cuda.set_rng_state(state["cuda_rng"], device)  # dropout masks on the GPU
             sampler.order, rows, start = state["order"], state["rows"], state["step"]
             log.info("resuming training at step %d from %s", start, checkpoint)
+        else:
+            log.warning("ignoring %s: it was made from other settings, features or neighbours", checkpoint)
     head.train()
     for step in progress(range(start, s["steps"]), desc="train", initial=start, total=s["steps"]):
         t0 = time.perf_counter()
@@ -108,6 +120,8 @@ def train(store: FeatureStore, knn: np.ndarray, settings: dict, *, device: str =
             with atomic_path(checkpoint) as tmp:
                 torch.save({"fingerprint": key, "head": head.state_dict(), "opt": opt.state_dict(),
                             "generator": g.get_state(), "torch_rng": torch.get_rng_state(),
+                            "cuda_rng": torch.cuda.get_rng_state(device)
+                            if torch.device(device).type == "cuda" else None,
                             "order": sampler.order, "rows": rows, "step": step + 1}, tmp)
     return head.eval(), pd.DataFrame(rows)
 

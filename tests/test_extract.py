@@ -6,7 +6,7 @@ import h5py
 import numpy as np
 import pytest
 
-from stego_steps import extract, images, prepare
+from stego_steps import extract, images, prepare, store
 from stego_steps.prepare import read_index, row_box
 
 SETTINGS = dict(backbone="dino_vits16_random", weights=None, batch_size=3, device="cpu", seed=0)
@@ -76,18 +76,53 @@ def test_resolution_must_be_a_multiple_of_the_stride(demo_index, tmp_path):
                         evaluation=False, **SETTINGS)
 
 
-def test_shards_gather_into_the_same_store(demo_index, tmp_path):
-    classes = json.loads((demo_index / "classes.json").read_text())
-    index = read_index(demo_index / "val.csv")
+@pytest.fixture
+def seven_val_index(tmp_path):
+    settings = {"root": str(tmp_path / "data7"), "five_crop": False, "crop_ratio": 0.5,
+                "generator": {"n_train": 2, "n_val": 7, "height": 48, "width": 64, "seed": 1}}
+    prepare.prepare("demo", settings, tmp_path / "index7")
+    return tmp_path / "index7"
+
+
+@pytest.mark.parametrize("n_shards", [2, 4])
+def test_shards_gather_into_the_same_store(seven_val_index, tmp_path, n_shards):
+    """Shards start on multiples of the batch size, so the backbone sees the very batches of an unsharded run:
+    equal by construction (7 samples in batches of 3; with 4 shards one shard is empty)."""
+    classes = json.loads((seven_val_index / "classes.json").read_text())
+    index = read_index(seven_val_index / "val.csv")
     extract.extract(index, classes, tmp_path / "whole.h5", res=32, evaluation=True, **SETTINGS)
-    shards = [tmp_path / "shards" / f"{i}.h5" for i in range(2)]
+    shards = [tmp_path / "shards" / f"{i}.h5" for i in range(n_shards)]
     for i, path in enumerate(shards):
-        extract.extract(index, classes, path, res=32, evaluation=True, shard=i, n_shards=2, **SETTINGS)
+        extract.extract(index, classes, path, res=32, evaluation=True, shard=i, n_shards=n_shards, **SETTINGS)
     extract.gather(shards[::-1], tmp_path / "val.h5")
     with h5py.File(tmp_path / "whole.h5") as a, h5py.File(tmp_path / "val.h5") as b:
-        assert b["feats"].is_virtual and b.attrs["shards"] == 2
+        assert b["feats"].is_virtual and b.attrs["shards"] == n_shards
         for key in ("feats", "feats_flip", "pooled", "label", "image", "ids"):
             np.testing.assert_array_equal(a[key][...], b[key][...])
         assert b.attrs["n_classes"] == a.attrs["n_classes"]
     with pytest.raises(ValueError, match="do not tile"):
-        extract.gather(shards[:1][::-1][1:] + shards[1:], tmp_path / "bad.h5")
+        extract.gather(shards[1:], tmp_path / "bad.h5")
+
+
+def test_shard_ranges_start_on_batch_multiples():
+    for n, n_shards, align in [(7, 2, 3), (7, 4, 3), (100, 3, 16), (5, 8, 1), (0, 2, 4), (33, 5, 32)]:
+        ranges = [store.shard_range(n, s, n_shards, align=align) for s in range(n_shards)]
+        assert [i for r in ranges for i in r] == list(range(n))
+        assert all(r.start % align == 0 or r.start == n for r in ranges)
+    assert [len(store.shard_range(10, s, 4)) for s in range(4)] == [2, 3, 3, 2]
+    with pytest.raises(ValueError, match="outside"):
+        store.shard_range(10, 2, 2)
+
+
+def test_a_gathered_store_with_a_missing_shard_is_an_error_not_zeros(seven_val_index, tmp_path):
+    classes = json.loads((seven_val_index / "classes.json").read_text())
+    index = read_index(seven_val_index / "val.csv")
+    shards = [tmp_path / "val" / f"{i}.h5" for i in range(2)]
+    for i, path in enumerate(shards):
+        extract.extract(index, classes, path, res=32, evaluation=True, shard=i, n_shards=2, **SETTINGS)
+    extract.gather(shards, tmp_path / "val.h5")
+    with store.FeatureStore(tmp_path / "val.h5") as whole:
+        assert whole.n == 7
+    shards[1].rename(tmp_path / "moved.h5")
+    with pytest.raises(ValueError, match=r"missing: .*1\.h5.*--forcerun gather_features"):
+        store.FeatureStore(tmp_path / "val.h5")

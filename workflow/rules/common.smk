@@ -41,6 +41,8 @@ envvars:
 os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
 # GPU rules ask for one GPU when the models will run on one; on CPU machines they ask for none.
 GPU = 1 if config["device"] == "cuda" or (config["device"] == "auto" and shutil.which("nvidia-smi")) else 0
+# torch's compute threads in every model job: fixed, so that a table does not depend on --cores.
+TORCH_THREADS = config["torch_threads"]
 SHARDS = range(config["segment_shards"])
 EXTRACT_SHARDS = range(config["extract_shards"])
 PROBES = ["cluster", "linear", "backbone_kmeans"]

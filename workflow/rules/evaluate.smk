@@ -6,6 +6,7 @@ rule predict:
     output:
         "results/{ds}/predict/{bb}/codes.h5",
     params:
+        torch_threads=TORCH_THREADS,
         device=config["device"],
     log:
         "logs/{ds}/predict_{bb}.log",
@@ -20,7 +21,8 @@ rule predict:
         "../envs/stego.yaml"
     shell:
         "python -m stego_steps.predict --features {input.features} --head {input.head}"
-        " --device {params.device} --out {output} --threads {threads} 2> {log}"
+        " --device {params.device} --out {output} --threads {threads} --torch-threads {params.torch_threads}"
+        " 2> {log}"
 
 
 rule segment:

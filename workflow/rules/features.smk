@@ -3,13 +3,13 @@ rule extract:
     input:
         index="results/{ds}/index/{split}.csv",
         classes="results/{ds}/index/classes.json",
-        # The disk check runs first; ancient: a rerun plan (e.g. the other split's settings changed) does
-        # not redo this split's extraction by itself.
-        plan=ancient("results/{ds}/plan/{bb}.txt"),
+        # The split's disk check runs first.
+        plan="results/{ds}/plan/{bb}/{split}.txt",
         weights=backbone_weights_input,
     output:
         "results/{ds}/features/{bb}/{split}/{shard}.h5",
     params:
+        torch_threads=TORCH_THREADS,
         settings=settings("extract"),
         n_shards=len(EXTRACT_SHARDS),
     log:
@@ -26,7 +26,7 @@ rule extract:
     shell:
         "python -m stego_steps.extract --index {input.index} --classes {input.classes} --split {wildcards.split}"
         " --shard {wildcards.shard} --n-shards {params.n_shards} --settings {params.settings:q}"
-        " --out {output} --threads {threads} 2> {log}"
+        " --out {output} --threads {threads} --torch-threads {params.torch_threads} 2> {log}"
 
 
 rule gather_features:
@@ -57,6 +57,7 @@ rule knn:
     output:
         "results/{ds}/knn/{bb}/train.npy",
     params:
+        torch_threads=TORCH_THREADS,
         k=lambda w: PRESETS[w.ds]["knn_k"],
     log:
         "logs/{ds}/knn_{bb}.log",
@@ -69,4 +70,5 @@ rule knn:
     conda:
         "../envs/stego.yaml"
     shell:
-        "python -m stego_steps.knn --features {input} --k {params.k} --out {output} --threads {threads} 2> {log}"
+        "python -m stego_steps.knn --features {input} --k {params.k} --out {output} --threads {threads}"
+        " --torch-threads {params.torch_threads} 2> {log}"

@@ -24,21 +24,20 @@ rule prepare:
 
 
 rule plan:
-    """Samples per split and bytes per feature store; refuses to start extracting when the disk cannot hold them."""
+    """Samples and bytes of a split's feature store; refuses to start extracting when the disk cannot hold it."""
     input:
-        train="results/{ds}/index/train.csv",
-        val="results/{ds}/index/val.csv",
-        classes="results/{ds}/index/classes.json",
+        index="results/{ds}/index/{split}.csv",
     output:
-        "results/{ds}/plan/{bb}.txt",
+        "results/{ds}/plan/{bb}/{split}.txt",
     params:
-        settings=lambda w: json.dumps({s: stage_settings(config, w.ds, "extract", s) for s in ("train", "val")}),
+        # The very settings of the split's extraction: a plan re-runs exactly when its extraction must.
+        settings=lambda w: json.dumps({w.split: stage_settings(config, w.ds, "extract", w.split)}),
         store_dir=lambda w: f"results/{w.ds}/features/{w.bb}",
-        title=lambda w: f"plan: dataset {w.ds}, backbone {w.bb}",
+        title=lambda w: f"plan: dataset {w.ds}, backbone {w.bb}, split {w.split}",
     log:
-        "logs/{ds}/plan_{bb}.log",
+        "logs/{ds}/plan_{bb}_{split}.log",
     benchmark:
-        "benchmarks/{ds}/plan/{bb}.tsv"
+        "benchmarks/{ds}/plan/{bb}_{split}.tsv"
     threads: 1
     resources:
         mem_mb=1000,
@@ -46,5 +45,5 @@ rule plan:
     conda:
         "../envs/stego.yaml"
     shell:
-        "python -m stego_steps.plan --index train={input.train} val={input.val} --settings {params.settings:q}"
+        "python -m stego_steps.plan --index {wildcards.split}={input.index} --settings {params.settings:q}"
         " --store-dir {params.store_dir} --title {params.title:q} --out {output} 2> {log}"

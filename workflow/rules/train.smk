@@ -8,6 +8,7 @@ rule train:
         log_csv="results/{ds}/train/{bb}/train_log.csv",
         resolved="results/{ds}/train/{bb}/settings.json",
     params:
+        torch_threads=TORCH_THREADS,
         settings=settings("train"),
         device=config["device"],
     log:
@@ -24,7 +25,8 @@ rule train:
     shell:
         "python -m stego_steps.train --features {input.features} --knn {input.knn}"
         " --settings {params.settings:q} --device {params.device} --head {output.head}"
-        " --log-csv {output.log_csv} --resolved {output.resolved} --threads {threads} 2> {log}"
+        " --log-csv {output.log_csv} --resolved {output.resolved} --threads {threads}"
+        " --torch-threads {params.torch_threads} 2> {log}"
 
 
 rule cluster:
@@ -35,6 +37,7 @@ rule cluster:
     output:
         "results/{ds}/cluster/{bb}/centroids.npy",
     params:
+        torch_threads=TORCH_THREADS,
         settings=settings("cluster"),
         device=config["device"],
     log:
@@ -49,7 +52,8 @@ rule cluster:
         "../envs/stego.yaml"
     shell:
         "python -m stego_steps.cluster --features {input.features} --head {input.head}"
-        " --settings {params.settings:q} --device {params.device} --out {output} --threads {threads} 2> {log}"
+        " --settings {params.settings:q} --device {params.device} --out {output} --threads {threads}"
+        " --torch-threads {params.torch_threads} 2> {log}"
 
 
 rule backbone_kmeans:
@@ -59,6 +63,7 @@ rule backbone_kmeans:
     output:
         "results/{ds}/cluster/{bb}/backbone_centroids.npy",
     params:
+        torch_threads=TORCH_THREADS,
         settings=settings("cluster"),
         device=config["device"],
     log:
@@ -73,7 +78,8 @@ rule backbone_kmeans:
         "../envs/stego.yaml"
     shell:
         "python -m stego_steps.cluster --features {input.features} --settings {params.settings:q}"
-        " --device {params.device} --out {output} --threads {threads} 2> {log}"
+        " --device {params.device} --out {output} --threads {threads}"
+        " --torch-threads {params.torch_threads} 2> {log}"
 
 
 rule linear_probe:
@@ -84,6 +90,7 @@ rule linear_probe:
     output:
         "results/{ds}/probe/{bb}/linear.pt",
     params:
+        torch_threads=TORCH_THREADS,
         settings=settings("probe"),
         device=config["device"],
     log:
@@ -99,4 +106,5 @@ rule linear_probe:
         "../envs/stego.yaml"
     shell:
         "python -m stego_steps.probe --features {input.features} --head {input.head}"
-        " --settings {params.settings:q} --device {params.device} --out {output} --threads {threads} 2> {log}"
+        " --settings {params.settings:q} --device {params.device} --out {output} --threads {threads}"
+        " --torch-threads {params.torch_threads} 2> {log}"

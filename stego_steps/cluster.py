@@ -101,8 +101,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_stage_args(parser, argv)
     device = args.device
     s = args.settings
-    embed: Embed = load_head(args.head, device) if args.head else (lambda f: f)
     with FeatureStore(args.features, max_memory_gb=s.get("max_memory_gb", 8.0), device=device) as store:
+        embed: Embed = (load_head(args.head, device, store.attrs.get("backbone_id")) if args.head
+                        else (lambda f: f))
         # K = number of classes (+ optional extra clusters); the class count comes with the features.
         n_clusters = int(store.attrs["n_classes"]) + s.get("extra_clusters", 0)
         centroids, score = spherical_kmeans(

@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from stego_steps import images
+from stego_steps import __version__, images
 from stego_steps.backbones import FeatureExtractor, build_backbone
 from stego_steps.io import atomic_path, base_parser, fingerprint, progress, select_device, settings_arg, setup_logging
 from stego_steps.prepare import read_index, row_box
@@ -56,6 +56,12 @@ class IndexDataset(Dataset):
             raw = images.apply_lut(images.read_label(row["label"]), self.lut)
             item["label"] = torch.from_numpy(images.transform_label(raw, self.res, box))
         return item
+
+
+def backbone_id(backbone: str, weights: str | None, seed: int) -> str:
+    """Which network computed a store's features (name, weights file, seed of random variants): the heads,
+    centroids and probes trained on one store must only ever meet features of the same network."""
+    return fingerprint(backbone, weights, seed)[:16]
 
 
 def to_float(batch_uint8: torch.Tensor) -> torch.Tensor:
@@ -118,7 +124,8 @@ def extract(index: pd.DataFrame, classes: dict, out: Path, *, backbone: str, wei
             _create(f, n, net.dim, grid, res, evaluation, with_labels)
             f.attrs.update(fingerprint=key, done=0, backbone=backbone, res=res, stride=net.stride, split=split,
                            n_classes=len(classes["names"]), class_names=json.dumps(classes["names"]),
-                           start=rows.start, stop=rows.stop)
+                           start=rows.start, stop=rows.stop, backbone_id=backbone_id(backbone, weights, seed),
+                           producer=json.dumps({"stage": "extract", "package_version": __version__, **settings}))
             f.create_dataset("ids", data=index["id"].astype(str).to_numpy().astype("S"))
         done = int(f.attrs["done"])
         if done:

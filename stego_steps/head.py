@@ -39,9 +39,15 @@ def save_head(path: str | Path, head: SegmentationHead, extra: dict) -> None:
                     "dropout": head.dropout_p, **extra}, tmp)
 
 
-def load_head(path: str | Path, device: str = "cpu") -> SegmentationHead:
-    """Load a trained head in eval mode (dropout off)."""
+def load_head(path: str | Path, device: str = "cpu", backbone_id: str | None = None) -> SegmentationHead:
+    """Load a trained head in eval mode (dropout off). With `backbone_id` (of the features it will embed),
+    refuse a head trained on another network's features."""
     blob = torch.load(path, map_location=device, weights_only=False)
+    trained_on = blob.get("backbone_id")
+    if backbone_id and trained_on and trained_on != backbone_id:
+        raise ValueError(f"head {path} was trained on features of backbone {blob.get('backbone')} "
+                         f"({trained_on}), not on the network ({backbone_id}) of the features it is given; "
+                         f"delete {path} and rerun so that it is retrained on these features")
     head = SegmentationHead(blob["in_dim"], blob["code_dim"], blob["dropout"])
     head.load_state_dict(blob["state_dict"])
     return head.to(device).eval()

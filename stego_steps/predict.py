@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     with FeatureStore(args.features, max_memory_gb=0) as store:
         if not store.has("feats_flip"):
             raise ValueError(f"{args.features} has no flipped features: it is not an evaluation split store")
-        predict_codes(store, load_head(args.head, device), args.out, device=device)
+        predict_codes(store, load_head(args.head, device, store.attrs.get("backbone_id")), args.out, device=device)
     log.info("wrote %s", args.out)
 
 

@@ -94,8 +94,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_stage_args(parser, argv)
     device = args.device
     s = args.settings
-    head = load_head(args.head, device)
     with FeatureStore(args.features, max_memory_gb=s.get("max_memory_gb", 8.0), device=device) as store:
+        head = load_head(args.head, device, store.attrs.get("backbone_id"))
         n_classes = int(store.attrs["n_classes"])
         probe, losses = train_probe(store, head, n_classes, steps=s["steps"], batch_size=s["batch_size"],
                                     lr=s["lr"], seed=s["seed"], device=device)

@@ -141,6 +141,7 @@ def main(argv: list[str] | None = None) -> None:
                       device=device) as store:
         head, steps = train(store, np.load(args.knn), args.settings, device=device, checkpoint=checkpoint)
         meta = {"settings": args.settings, "backbone": store.attrs.get("backbone"),
+                "backbone_id": store.attrs.get("backbone_id"),
                 "features": str(args.features)}
     write_json(args.resolved, meta)
     write_csv(args.log_csv, steps)

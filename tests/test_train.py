@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from stego_steps import knn, train
-from stego_steps.head import SegmentationHead, flip_tta_code
+from stego_steps.head import SegmentationHead, flip_tta_code, load_head, save_head
 from stego_steps.store import FeatureStore
 
 SETTINGS = {
@@ -101,3 +101,12 @@ def test_a_damaged_store_names_the_file_and_the_fix(tmp_path):
     bad.write_bytes(b"truncated")
     with pytest.raises(ValueError, match="train.h5 is unreadable.*delete it and rerun"):
         FeatureStore(bad)
+
+
+def test_a_head_meets_only_features_of_its_own_backbone(tmp_path):
+    head = SegmentationHead(8, 4, 0.1)
+    save_head(tmp_path / "head.pt", head, {"backbone": "dino_vits8_random", "backbone_id": "aaaa"})
+    assert load_head(tmp_path / "head.pt", backbone_id="aaaa").code_dim == 4
+    with pytest.raises(ValueError, match=r"head .*head\.pt was trained on features of backbone dino_vits8_random"
+                                         r".*delete .*head\.pt and rerun"):
+        load_head(tmp_path / "head.pt", backbone_id="bbbb")

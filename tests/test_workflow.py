@@ -85,3 +85,11 @@ def test_command_line_overrides_reach_the_stages(tmp_path):
     dry = snakemake(tmp_path, "-n", "-p", "--config", 'datasets={"demo": {"overrides": {"train": {"steps": 5}}}}')
     assert dry.returncode == 0, dry.stderr[-2000:]
     assert '"steps": 5, "lr"' in dry.stdout + dry.stderr
+
+
+def test_the_default_profile_applies_to_every_run(tmp_path):
+    """Snakemake finds workflow/profiles/default through the top-level `profiles` link (it looks beside the
+    Snakefile); without it an interrupted run would stop with IncompleteFilesException."""
+    out = snakemake(tmp_path, "-n")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"Using workflow specific profile {ROOT / 'profiles' / 'default'}" in out.stdout + out.stderr

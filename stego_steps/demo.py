@@ -1,4 +1,4 @@
-"""The built-in `demo` dataset: procedural, offline, deterministic scenes with exact label maps (SPEC §6).
+"""The built-in `demo` dataset: procedural, offline, deterministic scenes with exact label maps.
 
 Every image is a partition of the canvas into 2–4 smooth, irregular regions (argmax of smoothed random
 fields with a finer wobble on the boundaries), each painted with the texture of one region class:

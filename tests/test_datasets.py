@@ -14,6 +14,7 @@ from PIL import Image
 from scipy.io import savemat
 
 from stego_steps import datasets, images, prepare
+from stego_steps.index import COLUMNS, SPLITS, read_index, row_box
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "cocostuff27"
 REPO = Path(__file__).resolve().parents[1]
@@ -112,7 +113,7 @@ def test_coco_classes_table_matches_shared_mapping():
     shared = _shared()
     fine_to_coarse = json.loads((shared / "fine182_to_coarse27.json").read_text())
     names = (shared / "coarse27_names.txt").read_text().split()
-    table = pd.read_csv(REPO / "config" / "cocostuff27_classes.csv")
+    table = pd.read_csv(datasets.COCO_CLASSES_TABLE)
     assert list(table.columns) == ["fine_id", "fine_name", "coarse_id", "coarse_name"]
     assert table["fine_id"].tolist() == list(range(182))
     assert {int(k): v for k, v in fine_to_coarse.items()} == dict(zip(table["fine_id"], table["coarse_id"],
@@ -342,16 +343,16 @@ def test_prepare_writes_index_and_classes(tmp_path, kind):
     counts = prepare.prepare(kind, settings, out)
     classes = json.loads((out / "classes.json").read_text())
     assert classes["names"] and len(classes["lut"]) >= 256
-    for split in datasets.SPLITS:
-        frame = prepare.read_index(out / f"{split}.csv")
+    for split in SPLITS:
+        frame = read_index(out / f"{split}.csv")
         assert len(frame) == counts[split] > 0
-        assert list(frame.columns) == prepare.COLUMNS
+        assert list(frame.columns) == COLUMNS
         if split == "train":
             assert frame["x0"].notna().all() and frame["id"].str.endswith("_c4").sum() == len(frame) // 5
             first = frame.iloc[0]
-            assert prepare.row_box(first) == (0, 0, int(first["x1"]), int(first["y1"]))
+            assert row_box(first) == (0, 0, int(first["x1"]), int(first["y1"]))
         else:
-            assert frame["x0"].isna().all() and prepare.row_box(frame.iloc[0]) is None
+            assert frame["x0"].isna().all() and row_box(frame.iloc[0]) is None
         first = frame.iloc[0]
         img = images.read_image(first["image"])
         assert img.mode == "RGB"

@@ -6,8 +6,8 @@ import h5py
 import numpy as np
 import pytest
 
-from stego_steps import extract, images, prepare
-from stego_steps.prepare import read_index, row_box
+from stego_steps import extract, images, prepare, store
+from stego_steps.index import read_index, row_box
 
 SETTINGS = dict(backbone="dino_vits16_random", weights=None, batch_size=3, device="cpu", seed=0)
 
@@ -83,11 +83,11 @@ def test_shards_gather_into_the_same_store(demo_index, tmp_path):
     shards = [tmp_path / "shards" / f"{i}.h5" for i in range(2)]
     for i, path in enumerate(shards):
         extract.extract(index, classes, path, res=32, evaluation=True, shard=i, n_shards=2, **SETTINGS)
-    extract.gather(shards[::-1], tmp_path / "val.h5")
+    store.gather(shards[::-1], tmp_path / "val.h5")
     with h5py.File(tmp_path / "whole.h5") as a, h5py.File(tmp_path / "val.h5") as b:
         assert b["feats"].is_virtual and b.attrs["shards"] == 2
         for key in ("feats", "feats_flip", "pooled", "label", "image", "ids"):
             np.testing.assert_array_equal(a[key][...], b[key][...])
         assert b.attrs["n_classes"] == a.attrs["n_classes"]
     with pytest.raises(ValueError, match="do not tile"):
-        extract.gather(shards[:1][::-1][1:] + shards[1:], tmp_path / "bad.h5")
+        store.gather(shards[:1][::-1][1:] + shards[1:], tmp_path / "bad.h5")

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stego_steps import plan, prepare
+from stego_steps import plan
+from stego_steps.artifacts import write_csv
 from stego_steps.config import stage_settings
-from stego_steps.io import write_csv
+from stego_steps.index import index_frame
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
@@ -23,7 +24,7 @@ CONFIG = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
 def _index(path: Path, n: int, labelled: bool = True) -> Path:
     rows = [{"id": str(i), "image": f"img/{i}.jpg", "label": f"lab/{i}.png" if labelled else ""}
             for i in range(n)]
-    write_csv(path, prepare.index_frame(rows))
+    write_csv(path, index_frame(rows))
     return path
 
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from stego_steps import knn, train
+from stego_steps.artifacts import fingerprint
 from stego_steps.head import SegmentationHead, flip_tta_code
-from stego_steps.io import fingerprint
 from stego_steps.store import FeatureStore
 
 SETTINGS = {

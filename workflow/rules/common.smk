@@ -13,6 +13,8 @@ from snakemake.utils import validate
 from stego_steps import backbones
 from stego_steps import config as stego_config
 from stego_steps.config import ConfigError, backbone_weights, dataset_settings, resolve, stage_settings
+from stego_steps.head import PROBES, UNSUPERVISED_PROBES
+from stego_steps.store import MAX_MEMORY_GB
 
 # A short message naming the bad key first; then Snakemake's own validation fills in the defaults.
 config.update(stego_config.coerce(config, stego_config.load_schema()))
@@ -20,7 +22,7 @@ try:
     stego_config.validate(config)
 except ConfigError as err:
     raise WorkflowError(str(err))
-validate(config, schema="../schemas/config.schema.yaml")
+validate(config, schema=str(stego_config.SCHEMA))
 
 PRESETS = {}
 for _ds in config["datasets"]:
@@ -39,12 +41,15 @@ envvars:
 
 
 os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+# The device of every model stage (extract, knn, train, cluster, backbone_kmeans, linear_probe, predict)
+# reaches the job as the resource `device` (`--device {resources.device}`), never as a param: Snakemake reruns
+# a job when its params change, and switching between CPU and GPU changes where a job runs, not what it
+# computes (up to floating-point rounding). Per rule: `--set-resources train:device=cpu`.
+DEVICE = config["device"]
 # GPU rules ask for one GPU when the models will run on one; on CPU machines they ask for none.
-GPU = 1 if config["device"] == "cuda" or (config["device"] == "auto" and shutil.which("nvidia-smi")) else 0
+GPU = 1 if DEVICE == "cuda" or (DEVICE == "auto" and shutil.which("nvidia-smi")) else 0
 SHARDS = range(config["segment_shards"])
 EXTRACT_SHARDS = range(config["extract_shards"])
-PROBES = ["cluster", "linear", "backbone_kmeans"]
-UNSUPERVISED = ["cluster", "backbone_kmeans"]  # the probes that need no labels
 
 
 wildcard_constraints:
@@ -142,7 +147,7 @@ def evaluate_inputs(wildcards):
 
 
 def evaluate_unlabelled_inputs(wildcards):
-    return _evaluation_inputs(wildcards.ds, UNSUPERVISED)
+    return _evaluation_inputs(wildcards.ds, UNSUPERVISED_PROBES)
 
 
 def _evaluation_inputs(ds, probes):
@@ -150,8 +155,6 @@ def _evaluation_inputs(ds, probes):
     return {
         "features": f"{base}/features/{bb}/val.h5",
         "segments": expand(f"{base}/segment/{bb}/{{probe}}.{{shard}}.h5", probe=probes, shard=SHARDS),
-        "cluster": f"{base}/cluster/{bb}/centroids.npy",
-        "backbone_kmeans": f"{base}/cluster/{bb}/backbone_centroids.npy",
     }
 
 
@@ -178,8 +181,8 @@ def store_mb(features):
 
 
 def in_memory_mb(wildcards, input):
-    """Memory for stages that hold the training store in memory (up to max_memory_gb = 8 GB) and more."""
-    return int(4000 + 1.2 * min(store_mb(input.features), 8192))
+    """Memory for stages that hold the training store in memory (up to MAX_MEMORY_GB) and more."""
+    return int(4000 + 1.2 * min(store_mb(input.features), MAX_MEMORY_GB * 1024))
 
 
 def segment_runtime(wildcards, input):

@@ -6,13 +6,13 @@ rule predict:
     output:
         "results/{ds}/predict/{bb}/codes.h5",
     params:
-        device=config["device"],
     log:
         "logs/{ds}/predict_{bb}.log",
     benchmark:
         "benchmarks/{ds}/predict/{bb}.tsv"
     threads: 2
     resources:
+        device=DEVICE,
         gpu=GPU,
         mem_mb=8000,
         runtime=120,
@@ -20,7 +20,7 @@ rule predict:
         "../envs/stego.yaml"
     shell:
         "python -m stego_steps.predict --features {input.features} --head {input.head}"
-        " --device {params.device} --out {output} --threads {threads} 2> {log}"
+        " --device {resources.device} --out {output} --threads {threads} 2> {log}"
 
 
 rule segment:
@@ -70,7 +70,6 @@ rule evaluate:
         "../envs/stego.yaml"
     shell:
         "python -m stego_steps.evaluate --features {input.features} --segments {input.segments}"
-        " --centroids cluster={input.cluster} backbone_kmeans={input.backbone_kmeans}"
         " --dataset {wildcards.ds} --out-dir {params.out_dir} 2> {log}"
 
 
@@ -94,5 +93,4 @@ rule evaluate_unlabelled:
         "../envs/stego.yaml"
     shell:
         "python -m stego_steps.evaluate --no-labels --features {input.features} --segments {input.segments}"
-        " --centroids cluster={input.cluster} backbone_kmeans={input.backbone_kmeans}"
         " --dataset {wildcards.ds} --out-dir {params.out_dir} 2> {log}"

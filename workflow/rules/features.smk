@@ -18,6 +18,7 @@ rule extract:
         "benchmarks/{ds}/extract/{bb}_{split}.{shard}.tsv"
     threads: 2
     resources:
+        device=DEVICE,
         gpu=GPU,
         mem_mb=8000,
         runtime=extract_runtime,
@@ -26,7 +27,7 @@ rule extract:
     shell:
         "python -m stego_steps.extract --index {input.index} --classes {input.classes} --split {wildcards.split}"
         " --shard {wildcards.shard} --n-shards {params.n_shards} --settings {params.settings:q}"
-        " --out {output} --threads {threads} 2> {log}"
+        " --device {resources.device} --out {output} --threads {threads} 2> {log}"
 
 
 rule gather_features:
@@ -64,9 +65,11 @@ rule knn:
         "benchmarks/{ds}/knn/{bb}.tsv"
     threads: 2
     resources:
+        device=DEVICE,
         mem_mb=4000,
         runtime=60,
     conda:
         "../envs/stego.yaml"
     shell:
-        "python -m stego_steps.knn --features {input} --k {params.k} --out {output} --threads {threads} 2> {log}"
+        "python -m stego_steps.knn --features {input} --k {params.k} --device {resources.device} --out {output}"
+        " --threads {threads} 2> {log}"

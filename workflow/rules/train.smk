@@ -9,13 +9,13 @@ rule train:
         resolved="results/{ds}/train/{bb}/settings.json",
     params:
         settings=settings("train"),
-        device=config["device"],
     log:
         "logs/{ds}/train_{bb}.log",
     benchmark:
         "benchmarks/{ds}/train/{bb}.tsv"
     threads: 2
     resources:
+        device=DEVICE,
         gpu=GPU,
         mem_mb=in_memory_mb,
         runtime=720,
@@ -23,7 +23,7 @@ rule train:
         "../envs/stego.yaml"
     shell:
         "python -m stego_steps.train --features {input.features} --knn {input.knn}"
-        " --settings {params.settings:q} --device {params.device} --head {output.head}"
+        " --settings {params.settings:q} --device {resources.device} --head {output.head}"
         " --log-csv {output.log_csv} --resolved {output.resolved} --threads {threads} 2> {log}"
 
 
@@ -36,20 +36,20 @@ rule cluster:
         "results/{ds}/cluster/{bb}/centroids.npy",
     params:
         settings=settings("cluster"),
-        device=config["device"],
     log:
         "logs/{ds}/cluster_{bb}.log",
     benchmark:
         "benchmarks/{ds}/cluster/{bb}.tsv"
     threads: 2
     resources:
+        device=DEVICE,
         mem_mb=in_memory_mb,
         runtime=240,
     conda:
         "../envs/stego.yaml"
     shell:
         "python -m stego_steps.cluster --features {input.features} --head {input.head}"
-        " --settings {params.settings:q} --device {params.device} --out {output} --threads {threads} 2> {log}"
+        " --settings {params.settings:q} --device {resources.device} --out {output} --threads {threads} 2> {log}"
 
 
 rule backbone_kmeans:
@@ -60,20 +60,20 @@ rule backbone_kmeans:
         "results/{ds}/cluster/{bb}/backbone_centroids.npy",
     params:
         settings=settings("cluster"),
-        device=config["device"],
     log:
         "logs/{ds}/backbone_kmeans_{bb}.log",
     benchmark:
         "benchmarks/{ds}/backbone_kmeans/{bb}.tsv"
     threads: 2
     resources:
+        device=DEVICE,
         mem_mb=in_memory_mb,
         runtime=240,
     conda:
         "../envs/stego.yaml"
     shell:
         "python -m stego_steps.cluster --features {input.features} --settings {params.settings:q}"
-        " --device {params.device} --out {output} --threads {threads} 2> {log}"
+        " --device {resources.device} --out {output} --threads {threads} 2> {log}"
 
 
 rule linear_probe:
@@ -85,13 +85,13 @@ rule linear_probe:
         "results/{ds}/probe/{bb}/linear.pt",
     params:
         settings=settings("probe"),
-        device=config["device"],
     log:
         "logs/{ds}/linear_probe_{bb}.log",
     benchmark:
         "benchmarks/{ds}/linear_probe/{bb}.tsv"
     threads: 2
     resources:
+        device=DEVICE,
         gpu=GPU,
         mem_mb=in_memory_mb,
         runtime=240,
@@ -99,4 +99,4 @@ rule linear_probe:
         "../envs/stego.yaml"
     shell:
         "python -m stego_steps.probe --features {input.features} --head {input.head}"
-        " --settings {params.settings:q} --device {params.device} --out {output} --threads {threads} 2> {log}"
+        " --settings {params.settings:q} --device {resources.device} --out {output} --threads {threads} 2> {log}"

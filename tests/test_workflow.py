@@ -50,9 +50,12 @@ def test_demo_runs_end_to_end(tmp_path):
         assert (tmp_path / "results" / "demo" / "train" / "efficientnet_lite0" / name).exists()
     steps = pd.read_csv(tmp_path / "results" / "demo" / "train" / "efficientnet_lite0" / "train_log.csv")
     assert len(steps) == 20
-    # Nothing left to do: a second run is a no-op.
+    # Nothing left to do: a second run is a no-op, also on another device (the tiny config says cpu).
     again = snakemake(tmp_path, "--cores", "2", "-n")
     assert "Nothing to be done" in again.stdout + again.stderr
+    other_device = snakemake(tmp_path, "--cores", "2", "-n", "--config", "device=auto")
+    assert other_device.returncode == 0, other_device.stderr[-2000:]
+    assert "Nothing to be done" in other_device.stdout + other_device.stderr
 
 
 def test_missing_weights_stop_the_run_before_any_job(tmp_path):
@@ -65,6 +68,16 @@ def test_missing_weights_stop_the_run_before_any_job(tmp_path):
     assert dry.returncode == 0, dry.stderr[-2000:]
     text = dry.stdout + dry.stderr
     assert "a real run would stop here" in text and '"jpeg_quality": 75' in text and '"code_dim": 90' in text
+
+
+def test_the_device_reaches_every_model_stage_as_a_resource(tmp_path):
+    dry = snakemake(tmp_path, "-n", "-p", "--config", "device=cuda")
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    text = dry.stdout + dry.stderr
+    for stage in ("extract", "knn", "train", "cluster", "probe", "predict"):
+        commands = [line for line in text.splitlines() if f"python -m stego_steps.{stage} --" in line]
+        assert commands and all("--device cuda" in line for line in commands), stage
+    assert "--device" not in " ".join(line for line in text.splitlines() if "stego_steps.segment " in line)
 
 
 def test_command_line_overrides_reach_the_stages(tmp_path):

@@ -10,7 +10,7 @@ from pathlib import Path
 import h5py
 from snakemake.utils import validate
 
-from stego_steps import backbones
+from stego_steps import backbones, datasets
 from stego_steps import config as stego_config
 from stego_steps.config import ConfigError, backbone_weights, dataset_settings, resolve, stage_settings
 from stego_steps.head import PROBES, UNSUPERVISED_PROBES
@@ -48,8 +48,14 @@ os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.g
 DEVICE = config["device"]
 # GPU rules ask for one GPU when the models will run on one; on CPU machines they ask for none.
 GPU = 1 if DEVICE == "cuda" or (DEVICE == "auto" and shutil.which("nvidia-smi")) else 0
-SHARDS = range(config["segment_shards"])
-EXTRACT_SHARDS = range(config["extract_shards"])
+
+
+# Extraction (per split) and the CRF (per probe) run in shards, one job each: `extract_shards` and
+# `segment_shards` in the config, or per run `--set-scatter extract=8 segment=16`.
+scattergather:
+    extract=config["extract_shards"],
+    segment=config["segment_shards"],
+
 
 
 wildcard_constraints:
@@ -57,7 +63,7 @@ wildcard_constraints:
     bb=r"[A-Za-z0-9_]+",
     split=r"train|val",
     probe="|".join(PROBES),
-    shard=r"\d+",
+    scatteritem=r"\d+-of-\d+",
 
 
 def backbone_of(ds):
@@ -120,6 +126,19 @@ def backbone_weights_input(wildcards):
     return [path] if path else []
 
 
+def plan_settings(wildcards):
+    return json.dumps({split: stage_settings(config, wildcards.ds, "extract", split) for split in ("train", "val")})
+
+
+def data_files(wildcards):
+    """Data files a dataset's index is built from besides the images (the cocostuff class table), declared as
+    inputs so that editing one re-runs `prepare` and what follows."""
+    entry = config["datasets"][wildcards.ds]
+    if entry["kind"] == "cocostuff":
+        return {"classes_table": entry.get("classes_table") or str(datasets.COCO_CLASSES_TABLE)}
+    return {}
+
+
 def prepare_settings(wildcards):
     return json.dumps(dataset_settings(config, wildcards.ds))
 
@@ -154,8 +173,14 @@ def _evaluation_inputs(ds, probes):
     base, bb = f"results/{ds}", backbone_of(ds)
     return {
         "features": f"{base}/features/{bb}/val.h5",
-        "segments": expand(f"{base}/segment/{bb}/{{probe}}.{{shard}}.h5", probe=probes, shard=SHARDS),
+        "segments": [path for probe in probes
+                     for path in gather.segment(f"{base}/segment/{bb}/{probe}.{{scatteritem}}.h5")],
     }
+
+
+def per_attempt(amount):
+    """A resource that grows with each retry of a failed job (`--retries`): `amount` × attempt."""
+    return lambda wildcards, attempt: amount * attempt
 
 
 def _samples(index_csv):
@@ -166,11 +191,22 @@ def _samples(index_csv):
         return max(sum(1 for _ in f) - 1, 0)
 
 
-def extract_runtime(wildcards, input):
-    """Minutes for one extraction shard: start-up plus a slow GPU's pace (20 images/s, flips counted)."""
-    per_shard = _samples(input.index) / len(EXTRACT_SHARDS)
+def shard_index(wildcards):
+    """The 0-based shard of a scatter item `i-of-n`."""
+    return int(wildcards.scatteritem.split("-of-")[0]) - 1
+
+
+def shard_count(wildcards):
+    """The number of shards of a scatter item `i-of-n`."""
+    return int(wildcards.scatteritem.split("-of-")[1])
+
+
+def extract_runtime(wildcards, input, attempt):
+    """Minutes for one extraction shard: start-up plus a slow GPU's pace (20 images/s, flips counted); more
+    on each retry."""
+    per_shard = _samples(input.index) / shard_count(wildcards)
     passes = 1 if wildcards.split == "train" else 2
-    return int(30 + per_shard * passes / 20 / 60)
+    return int(30 + per_shard * passes / 20 / 60) * attempt
 
 
 def store_mb(features):
@@ -180,15 +216,17 @@ def store_mb(features):
     return sum(f.stat().st_size for f in files if f.exists()) / 2**20
 
 
-def in_memory_mb(wildcards, input):
-    """Memory for stages that hold the training store in memory (up to MAX_MEMORY_GB) and more."""
-    return int(4000 + 1.2 * min(store_mb(input.features), MAX_MEMORY_GB * 1024))
+def in_memory_mb(wildcards, input, attempt):
+    """Memory for stages that hold the training store in memory (up to MAX_MEMORY_GB) and more; more on each
+    retry."""
+    return int(4000 + 1.2 * min(store_mb(input.features), MAX_MEMORY_GB * 1024)) * attempt
 
 
-def segment_runtime(wildcards, input):
-    """Minutes for one CRF shard: about 3 s per 320² image and probe on one core, spread over 2 threads."""
+def segment_runtime(wildcards, input, attempt):
+    """Minutes for one CRF shard: about 3 s per 320² image and probe on one core, spread over 2 threads; more
+    on each retry."""
     n = 5_000  # before the store exists (dry runs)
     if os.path.exists(input.features):
         with h5py.File(input.features, "r") as f:
             n = len(f["ids"])
-    return int(30 + n / len(SHARDS) * 3 / 2 / 60)
+    return int(30 + n / shard_count(wildcards) * 3 / 2 / 60) * attempt

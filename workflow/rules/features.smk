@@ -8,32 +8,33 @@ rule extract:
         plan=ancient("results/{ds}/plan/{bb}.txt"),
         weights=backbone_weights_input,
     output:
-        "results/{ds}/features/{bb}/{split}/{shard}.h5",
+        "results/{ds}/features/{bb}/{split}/{scatteritem}.h5",
     params:
         settings=settings("extract"),
-        n_shards=len(EXTRACT_SHARDS),
+        shard=shard_index,
+        n_shards=shard_count,
     log:
-        "logs/{ds}/extract_{bb}_{split}.{shard}.log",
+        "logs/{ds}/extract_{bb}_{split}.{scatteritem}.log",
     benchmark:
-        "benchmarks/{ds}/extract/{bb}_{split}.{shard}.tsv"
+        "benchmarks/{ds}/extract/{bb}_{split}.{scatteritem}.tsv"
     threads: 2
     resources:
         device=DEVICE,
         gpu=GPU,
-        mem_mb=8000,
+        mem_mb=per_attempt(8000),
         runtime=extract_runtime,
     conda:
         "../envs/stego.yaml"
     shell:
         "python -m stego_steps.extract --index {input.index} --classes {input.classes} --split {wildcards.split}"
-        " --shard {wildcards.shard} --n-shards {params.n_shards} --settings {params.settings:q}"
+        " --shard {params.shard} --n-shards {params.n_shards} --settings {params.settings:q}"
         " --device {resources.device} --out {output} --threads {threads} 2> {log}"
 
 
 rule gather_features:
     """One feature store per split: HDF5 virtual datasets over the shards (nothing is copied)."""
     input:
-        lambda w: expand("results/{{ds}}/features/{{bb}}/{{split}}/{shard}.h5", shard=EXTRACT_SHARDS),
+        gather.extract("results/{{ds}}/features/{{bb}}/{{split}}/{scatteritem}.h5"),
     output:
         "results/{ds}/features/{bb}/{split}.h5",
     log:
@@ -43,8 +44,8 @@ rule gather_features:
     localrule: True
     threads: 1
     resources:
-        mem_mb=1000,
-        runtime=10,
+        mem_mb=per_attempt(1000),
+        runtime=per_attempt(10),
     conda:
         "../envs/stego.yaml"
     shell:
@@ -58,7 +59,7 @@ rule knn:
     output:
         "results/{ds}/knn/{bb}/train.npy",
     params:
-        k=lambda w: PRESETS[w.ds]["knn_k"],
+        k=lookup(dpath="{ds}/knn_k", within=PRESETS),
     log:
         "logs/{ds}/knn_{bb}.log",
     benchmark:
@@ -66,8 +67,8 @@ rule knn:
     threads: 2
     resources:
         device=DEVICE,
-        mem_mb=4000,
-        runtime=60,
+        mem_mb=per_attempt(4000),
+        runtime=per_attempt(60),
     conda:
         "../envs/stego.yaml"
     shell:

@@ -1,11 +1,13 @@
 rule prepare:
     """Index the samples of each split (rendering the scenes first for the demo)."""
+    input:
+        unpack(data_files),
     output:
         train="results/{ds}/index/train.csv",
         val="results/{ds}/index/val.csv",
         classes="results/{ds}/index/classes.json",
     params:
-        kind=lambda w: config["datasets"][w.ds]["kind"],
+        kind=lookup(dpath="datasets/{ds}/kind", within=config),
         settings=prepare_settings,
         out_dir=subpath(output.classes, parent=True),
     log:
@@ -14,8 +16,8 @@ rule prepare:
         "benchmarks/{ds}/prepare/all.tsv"
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=60,
+        mem_mb=per_attempt(2000),
+        runtime=per_attempt(60),
     conda:
         "../envs/stego.yaml"
     shell:
@@ -32,17 +34,17 @@ rule plan:
     output:
         "results/{ds}/plan/{bb}.txt",
     params:
-        settings=lambda w: json.dumps({s: stage_settings(config, w.ds, "extract", s) for s in ("train", "val")}),
-        store_dir=lambda w: f"results/{w.ds}/features/{w.bb}",
-        title=lambda w: f"plan: dataset {w.ds}, backbone {w.bb}",
+        settings=plan_settings,
+        store_dir="results/{ds}/features/{bb}",
+        title="plan: dataset {ds}, backbone {bb}",
     log:
         "logs/{ds}/plan_{bb}.log",
     benchmark:
         "benchmarks/{ds}/plan/{bb}.tsv"
     threads: 1
     resources:
-        mem_mb=1000,
-        runtime=10,
+        mem_mb=per_attempt(1000),
+        runtime=per_attempt(10),
     conda:
         "../envs/stego.yaml"
     shell:

@@ -18,7 +18,7 @@ rule train:
         device=DEVICE,
         gpu=GPU,
         mem_mb=in_memory_mb,
-        runtime=720,
+        runtime=per_attempt(720),
     conda:
         "../envs/stego.yaml"
     shell:
@@ -44,7 +44,7 @@ rule cluster:
     resources:
         device=DEVICE,
         mem_mb=in_memory_mb,
-        runtime=240,
+        runtime=per_attempt(240),
     conda:
         "../envs/stego.yaml"
     shell:
@@ -68,7 +68,7 @@ rule backbone_kmeans:
     resources:
         device=DEVICE,
         mem_mb=in_memory_mb,
-        runtime=240,
+        runtime=per_attempt(240),
     conda:
         "../envs/stego.yaml"
     shell:
@@ -94,7 +94,7 @@ rule linear_probe:
         device=DEVICE,
         gpu=GPU,
         mem_mb=in_memory_mb,
-        runtime=240,
+        runtime=per_attempt(240),
     conda:
         "../envs/stego.yaml"
     shell:

@@ -41,17 +41,26 @@ README_HINT = "see the README, section 'Datasets'"
 LUT_SIZE = 256  # 8-bit label PNGs; larger raw values fall outside the table and become ignore (−1)
 
 
-def _demo_index(settings: Settings) -> tuple[dict[str, list[Row]], dict]:
+def render_demo(settings: Settings) -> dict[str, list[Row]]:
+    """Render the demo scenes of the settings (`root`, `generator`); returns their rows."""
     from stego_steps import demo
 
     gen = settings["generator"]
-    rows = demo.write_demo(
-        Path(settings["root"]),
-        {"train": gen["n_train"], "val": gen["n_val"]},
-        height=gen["height"],
-        width=gen["width"],
-        seed=gen["seed"],
-    )
+    return demo.write_demo(Path(settings["root"]), {"train": gen["n_train"], "val": gen["n_val"]},
+                           height=gen["height"], width=gen["width"], seed=gen["seed"])
+
+
+def _demo_index(settings: Settings) -> tuple[dict[str, list[Row]], dict]:
+    """The demo scenes under `root` (the workflow renders them in their own rule); rendered here when they are
+    missing or were rendered with other generator settings."""
+    from stego_steps import demo
+
+    gen = settings["generator"]
+    rows = demo.rendered_rows(Path(settings["root"]), {"train": gen["n_train"], "val": gen["n_val"]},
+                              height=gen["height"], width=gen["width"], seed=gen["seed"])
+    if rows is None:
+        log.info("rendering the demo scenes into %s", settings["root"])
+        rows = render_demo(settings)
     # Demo labels are stored as class ids with 255 = unlabeled.
     lut = list(range(len(demo.CLASS_NAMES))) + [-1] * (256 - len(demo.CLASS_NAMES))
     return rows, {"names": list(demo.CLASS_NAMES), "lut": lut}

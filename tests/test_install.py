@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import ROOT, snakemake
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "tests" / "data" / "tiny_config.yaml"
 IGNORE = shutil.ignore_patterns("__pycache__", "*.egg-info", "build")
 
 
@@ -50,8 +49,8 @@ def test_installed_package_runs_the_demo_from_another_directory(tmp_path):
         copy(ROOT / part, workflow / part)
     elsewhere, results = tmp_path / "elsewhere", tmp_path / "run"
     elsewhere.mkdir()
-    run([python, "-m", "snakemake", "-s", workflow / "Snakefile", "-d", results, "--configfile", TINY,
-         "--cores", "2"], elsewhere)
+    out = snakemake(results, "--cores", "2", snakefile=workflow / "Snakefile", python=python, cwd=elsewhere)
+    assert out.returncode == 0, out.stderr[-3000:]
     table = pd.read_csv(results / "results" / "demo" / "miou.csv")
     assert len(table) == 5 and table["miou"].between(0, 100).all()
     assert not any(elsewhere.iterdir())

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from test_datasets import SHARED, make_cityscapes, make_coco, make_directory, make_potsdam
+from helpers import LIST7, SHARED, make_cityscapes, make_coco, make_directory, make_potsdam
 
 from stego_steps import cluster, evaluate, extract, images, knn, plan, predict, prepare, probe, segment, train
 from stego_steps import config as C
@@ -25,7 +25,6 @@ from stego_steps.index import read_index, row_box
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-LIST7 = "Coco164kFull_Stuff_Coarse_7"
 OVERRIDES = {
     "backbone": "dino_vits8_random", "train_res": 32, "eval_res": 48, "extract_batch": 8, "knn_k": 2,
     "head": {"code_dim": 16},
@@ -37,7 +36,7 @@ ROWS = list(evaluate.ROWS)
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Trees (the builders of test_datasets) and an independent statement of each layout's label mapping
+# Trees (the builders of helpers.py) and an independent statement of each layout's label mapping
 
 
 def _coco(root: Path) -> dict:

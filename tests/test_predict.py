@@ -3,7 +3,7 @@
 import h5py
 import numpy as np
 import torch
-from conftest import write_store
+from helpers import write_store
 
 from stego_steps import head, segment
 from stego_steps.head import SegmentationHead, flip_tta_code

@@ -1,22 +1,15 @@
 """The workflow end to end on a tiny demo config, in a temporary working directory."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import snakemake
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "data" / "tiny_config.yaml"
 STAGES = {"prepare", "plan", "extract", "gather_features", "knn", "train", "cluster", "backbone_kmeans",
           "linear_probe", "predict", "segment", "evaluate"}
-
-
-def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir),
-           "--configfile", str(TINY), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
 
 
 def test_dry_run_lists_every_stage(tmp_path):

@@ -3,6 +3,7 @@
 # declarative.
 import json
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -130,13 +131,45 @@ def plan_settings(wildcards):
     return json.dumps({split: stage_settings(config, wildcards.ds, "extract", split) for split in ("train", "val")})
 
 
+# The folders the demo datasets' scenes are rendered into (rule render_demo), and their datasets.
+DEMO_ROOTS = {entry["root"]: ds for ds, entry in config["datasets"].items() if entry["kind"] == "demo"}
+
+
 def data_files(wildcards):
-    """Data files a dataset's index is built from besides the images (the cocostuff class table), declared as
-    inputs so that editing one re-runs `prepare` and what follows."""
+    """Files a dataset's index is built from besides its images, declared as inputs so that changing one
+    re-runs `prepare` and what follows: the cocostuff class table and curated lists, the demo's scenes."""
     entry = config["datasets"][wildcards.ds]
     if entry["kind"] == "cocostuff":
-        return {"classes_table": entry.get("classes_table") or str(datasets.COCO_CLASSES_TABLE)}
+        files = {"classes_table": entry.get("classes_table") or str(datasets.COCO_CLASSES_TABLE)}
+        if entry["root"] in COCO_ROOTS:
+            files["curated_lists"] = curated_lists(wildcards.ds)
+        return files
+    if entry["kind"] == "demo":
+        return {"scenes": entry["root"]}
     return {}
+
+
+def demo_settings(wildcards):
+    """What the scenes depend on: the root and the generator (not the preset)."""
+    entry = config["datasets"][DEMO_ROOTS[wildcards.demo_root]]
+    return json.dumps({"root": entry["root"], "generator": entry["generator"]})
+
+
+# The folders of the cocostuff datasets whose missing curated lists are downloaded (rule curated_list).
+COCO_ROOTS = {entry["root"]: ds for ds, entry in reversed(config["datasets"].items())
+              if entry["kind"] == "cocostuff" and entry.get("curated_url", datasets.CURATED_URL)}
+
+
+def curated_lists(ds):
+    """The curated list files of a cocostuff dataset: `{root}/curated/{split dir}/{name}.txt`."""
+    entry = config["datasets"][ds]
+    names = {"train": entry.get("train_list") or datasets.COCO_TRAIN_LIST, "val": datasets.COCO_VAL_LIST}
+    return [os.path.join(entry["root"], "curated", datasets.COCO_SPLIT_DIRS[s], f"{names[s]}.txt")
+            for s in ("train", "val")]
+
+
+def curated_url(wildcards):
+    return config["datasets"][COCO_ROOTS[wildcards.coco_root]].get("curated_url", datasets.CURATED_URL)
 
 
 def prepare_settings(wildcards):

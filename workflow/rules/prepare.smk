@@ -1,5 +1,51 @@
+rule render_demo:
+    """The demo's synthetic scenes (images and exact label maps), rendered into the dataset's root."""
+    output:
+        directory("{demo_root}"),
+    params:
+        settings=demo_settings,
+    wildcard_constraints:
+        demo_root="|".join(re.escape(root) for root in DEMO_ROOTS) or "(?!)",
+    log:
+        "logs/render_demo/{demo_root}.log",
+    benchmark:
+        "benchmarks/render_demo/{demo_root}.tsv"
+    threads: 1
+    resources:
+        mem_mb=per_attempt(2000),
+        runtime=per_attempt(60),
+    conda:
+        "../envs/stego.yaml"
+    shell:
+        "python -m stego_steps.prepare render --settings {params.settings:q} 2> {log}"
+
+
+rule curated_list:
+    """A curated COCO-Stuff image list (IIC/PiCIE), downloaded and checksum-verified when it is missing."""
+    output:
+        "{coco_root}/curated/{coco_split}/{list_name}.txt",
+    params:
+        url=curated_url,
+    wildcard_constraints:
+        coco_root="|".join(re.escape(root) for root in COCO_ROOTS) or "(?!)",
+        coco_split="train2017|val2017",
+        list_name=r"[A-Za-z0-9_\-]+",
+    log:
+        "logs/curated_list/{coco_root}/{coco_split}/{list_name}.log",
+    localrule: True
+    threads: 1
+    resources:
+        mem_mb=per_attempt(500),
+        runtime=per_attempt(10),
+    conda:
+        "../envs/stego.yaml"
+    shell:
+        "python -m stego_steps.prepare fetch --root {wildcards.coco_root:q} --split {wildcards.coco_split}"
+        " --name {wildcards.list_name} --url {params.url:q} 2> {log}"
+
+
 rule prepare:
-    """Index the samples of each split (rendering the scenes first for the demo)."""
+    """Index the samples of each split and write the class table."""
     input:
         unpack(data_files),
     output:

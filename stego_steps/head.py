@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -62,7 +63,7 @@ def load_head(path: str | Path, device: str = "cpu") -> SegmentationHead:
     return head.to(device).eval()
 
 
-def cluster_log_probs(centroids: torch.Tensor | object, temperature: float = 2.0) -> LogProbs:
+def cluster_log_probs(centroids: np.ndarray | torch.Tensor, temperature: float = 2.0) -> LogProbs:
     """Official cluster probe at evaluation: log_softmax(2 · cosine(pixel, centroid)) over centroids [K,D]."""
     c = F.normalize(torch.as_tensor(centroids, dtype=torch.float32), dim=1)
     return lambda x: torch.log_softmax(temperature * torch.einsum("bdhw,kd->bkhw", F.normalize(x, dim=1), c),

@@ -55,3 +55,21 @@ def test_cluster_log_probs_are_the_official_tempered_cosine():
     up = segment.log_probs_at(torch.randn(1, 2, 4, 4), 16, head.cluster_log_probs(centroids))
     assert up.shape == (2, 16, 16)
     np.testing.assert_allclose(np.exp(up).sum(0), 1.0, rtol=1e-5)
+
+
+def test_cluster_counts_come_from_the_segment_shards(tmp_path):
+    paths = []
+    for name, probe, k in (("a", "cluster", 7), ("b", "cluster", 7), ("c", "linear", 3)):
+        paths.append(tmp_path / f"{name}.h5")
+        with h5py.File(paths[-1], "w") as f:
+            f.attrs.update(probe=probe, n_clusters=k)
+    assert evaluate.segment_clusters(paths) == {"cluster": 7, "linear": 3}
+    with h5py.File(paths[1], "a") as f:
+        f.attrs["n_clusters"] = 8
+    with pytest.raises(ValueError, match="disagree on the number of clusters"):
+        evaluate.segment_clusters(paths)
+
+
+def test_rows_follow_the_declared_probes():
+    assert [probe for probe, crf in evaluate.ROWS if crf] == list(head.PROBES)
+    assert set(head.UNSUPERVISED_PROBES) | set(head.SUPERVISED_PROBES) == set(head.PROBES)

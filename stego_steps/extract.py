@@ -1,6 +1,7 @@
 """Stage `extract`: run the frozen backbone once over a split and cache its features in HDF5.
 
-The store's layout is defined in `stego_steps.store`. Writing goes to `{out}.partial` with a progress counter;
+The store's layout is defined in `stego_steps.store`. The caching is lossless for training because the
+backbone is frozen and no augmentation reaches the loss. Writing goes to `{out}.partial` with a progress counter;
 a killed run resumes from it. Large splits are extracted in shards (contiguous slices of the index, one job
 each) and gathered into one store (`python -m stego_steps.extract gather`).
 """

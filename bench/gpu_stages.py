@@ -23,6 +23,7 @@ import torch
 
 from stego_steps import cluster, extract, loss, prepare, probe, train
 from stego_steps.backbones import build_backbone
+from stego_steps.index import read_index
 from stego_steps.predict import predict_codes
 from stego_steps.store import FeatureStore
 
@@ -100,7 +101,7 @@ def main() -> None:
     rows.append({"stage": "prepare (CPU)", "backbone": "-", "seconds": t, "throughput": args.n_train / t,
                  "unit": "scenes/s"})
     classes = json.loads((args.out / "index" / "classes.json").read_text())
-    index = {s: prepare.read_index(args.out / "index" / f"{s}.csv") for s in ("train", "val")}
+    index = {s: read_index(args.out / "index" / f"{s}.csv") for s in ("train", "val")}
     checks = {"loss rel. diff CPU vs device": loss_agreement(dev)}
     for name in args.backbones:
         checks[f"{name} features rel. diff CPU vs device"] = feature_agreement(name, index["train"], dev)

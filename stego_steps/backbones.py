@@ -1,4 +1,4 @@
-"""Frozen feature extractors (SPEC §4, §7): DINO / DINOv2 ViTs through timm and an offline EfficientNet-Lite0.
+"""Frozen feature extractors: DINO / DINOv2 ViTs through timm and an offline EfficientNet-Lite0.
 
 Every backbone is wrapped in a `FeatureExtractor`: it takes RGB images in [0, 1], normalises them itself,
 runs the wrapped model frozen, in eval mode and without gradients, and returns dense float32 features

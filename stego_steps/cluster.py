@@ -1,4 +1,4 @@
-"""Stage `cluster`: minibatch spherical (cosine) K-Means on the codes of the training set (reference §5).
+"""Stage `cluster`: minibatch spherical (cosine) K-Means on the codes of the training set.
 
 With `--head` the vectors are the head's codes (eval mode, no dropout); without it, the raw backbone
 features — the paper's K-Means baseline. Every pixel of the low-resolution maps is one vector; vectors and
@@ -16,14 +16,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from stego_steps.artifacts import write_npy
+from stego_steps.cli import base_parser, parse_stage_args, progress, settings_arg
 from stego_steps.head import load_head
-from stego_steps.io import (
-    base_parser,
-    parse_stage_args,
-    progress,
-    settings_arg,
-    write_npy,
-)
 from stego_steps.store import FeatureStore
 
 log = logging.getLogger(__name__)
@@ -101,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_stage_args(parser, argv)
     device = args.device
     s = args.settings
-    with FeatureStore(args.features, max_memory_gb=s.get("max_memory_gb", 8.0), device=device) as store:
+    with FeatureStore(args.features, device=device) as store:
         embed: Embed = (load_head(args.head, device, store.attrs.get("backbone_id")) if args.head
                         else (lambda f: f))
         # K = number of classes (+ optional extra clusters); the class count comes with the features.

@@ -12,7 +12,8 @@ from typing import Any
 
 import yaml
 
-SCHEMA = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
+# Shipped inside the package (package data), so that an installed package validates without the repository.
+SCHEMA = Path(__file__).resolve().parent / "data" / "config.schema.yaml"
 
 
 class ConfigError(ValueError):
@@ -138,7 +139,7 @@ def stage_settings(config: dict, dataset: str, stage: str, split: str = "train")
             "res": r["train_res"] if train else r["eval_res"], "evaluation": not train,
             # The official five-crops were stored as JPEG; evaluation images never were.
             "jpeg_quality": r["jpeg_quality"] if (train and r["five_crop"]) else None,
-            "batch_size": r["extract_batch"], "device": config.get("device", "auto"), "seed": r["seed"],
+            "batch_size": r["extract_batch"], "seed": r["seed"],
         }
     if stage == "train":
         return {**r["head"], **r["train"], **{k: v for k, v in r["loss"].items()},

@@ -1,8 +1,8 @@
-"""Dense CRF refinement of per-pixel class log-probabilities (official parameters, §7.2), run in parallel.
+"""Dense CRF refinement of per-pixel class log-probabilities (the official parameters), run in parallel.
 
-The official evaluation runs the CRF in a `multiprocessing.Pool` that can deadlock (reference §10). Here
-the worker pool uses the `spawn` start method, keeps a bounded number of images in flight, awaits every
-result with a timeout and turns a dead or stuck worker into a RuntimeError instead of a hang.
+The official evaluation runs the CRF in a `multiprocessing.Pool` that users report deadlocking (issue #16 of
+mhamilton723/STEGO). Here the worker pool uses the `spawn` start method, keeps a bounded number of images in
+flight, awaits every result with a timeout and turns a dead or stuck worker into a RuntimeError instead of a hang.
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ empty (the whole image). The class table is `{"names": [...], "lut": [...] | Non
 Every adapter takes the dataset's settings dict. Keys shared by all real datasets:
 
 * `root` (str): the dataset folder (layouts below and in the README, section "Datasets");
-* `five_crop` (bool, default False): replace every *train* image by its five corner/centre crops (§8.5);
+* `five_crop` (bool, default False): replace every *train* image by its five corner/centre crops, as the
+  official training did for COCO-Stuff and Cityscapes;
   the val split is never cropped;
 * `crop_ratio` (float, default 0.5): five-crop size as a fraction of the full-resolution height and width.
 
@@ -27,36 +28,39 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
-from stego_steps.io import atomic_path
+from stego_steps.artifacts import atomic_path
+from stego_steps.index import IGNORE, SPLITS, Box, row_box
 
 log = logging.getLogger(__name__)
 
 Row = dict[str, Any]
 Settings = dict[str, Any]
 Classes = dict[str, Any]
-Box = tuple[int, int, int, int]  # x0, y0, x1, y1
 
-SPLITS = ("train", "val")
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 README_HINT = "see the README, section 'Datasets'"
 LUT_SIZE = 256  # 8-bit label PNGs; larger raw values fall outside the table and become ignore (−1)
-IGNORE = -1
 
 
-def _demo_index(settings: Settings) -> tuple[dict[str, list[Row]], dict]:
+def render_demo(settings: Settings) -> dict[str, list[Row]]:
+    """Render the demo scenes of the settings (`root`, `generator`); returns their rows."""
     from stego_steps import demo
 
     gen = settings["generator"]
-    rows = demo.write_demo(
-        Path(settings["root"]),
-        {"train": gen["n_train"], "val": gen["n_val"]},
-        height=gen["height"],
-        width=gen["width"],
-        seed=gen["seed"],
-    )
+    return demo.write_demo(Path(settings["root"]), {"train": gen["n_train"], "val": gen["n_val"]},
+                           height=gen["height"], width=gen["width"], seed=gen["seed"])
+
+
+def _demo_index(settings: Settings) -> tuple[dict[str, list[Row]], dict]:
+    """The demo scenes under `root` (the workflow renders them in their own rule); rendered here when they are
+    missing or were rendered with other generator settings."""
+    from stego_steps import demo
+
+    gen = settings["generator"]
+    rows = demo.rendered_rows(Path(settings["root"]), {"train": gen["n_train"], "val": gen["n_val"]},
+                              height=gen["height"], width=gen["width"], seed=gen["seed"])
+    if rows is None:
+        log.info("rendering the demo scenes into %s", settings["root"])
+        rows = render_demo(settings)
     # Demo labels are stored as class ids with 255 = unlabeled.
     lut = list(range(len(demo.CLASS_NAMES))) + [-1] * (256 - len(demo.CLASS_NAMES))
     return rows, {"names": list(demo.CLASS_NAMES), "lut": lut}
@@ -116,7 +120,7 @@ def _finish(splits: dict[str, list[Row]], settings: Settings) -> dict[str, list[
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Five-crop at index level (§8.5)
+# Five-crop at index level
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
@@ -153,14 +157,6 @@ def five_crop_boxes(height: int, width: int, ratio: float) -> list[Box]:
     return [(x, y, x + w, y + h) for x, y in corners]
 
 
-def row_box(row: Mapping[str, Any]) -> Box | None:
-    """The crop box of an index row (a dict or a pandas row); None (or NaN, as read from CSV) = whole image."""
-    values = [row.get(k) for k in ("x0", "y0", "x1", "y1")]
-    if any(pd.isna(v) for v in values):
-        return None
-    return tuple(int(v) for v in values)
-
-
 def five_crop_rows(rows: Sequence[Row], ratio: float, threads: int = 8) -> list[Row]:
     """Five rows per input row, ids `<id>_c0` … `<id>_c4`, boxes in torchvision `five_crop` order.
 
@@ -181,7 +177,7 @@ def five_crop_rows(rows: Sequence[Row], ratio: float, threads: int = 8) -> list[
 
 
 # ---------------------------------------------------------------------------------------------------------
-# COCO-Stuff-27 (§8.1)
+# COCO-Stuff-27
 
 COCO_LAYOUT = ("<root>/images/{train2017,val2017}/<id>.jpg, <root>/annotations/{train2017,val2017}/<id>.png "
                "(COCO-Stuff stuffthingmaps) and <root>/curated/{train2017,val2017}/<list>.txt")
@@ -198,7 +194,7 @@ CURATED_MD5: dict[tuple[str, str], str] = {
     ("train2017", "Coco164kFull_Stuff_Coarse"): "e425154733caf9e2cdc9ce4ffe77771b",  # 97,702
     ("val2017", "Coco164kFull_Stuff_Coarse"): "d7579da2045b42c653acd719a8e4669c",  # 4,172
 }
-COCO_CLASSES_TABLE = REPO_ROOT / "config" / "cocostuff27_classes.csv"
+COCO_CLASSES_TABLE = Path(__file__).resolve().parent / "data" / "cocostuff27_classes.csv"  # package data
 
 
 class ChecksumError(ValueError):
@@ -287,7 +283,7 @@ def _cocostuff_index(settings: Settings) -> tuple[dict[str, list[Row]], Classes]
       official training used `Coco164kFull_Stuff_Coarse` (97,702 images), which the cocostuff preset sets;
     * `curated_url` (str, default `CURATED_URL`): URL template with `{split}` and `{name}` for missing lists;
       empty = never download (missing lists are then an error);
-    * `classes_table` (str, default `config/cocostuff27_classes.csv` of this repository): fine→coarse table.
+    * `classes_table` (str, default the package's `stego_steps/data/cocostuff27_classes.csv`): fine→coarse table.
     """
     root = _root(settings, "cocostuff", COCO_LAYOUT)
     for sub in ("images", "annotations"):
@@ -317,7 +313,7 @@ def _cocostuff_index(settings: Settings) -> tuple[dict[str, list[Row]], Classes]
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Cityscapes-27 (§8.2)
+# Cityscapes-27
 
 CITYSCAPES_LAYOUT = ("<root>/leftImg8bit/{train,val}/<city>/<name>_leftImg8bit.png and "
                      "<root>/gtFine/{train,val}/<city>/<name>_gtFine_labelIds.png")
@@ -360,7 +356,7 @@ def _cityscapes_index(settings: Settings) -> tuple[dict[str, list[Row]], Classes
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Potsdam-3 (§8.3)
+# Potsdam-3
 
 POTSDAM_LAYOUT = ("<root>/imgs/<id>.mat (key 'img'), <root>/gt/<id>.mat (key 'gt'), "
                   "<root>/labelled_train.txt and <root>/labelled_test.txt (IIC's preprocessed Potsdam)")
@@ -397,7 +393,7 @@ def _potsdam_index(settings: Settings) -> tuple[dict[str, list[Row]], Classes]:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Any folder of images (§8.4)
+# Any folder of images
 
 DIRECTORY_LAYOUT = ("<root>/imgs/{train,val}/<name>.<jpg|png|...> with optional "
                     "<root>/labels/{train,val}/<name>.png")

@@ -1,4 +1,4 @@
-"""The built-in `demo` dataset: procedural, offline, deterministic scenes with exact label maps (SPEC §6).
+"""The built-in `demo` dataset: procedural, offline, deterministic scenes with exact label maps.
 
 Every image is a partition of the canvas into 2–4 smooth, irregular regions (argmax of smoothed random
 fields with a finer wobble on the boundaries), each painted with the texture of one region class:
@@ -26,6 +26,7 @@ least `len(CLASS_NAMES)` images.
 from __future__ import annotations
 
 import colorsys
+import json
 import zlib
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from scipy.ndimage import gaussian_filter
 CLASS_NAMES: tuple[str, ...] = ("sky", "grass", "water", "sand", "rock", "brick")
 
 MIN_REGION_FRACTION = 0.1  # every class drawn into an image covers at least this share of it
+MANIFEST = "scenes.json"  # the settings the scenes of a folder were rendered with
 
 
 # --------------------------------------------------------------------------------------------- noise helpers
@@ -252,27 +254,52 @@ def image_seed(seed: int, split: str, index: int) -> np.random.SeedSequence:
     return np.random.SeedSequence(seed, spawn_key=(zlib.crc32(split.encode("utf-8")), index))
 
 
+def scene_rows(root: Path, counts: dict[str, int]) -> dict[str, list[dict]]:
+    """The rows `{'id', 'image', 'label'}` (string paths) of the scenes of each split under `root`."""
+    root = Path(root)
+    return {split: [{"id": f"{split}_{i:05d}", "image": str(root / split / "images" / f"{split}_{i:05d}.png"),
+                     "label": str(root / split / "labels" / f"{split}_{i:05d}.png")} for i in range(count)]
+            for split, count in counts.items()}
+
+
+def _manifest(counts: dict[str, int], height: int, width: int, seed: int) -> dict:
+    return {"counts": dict(counts), "height": height, "width": width, "seed": seed}
+
+
 def write_demo(root: Path, counts: dict[str, int], *, height: int, width: int, seed: int
                ) -> dict[str, list[dict]]:
     """Write `root/{split}/images/{id}.png` and `root/{split}/labels/{id}.png`; return the rows per split.
 
     Rows are `{'id', 'image', 'label'}` with string paths. Image `i` of a split depends only on
-    `(seed, split, i, height, width)`.
+    `(seed, split, i, height, width)`. `root/MANIFEST`, written last, records the settings of the scenes.
     """
     root = Path(root)
-    index: dict[str, list[dict]] = {}
-    for split, count in counts.items():
-        image_dir, label_dir = root / split / "images", root / split / "labels"
-        image_dir.mkdir(parents=True, exist_ok=True)
-        label_dir.mkdir(parents=True, exist_ok=True)
-        rows = []
-        for i in range(count):
+    index = scene_rows(root, counts)
+    (root / MANIFEST).unlink(missing_ok=True)
+    for split, rows in index.items():
+        for i, row in enumerate(rows):
             rng = np.random.default_rng(image_seed(seed, split, i))
             rgb, label = render_scene(rng, height, width, required=i % len(CLASS_NAMES))
-            sample_id = f"{split}_{i:05d}"
-            image_path, label_path = image_dir / f"{sample_id}.png", label_dir / f"{sample_id}.png"
-            Image.fromarray(rgb, "RGB").save(image_path, compress_level=1)
-            Image.fromarray(label, "L").save(label_path, compress_level=1)
-            rows.append({"id": sample_id, "image": str(image_path), "label": str(label_path)})
-        index[split] = rows
+            Path(row["image"]).parent.mkdir(parents=True, exist_ok=True)
+            Path(row["label"]).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rgb, "RGB").save(row["image"], compress_level=1)
+            Image.fromarray(label, "L").save(row["label"], compress_level=1)
+    (root / MANIFEST).write_text(json.dumps(_manifest(counts, height, width, seed), sort_keys=True) + "\n")
     return index
+
+
+def rendered_rows(root: Path, counts: dict[str, int], *, height: int, width: int, seed: int
+                  ) -> dict[str, list[dict]] | None:
+    """The rows of scenes already rendered under `root` with exactly these settings, or None (not rendered,
+    rendered with other settings, or files missing)."""
+    manifest = Path(root) / MANIFEST
+    try:
+        written = json.loads(manifest.read_text())
+    except (OSError, ValueError):
+        return None
+    if written != _manifest(counts, height, width, seed):
+        return None
+    rows = scene_rows(root, counts)
+    if not all(Path(r[k]).is_file() for split_rows in rows.values() for r in split_rows for k in ("image", "label")):
+        return None
+    return rows

@@ -1,6 +1,7 @@
-"""Stage `evaluate`: dataset-level confusion matrices, Hungarian matching, accuracy and mIoU (reference §7).
+"""Stage `evaluate`: dataset-level confusion matrices, Hungarian matching, accuracy and mIoU.
 
-Reads the segment shards of every probe and the evaluation labels, and writes:
+Reads the segment shards of every probe (with the number of clusters each probe's maps range over) and the
+evaluation labels, and writes:
 - `miou.csv`: one row per (probe, crf) with pixel accuracy and mIoU in percent;
 - `per_class_iou.csv`: IoU of every class for every row;
 - `confusion/{probe}_{crf|raw}.csv`: the confusion matrices (rows predicted cluster, columns true class).
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 
 import h5py
@@ -22,13 +24,16 @@ import numpy as np
 import pandas as pd
 
 from stego_steps import metrics
-from stego_steps.io import base_parser, setup_logging, write_csv
+from stego_steps.artifacts import write_csv
+from stego_steps.cli import base_parser, parse_stage_args
+from stego_steps.head import PROBES
 from stego_steps.store import FeatureStore
 
 log = logging.getLogger(__name__)
 
-# (probe, crf) rows of the table; the backbone K-Means baseline is reported under the full protocol only.
-ROWS = (("cluster", False), ("cluster", True), ("linear", False), ("linear", True), ("backbone_kmeans", True))
+# (probe, crf) rows of the table, in the order of PROBES; the backbone K-Means baseline is reported under the
+# full protocol (with the CRF) only.
+ROWS = tuple((probe, crf) for probe in PROBES for crf in (False, True) if crf or probe != "backbone_kmeans")
 
 
 def read_predictions(paths: list[Path], probe: str, n: int) -> dict[bool, np.ndarray]:
@@ -79,14 +84,15 @@ def cluster_shares(predictions: dict[str, dict[bool, np.ndarray]], n_clusters: d
     return rows
 
 
-def centroid_counts(items: list[str]) -> dict[str, int]:
-    """`PROBE=path.npy` arguments → number of clusters of each probe."""
-    counts = {}
-    for item in items:
-        probe, _, path = item.partition("=")
-        if not path:
-            raise argparse.ArgumentTypeError(f"--centroids expects PROBE=path, got '{item}'")
-        counts[probe] = len(np.load(path))
+def segment_clusters(paths: Iterable[Path]) -> dict[str, int]:
+    """Probe → number of clusters its maps range over, as recorded by `segment` (the same in every shard)."""
+    counts: dict[str, int] = {}
+    for path in paths:
+        with h5py.File(path, "r") as f:
+            probe, k = str(f.attrs["probe"]), int(f.attrs["n_clusters"])
+        if counts.setdefault(probe, k) != k:
+            raise ValueError(f"segment shards of probe '{probe}' disagree on the number of clusters "
+                             f"({counts[probe]} and {k} in {path}); rerun the segment stage")
     return counts
 
 
@@ -94,14 +100,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = base_parser(__doc__)
     parser.add_argument("--features", type=Path, required=True, help="evaluation split feature store (.h5)")
     parser.add_argument("--segments", type=Path, nargs="+", required=True)
-    parser.add_argument("--centroids", nargs="*", default=[],
-                        help="PROBE=path.npy for cluster probes (their K may exceed the class count)")
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--out-dir", type=Path, required=True)
     parser.add_argument("--no-labels", action="store_true",
                         help="a dataset without labels: write only clusters.csv (cluster probes' pixel shares)")
-    args = parser.parse_args(argv)
-    setup_logging(args.verbose)
+    args = parse_stage_args(parser, argv)
     if args.no_labels:
         write_cluster_table(args)
         return
@@ -111,9 +114,8 @@ def main(argv: list[str] | None = None) -> None:
         labels = store.read("label")
         names, backbone = store.class_names, store.attrs["backbone"]
     n_classes = len(names)
-    n_clusters = {"linear": n_classes, **centroid_counts(args.centroids)}
-    probes = [p for p in dict.fromkeys(p for p, _ in ROWS) if p in n_clusters]
-    predictions = {p: read_predictions(args.segments, p, len(labels)) for p in probes}
+    n_clusters = segment_clusters(args.segments)
+    predictions = {p: read_predictions(args.segments, p, len(labels)) for p in PROBES if p in n_clusters}
     rows, confusions = evaluate(labels, predictions, n_clusters, n_classes)
     common = {"dataset": args.dataset, "backbone": backbone}
     table = pd.DataFrame([{**common, **{k: v for k, v in r.items() if k != "iou"}, "n_images": len(labels)}
@@ -128,10 +130,10 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def write_cluster_table(args: argparse.Namespace) -> None:
-    """`--no-labels`: clusters.csv from the segments of the probes given with --centroids."""
+    """`--no-labels`: clusters.csv from the segments given."""
     with FeatureStore(args.features, max_memory_gb=0) as store:
         n, backbone = store.n, store.attrs["backbone"]
-    n_clusters = centroid_counts(args.centroids)
+    n_clusters = segment_clusters(args.segments)
     predictions = {p: read_predictions(args.segments, p, n) for p in n_clusters}
     table = pd.DataFrame([{"dataset": args.dataset, "backbone": backbone, **r, "n_images": n}
                           for r in cluster_shares(predictions, n_clusters)])

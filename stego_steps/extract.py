@@ -1,17 +1,9 @@
 """Stage `extract`: run the frozen backbone once over a split and cache its features in HDF5.
 
-Layout of `{split}.h5`:
-- `feats` [N,C,h,w] float16 — patch features (last block after the final norm for ViTs);
-- `pooled` [N,C] float32 — their global average (the KNN descriptor), computed before rounding;
-- `label` [N,res,res] int16 — class ids, −1 = ignore (when the dataset has labels);
-- evaluation splits also `image` [N,res,res,3] uint8 (for the CRF) and `feats_flip` (features of the
-  horizontally flipped image, for flip test-time augmentation);
-- attrs: backbone, res, stride, split, n_classes, class_names.
-
-The caching is lossless for training because the backbone is frozen and no augmentation reaches the loss.
-Writing goes to `{out}.partial` with a progress counter; a killed run resumes from it. Large splits are
-extracted in shards (contiguous slices of the index, one job each) and gathered into one store of HDF5
-virtual datasets that point at the shard files, so gathering copies nothing.
+The store's layout is defined in `stego_steps.store`. The caching is lossless for training because the
+backbone is frozen and no augmentation reaches the loss. Writing goes to `{out}.partial` with a progress counter;
+a killed run resumes from it. Large splits are extracted in shards (contiguous slices of the index, one job
+each) and gathered into one store (`python -m stego_steps.extract gather`).
 """
 
 from __future__ import annotations
@@ -22,15 +14,16 @@ import os
 from pathlib import Path
 
 import h5py
-import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from stego_steps import __version__, images
+from stego_steps import __version__, images, store
+from stego_steps.artifacts import fingerprint
 from stego_steps.backbones import FeatureExtractor, build_backbone
-from stego_steps.io import atomic_path, base_parser, fingerprint, progress, select_device, settings_arg, setup_logging
-from stego_steps.prepare import read_index, row_box
+from stego_steps.cli import base_parser, parse_stage_args, progress, settings_arg
+from stego_steps.devices import select_device
+from stego_steps.index import read_index, row_box
 from stego_steps.store import shard_range
 
 log = logging.getLogger(__name__)
@@ -74,20 +67,6 @@ def features_of(backbone: FeatureExtractor, batch: torch.Tensor, device: str) ->
     return backbone(batch.to(device)).float().cpu()
 
 
-def _create(f: h5py.File, n: int, c: int, grid: int, res: int, evaluation: bool, with_labels: bool) -> None:
-    # One sample per chunk; an empty shard (fewer batches than shards) gets empty, unchunked datasets.
-    def sample_chunks(*shape: int, compress: bool = False) -> dict:
-        return dict(chunks=(1, *shape), compression="lzf" if compress else None) if n else {}
-
-    f.create_dataset("feats", (n, c, grid, grid), np.float16, **sample_chunks(c, grid, grid))
-    f.create_dataset("pooled", (n, c), np.float32)
-    if with_labels:
-        f.create_dataset("label", (n, res, res), np.int16, **sample_chunks(res, res, compress=True))
-    if evaluation:
-        f.create_dataset("feats_flip", (n, c, grid, grid), np.float16, **sample_chunks(c, grid, grid))
-        f.create_dataset("image", (n, res, res, 3), np.uint8, **sample_chunks(res, res, 3, compress=True))
-
-
 def extract(index: pd.DataFrame, classes: dict, out: Path, *, backbone: str, weights: str | None, res: int,
             evaluation: bool, jpeg_quality: int | None = None, batch_size: int = 16, workers: int = 0,
             device: str = "auto", seed: int = 0, split: str = "", shard: int = 0, n_shards: int = 1) -> None:
@@ -121,7 +100,7 @@ def extract(index: pd.DataFrame, classes: dict, out: Path, *, backbone: str, wei
     out.parent.mkdir(parents=True, exist_ok=True)
     with h5py.File(partial, "a") as f:
         if "feats" not in f:
-            _create(f, n, net.dim, grid, res, evaluation, with_labels)
+            store.create(f, store.layout(n, net.dim, grid, res, evaluation=evaluation, labelled=with_labels))
             f.attrs.update(fingerprint=key, done=0, backbone=backbone, res=res, stride=net.stride, split=split,
                            n_classes=len(classes["names"]), class_names=json.dumps(classes["names"]),
                            start=rows.start, stop=rows.stop, backbone_id=backbone_id(backbone, weights, seed),
@@ -149,52 +128,20 @@ def extract(index: pd.DataFrame, classes: dict, out: Path, *, backbone: str, wei
     log.info("wrote %s: %d samples, %d×%d×%d features", out, n, net.dim, grid, grid)
 
 
-def gather(shards: list[Path], out: Path) -> None:
-    """One store over all shards: virtual datasets whose sources are the shard files (relative paths, so
-    the folder can move), plus the small `ids`. Checks that the shards tile the split exactly."""
-    metas = []
-    for path in shards:
-        with h5py.File(path, "r") as f:
-            metas.append((int(f.attrs["start"]), int(f.attrs["stop"]), path,
-                          {k: (f[k].shape, f[k].dtype) for k in f if k != "ids"}, dict(f.attrs), f["ids"][...]))
-    metas.sort(key=lambda m: (m[0], m[1]))  # an empty shard sorts before the one it abuts
-    stops = [m[1] for m in metas]
-    if [m[0] for m in metas] != [0, *stops[:-1]]:
-        raise ValueError(f"feature shards do not tile the split: {[(m[0], m[1], str(m[2])) for m in metas]}; "
-                         "rerun the extract jobs of the missing shards")
-    n, first = stops[-1], metas[0]
-    with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
-        for key, (shape, dtype) in first[3].items():
-            layout = h5py.VirtualLayout(shape=(n, *shape[1:]), dtype=dtype)
-            for start, stop, path, datasets, _, _ in metas:
-                if datasets.get(key, (None,))[0] != (stop - start, *shape[1:]):
-                    raise ValueError(f"shard {path} has no dataset '{key}' of the expected shape")
-                if stop == start:  # an empty shard contributes nothing
-                    continue
-                source = os.path.relpath(path, out.parent)
-                layout[start:stop] = h5py.VirtualSource(source, key, shape=(stop - start, *shape[1:]))
-            f.create_virtual_dataset(key, layout)
-        f.create_dataset("ids", data=np.concatenate([m[5] for m in metas]))
-        f.attrs.update({k: v for k, v in first[4].items() if k not in ("start", "stop", "done", "fingerprint")})
-        f.attrs["shards"] = len(metas)
-
-
 def main(argv: list[str] | None = None) -> None:
-    parser = base_parser(__doc__)
+    parser = base_parser(__doc__, device=True)
     parser.add_argument("--index", type=Path, required=True)
     parser.add_argument("--classes", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--settings", type=settings_arg, required=True,
-                        help="JSON: backbone, weights, res, evaluation, jpeg_quality, batch_size, device, seed")
+                        help="JSON: backbone, weights, res, evaluation, jpeg_quality, batch_size, seed")
     parser.add_argument("--split", default="")
     parser.add_argument("--shard", type=int, default=0)
     parser.add_argument("--n-shards", type=int, default=1)
-    args = parser.parse_args(argv)
-    setup_logging(args.verbose)
-    torch.set_num_threads(args.torch_threads)
+    args = parse_stage_args(parser, argv)
     classes = json.loads(args.classes.read_text())
-    extract(read_index(args.index), classes, args.out, split=args.split, shard=args.shard, n_shards=args.n_shards,
-            workers=max(args.threads - 1, 0) if args.threads > 2 else 0, **args.settings)
+    extract(read_index(args.index), classes, args.out, device=args.device, split=args.split, shard=args.shard,
+            n_shards=args.n_shards, workers=max(args.threads - 1, 0) if args.threads > 2 else 0, **args.settings)
 
 
 def gather_main(argv: list[str] | None = None) -> None:
@@ -202,9 +149,8 @@ def gather_main(argv: list[str] | None = None) -> None:
     parser = base_parser("Gather feature shards into one store of virtual datasets.")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("shards", type=Path, nargs="+")
-    args = parser.parse_args(argv)
-    setup_logging(args.verbose)
-    gather(args.shards, args.out)
+    args = parse_stage_args(parser, argv)
+    store.gather(args.shards, args.out)
     log.info("gathered %d shards into %s", len(args.shards), args.out)
 
 

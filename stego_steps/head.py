@@ -1,11 +1,29 @@
-"""The STEGO segmentation head (reference §2) and the helpers that apply it to cached features."""
+"""The STEGO segmentation head, and the probes that turn its codes into class log-probabilities.
+
+The head maps frozen backbone features [B,C,h,w] to codes [B,D,h,w]. A probe maps an embedding (the head's
+codes, or the backbone features for the K-Means baseline) to per-pixel log-probabilities over K clusters or
+classes: the cluster probes through their centroids, the linear probe through a 1×1 convolution.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from stego_steps.artifacts import atomic_path
+
+# Every probe of the evaluation: the K-Means of the head's codes, the supervised linear probe (a diagnostic
+# that needs labels) and the K-Means of the raw backbone features (the paper's baseline).
+PROBES = ("cluster", "linear", "backbone_kmeans")
+SUPERVISED_PROBES = ("linear",)
+UNSUPERVISED_PROBES = tuple(p for p in PROBES if p not in SUPERVISED_PROBES)
+
+LogProbs = Callable[[torch.Tensor], torch.Tensor]
 
 
 class SegmentationHead(nn.Module):
@@ -32,8 +50,6 @@ def flip_tta_code(head: nn.Module, feats: torch.Tensor, feats_flipped: torch.Ten
 
 
 def save_head(path: str | Path, head: SegmentationHead, extra: dict) -> None:
-    from stego_steps.io import atomic_path
-
     with atomic_path(path) as tmp:
         torch.save({"state_dict": head.state_dict(), "in_dim": head.in_dim, "code_dim": head.code_dim,
                     "dropout": head.dropout_p, **extra}, tmp)
@@ -51,3 +67,30 @@ def load_head(path: str | Path, device: str = "cpu", backbone_id: str | None = N
     head = SegmentationHead(blob["in_dim"], blob["code_dim"], blob["dropout"])
     head.load_state_dict(blob["state_dict"])
     return head.to(device).eval()
+
+
+def cluster_log_probs(centroids: np.ndarray | torch.Tensor, temperature: float = 2.0) -> LogProbs:
+    """Official cluster probe at evaluation: log_softmax(2 · cosine(pixel, centroid)) over centroids [K,D]."""
+    c = F.normalize(torch.as_tensor(centroids, dtype=torch.float32), dim=1)
+    return lambda x: torch.log_softmax(temperature * torch.einsum("bdhw,kd->bkhw", F.normalize(x, dim=1), c),
+                                       dim=1)
+
+
+def linear_log_probs(probe: nn.Module) -> LogProbs:
+    """The linear probe at evaluation: log_softmax of its logits."""
+    return lambda x: torch.log_softmax(probe(x), dim=1)
+
+
+def save_probe(path: str | Path, probe: nn.Conv2d, extra: dict | None = None) -> None:
+    """Write a linear probe (a 1×1 convolution code_dim → n_classes) atomically."""
+    with atomic_path(path) as tmp:
+        torch.save({"state_dict": probe.cpu().state_dict(), "code_dim": probe.in_channels,
+                    "n_classes": probe.out_channels, **(extra or {})}, tmp)
+
+
+def load_probe(path: str | Path, device: str = "cpu") -> nn.Conv2d:
+    """A linear probe written by `save_probe`, in eval mode."""
+    blob = torch.load(path, map_location=device, weights_only=True)
+    probe = nn.Conv2d(blob["code_dim"], blob["n_classes"], 1)
+    probe.load_state_dict(blob["state_dict"])
+    return probe.to(device).eval()

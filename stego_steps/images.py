@@ -1,4 +1,4 @@
-"""Reading images and label maps, and the official deterministic transform (§8.6, §7.1).
+"""Reading images and label maps, and the official deterministic transform.
 
 Every image goes through: optional crop box at full resolution (five-crop) → optional in-memory JPEG
 re-encoding (the official five-crops were stored as JPEG quality 75) → resize of the short side with PIL
@@ -14,9 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-IGNORE = -1  # label value for unlabeled pixels everywhere inside the pipeline
-
-Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in full-resolution pixels
+from stego_steps.index import IGNORE, Box
 
 
 def read_image(path: str | Path) -> Image.Image:

@@ -1,10 +1,12 @@
-"""Nearest-neighbour table of the pooled image descriptors (§3): cosine top-k over the same split, self first.
+"""Stage `knn`: nearest-neighbour table of the pooled image descriptors, cosine top-k over the same split,
+self first.
 
     python -m stego_steps.knn --features results/demo/features/bb/train.h5 --k 7 --out train.npy
 
-Exact search with a FAISS inner-product index on L2-normalised float32 vectors, on the GPU when FAISS has
-one. Row i of the table is `[i, n1, ..., nk]`: the sample itself, then its k most similar other samples in
-descending cosine similarity. Training draws the positive uniformly from columns 1..7.
+Exact search with a FAISS inner-product index on L2-normalised float32 vectors: with `--device cpu` on the
+CPU, otherwise on the GPU when there is one and the FAISS build supports it. Row i of the table is
+`[i, n1, ..., nk]`: the sample itself, then its k most similar other samples in descending cosine
+similarity. Training draws the positive uniformly from columns 1..k.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from stego_steps.io import base_parser, progress, setup_logging, write_npy
+from stego_steps.artifacts import write_npy
+from stego_steps.cli import base_parser, parse_stage_args, progress
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +70,11 @@ def _self_first(table: np.ndarray) -> np.ndarray:
     return table
 
 
-def knn_table(pooled: Any, k: int, *, use_gpu: bool | None = None) -> np.ndarray:
+def knn_table(pooled: Any, k: int, *, use_gpu: bool | None = None, gpu: int = 0) -> np.ndarray:
     """Indices `[N, 1 + k]` int64 of the cosine nearest neighbours of each row of `pooled` `[N, C]`.
 
     Column 0 is always the row itself, columns 1..k its k most similar other rows (descending similarity).
-    `use_gpu=None` uses a FAISS GPU when there is one.
+    `use_gpu=None` uses a FAISS GPU (number `gpu`) when there is one.
     """
     import faiss
 
@@ -85,7 +88,7 @@ def knn_table(pooled: Any, k: int, *, use_gpu: bool | None = None) -> np.ndarray
     index: Any = faiss.IndexFlatIP(dim)
     if _want_gpu(use_gpu):
         resources = faiss.StandardGpuResources()
-        index = faiss.index_cpu_to_gpu(resources, 0, index)
+        index = faiss.index_cpu_to_gpu(resources, gpu, index)
         log.info("FAISS search on the GPU")
     index.add(x)
     table = np.empty((n, k + 1), dtype=np.int64)
@@ -99,20 +102,13 @@ def knn_table(pooled: Any, k: int, *, use_gpu: bool | None = None) -> np.ndarray
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = base_parser("Cosine nearest-neighbour table of the pooled features (self in column 0).")
+    parser = base_parser("Cosine nearest-neighbour table of the pooled features (self in column 0).", device=True)
     parser.add_argument(
         "--features", required=True, type=Path, help="HDF5 feature store with dataset 'pooled'"
     )
     parser.add_argument("--k", type=int, default=7, help="neighbours per sample besides itself")
     parser.add_argument("--out", required=True, type=Path, help="output .npy, int64 [N, 1+k]")
-    parser.add_argument(
-        "--device",
-        choices=["auto", "cpu", "cuda"],
-        default="auto",
-        help="FAISS device (auto: GPU if present)",
-    )
-    args = parser.parse_args(argv)
-    setup_logging(args.verbose)
+    args = parse_stage_args(parser, argv)
 
     import faiss
     import h5py
@@ -124,13 +120,15 @@ def main(argv: list[str] | None = None) -> None:
                 f"{args.features} has no dataset 'pooled' (found: {sorted(f.keys())}); rerun extract"
             )
         pooled = np.asarray(f["pooled"][...], dtype=np.float32)
-    use_gpu = {"auto": None, "cpu": False, "cuda": True}[args.device]
+    # The device as resolved for torch: on a GPU, FAISS searches on the same GPU when its build has GPU support.
+    use_gpu = None if args.device.startswith("cuda") else False
+    gpu = int(args.device.partition(":")[2] or 0)
     log.info(
         "knn: pooled features %s from %s, k=%d, %d threads", pooled.shape, args.features, args.k,
         args.torch_threads,
     )
     start = time.perf_counter()
-    table = knn_table(pooled, args.k, use_gpu=use_gpu)
+    table = knn_table(pooled, args.k, use_gpu=use_gpu, gpu=gpu)
     log.info("knn: table %s in %.2f s", table.shape, time.perf_counter() - start)
     write_npy(args.out, table)
     log.info("knn: wrote %s", args.out)

@@ -1,4 +1,4 @@
-"""The STEGO correlation loss (reference §4), on feature maps and code maps of a batch.
+"""The STEGO correlation loss, on feature maps and code maps of a batch.
 
 For each pair of maps the feature correlation F (cosine similarities of sampled, L2-normalised backbone
 features, no gradient) tells which point pairs belong together; the code correlation S (same, on the head's

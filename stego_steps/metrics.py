@@ -1,8 +1,9 @@
-"""Segmentation metrics: a dataset-level confusion matrix, Hungarian matching, pixel accuracy and mIoU (§7.3).
+"""Segmentation metrics: a dataset-level confusion matrix, Hungarian matching, pixel accuracy and mIoU.
 
 The confusion matrix has one row per predicted cluster and one column per true class. Unlike the official
 metric code, pixels predicted as a cluster that the matching leaves unassigned (extra clusters) are not
-dropped: they stay in the denominator of the accuracy and in the union of their true class (SPEC §9).
+dropped: they stay in the denominator of the accuracy and in the union of their true class (one of the
+deliberate differences listed in the README).
 """
 
 from __future__ import annotations

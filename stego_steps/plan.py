@@ -1,10 +1,8 @@
 """Stage `plan`: before the heavy work, tell the samples per split and the size of each feature store, and
 refuse to start when the disk cannot hold them.
 
-Bytes per store (what `extract` writes, HDF5 overhead aside):
-- `feats` float16 `N·C·(res/stride)²·2`, `pooled` float32 `N·C·4`;
-- `label` int16 `N·res²·2` when the split has labels (written compressed: an upper bound);
-- evaluation splits also `image` uint8 `N·res²·3` (compressed: an upper bound) and `feats_flip` (as `feats`).
+Bytes per store: the uncompressed size of every dataset of the store's layout (`stego_steps.store.layout`),
+HDF5 overhead aside; labels and images are written compressed, so their sizes are upper bounds.
 
 The stores go to one folder; its free space is read from the nearest existing parent. Stores and their shard
 files (or resumable `.partial` files) already in that folder are replaced by the extraction, so their bytes
@@ -20,9 +18,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from stego_steps import store
+from stego_steps.artifacts import write_text
 from stego_steps.backbones import backbone_info
-from stego_steps.io import base_parser, settings_arg, setup_logging, write_text
-from stego_steps.prepare import read_index
+from stego_steps.cli import base_parser, parse_stage_args, settings_arg
+from stego_steps.index import is_labelled, read_index
 
 log = logging.getLogger(__name__)
 
@@ -52,15 +52,9 @@ class SplitPlan:
     @property
     def parts(self) -> dict[str, int]:
         """Bytes of every dataset of the store."""
-        n, c, res = self.samples, self.channels, self.res
-        feats = n * c * self.grid**2 * 2
-        parts = {"feats": feats, "pooled": n * c * 4}
-        if self.labelled:
-            parts["label"] = n * res * res * 2
-        if self.evaluation:
-            parts["image"] = n * res * res * 3
-            parts["feats_flip"] = feats
-        return parts
+        arrays = store.layout(self.samples, self.channels, self.grid, self.res, evaluation=self.evaluation,
+                              labelled=self.labelled)
+        return {name: a.nbytes for name, a in arrays.items()}
 
     @property
     def bytes(self) -> int:
@@ -70,7 +64,7 @@ class SplitPlan:
 def index_summary(path: str | Path) -> tuple[int, bool]:
     """(samples, labelled) of an index CSV; a split is labelled when every row has a label file."""
     frame = read_index(path)
-    return len(frame), bool(len(frame)) and bool((frame["label"] != "").all())
+    return len(frame), is_labelled(frame)
 
 
 def split_plan(split: str, samples: int, labelled: bool, settings: Mapping[str, Any]) -> SplitPlan:
@@ -183,8 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="the plan (text)")
     parser.add_argument("--title", default="plan", help="first line of the table")
     parser.add_argument("--margin", type=float, default=MARGIN, help="needed × margin must be free")
-    args = parser.parse_args(argv)
-    setup_logging(args.verbose)
+    args = parse_stage_args(parser, argv)
     indexes = {}
     for item in args.index:
         split, sep, path = item.partition("=")

@@ -14,8 +14,9 @@ import h5py
 import numpy as np
 import torch
 
+from stego_steps.artifacts import atomic_path
+from stego_steps.cli import base_parser, parse_stage_args, progress
 from stego_steps.head import flip_tta_code, load_head
-from stego_steps.io import atomic_path, base_parser, parse_stage_args, progress
 from stego_steps.store import FeatureStore
 
 log = logging.getLogger(__name__)

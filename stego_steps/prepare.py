@@ -1,7 +1,10 @@
 """Stage `prepare`: write the sample index of each split and the class table of a dataset.
 
-Outputs `{out}/train.csv`, `{out}/val.csv` (columns id, image, label, x0, y0, x1, y1) and
-`{out}/classes.json`; for the demo it first renders the scenes.
+Outputs `{out}/train.csv`, `{out}/val.csv` (the sample index, see `stego_steps.index`) and
+`{out}/classes.json`. `python -m stego_steps.prepare render --settings JSON` renders the demo's scenes
+(the workflow's `render_demo` rule); `prepare` renders them itself when they are missing.
+`python -m stego_steps.prepare fetch --root R --split train2017 --name LIST --url URL` downloads a missing
+curated COCO-Stuff list (the `curated_list` rule); the cocostuff adapter also fetches missing lists itself.
 """
 
 from __future__ import annotations
@@ -9,40 +12,19 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import pandas as pd
-
 from stego_steps import datasets
-from stego_steps.datasets import row_box  # noqa: F401 (the stages read crop boxes from here)
-from stego_steps.io import base_parser, settings_arg, setup_logging, write_csv, write_json
+from stego_steps.artifacts import write_csv, write_json
+from stego_steps.cli import base_parser, parse_stage_args, settings_arg
+from stego_steps.index import SPLITS, index_frame
 
 log = logging.getLogger(__name__)
-
-COLUMNS = ["id", "image", "label", "x0", "y0", "x1", "y1"]
-
-
-def index_frame(rows: list[dict]) -> pd.DataFrame:
-    """Rows → DataFrame with the index columns in a fixed order (missing box/label → empty)."""
-    frame = pd.DataFrame(rows).reindex(columns=COLUMNS)
-    frame["label"] = frame["label"].fillna("")
-    for col in ("x0", "y0", "x1", "y1"):
-        frame[col] = frame[col].astype("Int64")
-    return frame
-
-
-def read_index(path: str | Path) -> pd.DataFrame:
-    frame = pd.read_csv(path, dtype={"id": str, "image": str, "label": str}, keep_default_na=False,
-                        na_values={c: [""] for c in ("x0", "y0", "x1", "y1")})
-    missing = [c for c in COLUMNS if c not in frame.columns]
-    if missing:
-        raise ValueError(f"index {path} lacks columns {missing}; rerun the prepare stage")
-    return frame
 
 
 def prepare(kind: str, settings: dict, out_dir: Path) -> dict[str, int]:
     """Build and write the index; returns the number of samples per split."""
     splits, classes = datasets.build_index(kind, settings)
     counts = {}
-    for split in datasets.SPLITS:
+    for split in SPLITS:
         rows = splits.get(split, [])
         if not rows:
             raise ValueError(f"dataset kind '{kind}' produced no samples for split '{split}' "
@@ -59,11 +41,37 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--kind", required=True, help="dataset kind (demo, cocostuff, ...)")
     parser.add_argument("--settings", type=settings_arg, required=True, help="dataset settings as JSON")
     parser.add_argument("--out-dir", type=Path, required=True)
-    args = parser.parse_args(argv)
-    setup_logging(args.verbose)
+    args = parse_stage_args(parser, argv)
     counts = prepare(args.kind, args.settings, args.out_dir)
     log.info("indexed %s", ", ".join(f"{k}: {v} samples" for k, v in counts.items()))
 
 
+def render_main(argv: list[str] | None = None) -> None:
+    """`python -m stego_steps.prepare render --settings '{"root": ..., "generator": {...}}'`"""
+    parser = base_parser("Render the demo dataset's scenes.")
+    parser.add_argument("--settings", type=settings_arg, required=True, help="demo dataset settings as JSON")
+    args = parse_stage_args(parser, argv)
+    rows = datasets.render_demo(args.settings)
+    log.info("rendered %s", ", ".join(f"{k}: {len(v)} scenes" for k, v in rows.items()))
+
+
+def fetch_main(argv: list[str] | None = None) -> None:
+    """`python -m stego_steps.prepare fetch --root R --split train2017 --name LIST --url URL`"""
+    parser = base_parser("Download a curated COCO-Stuff list (checksum-verified) when it is missing.")
+    parser.add_argument("--root", type=Path, required=True, help="the cocostuff dataset folder")
+    parser.add_argument("--split", required=True, choices=sorted(datasets.COCO_SPLIT_DIRS.values()))
+    parser.add_argument("--name", required=True, help="list name without .txt")
+    parser.add_argument("--url", required=True, help="URL template with {split} and {name}")
+    args = parse_stage_args(parser, argv)
+    (path,) = datasets.fetch_curated_lists(args.root, args.url, lists=[(args.split, args.name)])
+    log.info("curated list %s is in place", path)
+
+
 if __name__ == "__main__":
-    main()
+    import sys
+
+    commands = {"render": render_main, "fetch": fetch_main}
+    if sys.argv[1:2] and sys.argv[1] in commands:
+        commands[sys.argv[1]](sys.argv[2:])
+    else:
+        main()

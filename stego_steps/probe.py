@@ -1,8 +1,9 @@
-"""Stage `probe`: the supervised linear probe, a diagnostic (reference §6).
+"""Stage `probe`: the supervised linear probe, a diagnostic.
 
 A 1×1 convolution from the (frozen, eval-mode) head's codes to class logits, trained with cross-entropy on
 the training labels, logits upsampled bilinearly to the label resolution, unlabeled pixels masked. Unlike the
-official code, it trains after the head on its final codes instead of alongside it (SPEC §9).
+official code, it trains after the head on its final codes instead of alongside it (one of the deliberate
+differences listed in the README).
 """
 
 from __future__ import annotations
@@ -15,14 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stego_steps.head import load_head
-from stego_steps.io import (
-    atomic_path,
-    base_parser,
-    parse_stage_args,
-    progress,
-    settings_arg,
-)
+from stego_steps.cli import base_parser, parse_stage_args, progress, settings_arg
+from stego_steps.head import load_head, save_probe
 from stego_steps.store import FeatureStore
 
 log = logging.getLogger(__name__)
@@ -78,13 +73,6 @@ def _all_codes(store: FeatureStore, head: nn.Module, device: str, batch_size: in
                       for i in range(0, store.n, batch_size)])
 
 
-def load_probe(path: str | Path, device: str = "cpu") -> nn.Conv2d:
-    blob = torch.load(path, map_location=device, weights_only=True)
-    probe = nn.Conv2d(blob["code_dim"], blob["n_classes"], 1)
-    probe.load_state_dict(blob["state_dict"])
-    return probe.to(device).eval()
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = base_parser(__doc__, device=True)
     parser.add_argument("--features", type=Path, required=True, help="train split feature store (.h5)")
@@ -94,15 +82,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_stage_args(parser, argv)
     device = args.device
     s = args.settings
-    with FeatureStore(args.features, max_memory_gb=s.get("max_memory_gb", 8.0), device=device) as store:
+    with FeatureStore(args.features, device=device) as store:
         head = load_head(args.head, device, store.attrs.get("backbone_id"))
         n_classes = int(store.attrs["n_classes"])
         probe, losses = train_probe(store, head, n_classes, steps=s["steps"], batch_size=s["batch_size"],
                                     lr=s["lr"], seed=s["seed"], device=device)
     log.info("linear probe: loss %.4f → %.4f over %d steps", losses[0], np.mean(losses[-10:]), len(losses))
-    with atomic_path(args.out) as tmp:
-        torch.save({"state_dict": probe.cpu().state_dict(), "code_dim": probe.in_channels,
-                    "n_classes": n_classes, "losses": losses}, tmp)
+    save_probe(args.out, probe, {"losses": losses})
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 For one probe and one shard of images: take the flip-averaged embedding (head code, or backbone features
 for the K-Means baseline), upsample it bilinearly to the label resolution, turn it into log-probabilities —
 `log_softmax(2·cos(x, centroids))` for cluster probes, `log_softmax(linear(x))` for the linear probe — and
-write the argmax (`raw`) and the argmax after the CRF (`crf`).
+write the argmax (`raw`) and the argmax after the CRF (`crf`), with the number of clusters (or classes) K the
+maps range over (attr `n_clusters`).
 """
 
 from __future__ import annotations
@@ -18,27 +19,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from stego_steps.artifacts import atomic_path
+from stego_steps.cli import base_parser, parse_stage_args, progress
 from stego_steps.crf import refine_labels
-from stego_steps.io import atomic_path, base_parser, progress, setup_logging
-from stego_steps.probe import load_probe
+from stego_steps.head import PROBES, LogProbs, cluster_log_probs, linear_log_probs, load_probe
 from stego_steps.store import FeatureStore, shard_range
 
 log = logging.getLogger(__name__)
-
-PROBES = ("cluster", "linear", "backbone_kmeans")
-LogProbs = Callable[[torch.Tensor], torch.Tensor]
-
-
-def cluster_log_probs(centroids: np.ndarray, temperature: float = 2.0) -> LogProbs:
-    """Official cluster probe at evaluation: log_softmax(2 · cosine(pixel, centroid))."""
-    c = F.normalize(torch.as_tensor(centroids, dtype=torch.float32), dim=1)
-    return lambda x: torch.log_softmax(temperature * torch.einsum("bdhw,kd->bkhw", F.normalize(x, dim=1), c),
-                                       dim=1)
-
-
-def linear_log_probs(probe: torch.nn.Module) -> LogProbs:
-    return lambda x: torch.log_softmax(probe(x), dim=1)
-
 
 @torch.no_grad()
 def log_probs_at(embedding: torch.Tensor, size: int, to_log_probs: LogProbs) -> np.ndarray:
@@ -76,8 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n-shards", type=int, default=1)
     parser.add_argument("--crf-timeout", type=float, default=600.0, help="seconds per image before giving up")
     parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args(argv)
-    setup_logging(args.verbose)
+    args = parse_stage_args(parser, argv)
     torch.set_num_threads(1)  # the CRF workers take the job's threads
     with contextlib.ExitStack() as stack:
         store = stack.enter_context(FeatureStore(args.features, max_memory_gb=0))
@@ -91,15 +77,19 @@ def main(argv: list[str] | None = None) -> None:
 
             def embeddings(i: int) -> torch.Tensor:
                 return torch.from_numpy(codes[i:i + 1])
-        to_log_probs = (linear_log_probs(load_probe(args.linear)) if args.probe == "linear"
-                        else cluster_log_probs(np.load(args.centroids)))
+        if args.probe == "linear":
+            probe = load_probe(args.linear)
+            to_log_probs, n_clusters = linear_log_probs(probe), probe.out_channels
+        else:
+            centroids = np.load(args.centroids)
+            to_log_probs, n_clusters = cluster_log_probs(centroids), len(centroids)
         rows = shard_range(store.n, args.shard, args.n_shards)
         raw, crf = segment(embeddings, store.dataset("image"), rows, to_log_probs,
                            crf_workers=args.threads, crf_timeout_s=args.crf_timeout)
     with atomic_path(args.out) as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset("raw", data=raw, compression="lzf")
         f.create_dataset("crf", data=crf, compression="lzf")
-        f.attrs.update(start=rows.start, stop=rows.stop, probe=args.probe)
+        f.attrs.update(start=rows.start, stop=rows.stop, probe=args.probe, n_clusters=n_clusters)
     log.info("segmented images %d..%d with the %s probe", rows.start, rows.stop, args.probe)
 
 

@@ -1,7 +1,21 @@
-"""Read access to the HDF5 feature stores written by `extract`."""
+"""The HDF5 feature store of one split: its layout (defined here once), creation, gathering and reading.
+
+Datasets of a store of N samples, C channels, a grid of g×g patches and resolution res:
+- `feats` [N,C,g,g] float16 — patch features (last block after the final norm for ViTs);
+- `pooled` [N,C] float32 — their global average (the KNN descriptor), computed before rounding;
+- `label` [N,res,res] int16 — class ids, −1 = ignore (only when the split has labels; compressed);
+- evaluation splits also `feats_flip` [N,C,g,g] float16 (features of the horizontally flipped image, for
+  flip test-time augmentation) and `image` [N,res,res,3] uint8 (for the CRF; compressed);
+- `ids` — the sample ids; attrs: backbone, res, stride, split, n_classes, class_names.
+
+`extract` writes one store per shard (a contiguous slice of the index, attrs `start`/`stop`); `gather` joins
+the shards into one store of HDF5 virtual datasets that point at the shard files, so gathering copies nothing.
+`plan` sizes the stores from the same layout.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -11,11 +25,54 @@ import h5py
 import numpy as np
 import torch
 
+from stego_steps.artifacts import atomic_path
+
+
+@dataclasses.dataclass(frozen=True)
+class Array:
+    """One dataset of a store: shape, dtype and HDF5 storage options."""
+
+    shape: tuple[int, ...]
+    dtype: type
+    chunks: tuple[int, ...] | None = None
+    compression: str | None = None
+
+    @property
+    def nbytes(self) -> int:
+        """Uncompressed bytes (an upper bound for compressed datasets)."""
+        return int(np.prod(self.shape)) * np.dtype(self.dtype).itemsize
+
+
+def layout(n: int, channels: int, grid: int, res: int, *, evaluation: bool, labelled: bool) -> dict[str, Array]:
+    """The datasets of a store (without the small `ids`), by name."""
+    feats = Array((n, channels, grid, grid), np.float16, chunks=(1, channels, grid, grid))
+    arrays = {"feats": feats, "pooled": Array((n, channels), np.float32)}
+    if labelled:
+        arrays["label"] = Array((n, res, res), np.int16, chunks=(1, res, res), compression="lzf")
+    if evaluation:
+        arrays["feats_flip"] = feats
+        arrays["image"] = Array((n, res, res, 3), np.uint8, chunks=(1, res, res, 3), compression="lzf")
+    return arrays
+
+
+def create(f: h5py.File, arrays: dict[str, Array]) -> None:
+    """Create the (empty) datasets of a layout in an open HDF5 file. An empty shard (fewer batches than
+    shards) gets empty, unchunked datasets: HDF5 chunks cannot be larger than the data."""
+    for name, a in arrays.items():
+        empty = a.shape[0] == 0
+        f.create_dataset(name, a.shape, a.dtype, chunks=None if empty else a.chunks,
+                         compression=None if empty else a.compression)
+
+
+
+# A store whose features take at most this many GB as float16 is held in memory (on the consuming device).
+MAX_MEMORY_GB = 8.0
+
 
 class FeatureStore:
     """Batches of cached features by sample index, from memory when they fit, else from disk."""
 
-    def __init__(self, path: str | Path, key: str = "feats", max_memory_gb: float = 8.0,
+    def __init__(self, path: str | Path, key: str = "feats", max_memory_gb: float = MAX_MEMORY_GB,
                  device: str | torch.device = "cpu") -> None:
         self.path, self.device = Path(path), torch.device(device)
         try:
@@ -96,6 +153,36 @@ def _gather(data: h5py.Dataset, index: np.ndarray) -> np.ndarray:
     """h5py fancy indexing needs increasing unique indices: read sorted, then restore the order."""
     unique, inverse = np.unique(index, return_inverse=True)
     return data[unique][inverse]
+
+
+def gather(shards: list[Path], out: Path) -> None:
+    """One store over all shards: virtual datasets whose sources are the shard files (relative paths, so
+    the folder can move), plus the small `ids`. Checks that the shards tile the split exactly."""
+    metas = []
+    for path in shards:
+        with h5py.File(path, "r") as f:
+            metas.append((int(f.attrs["start"]), int(f.attrs["stop"]), path,
+                          {k: (f[k].shape, f[k].dtype) for k in f if k != "ids"}, dict(f.attrs), f["ids"][...]))
+    metas.sort(key=lambda m: (m[0], m[1]))  # an empty shard sorts before the one it abuts
+    stops = [m[1] for m in metas]
+    if [m[0] for m in metas] != [0, *stops[:-1]]:
+        raise ValueError(f"feature shards do not tile the split: {[(m[0], m[1], str(m[2])) for m in metas]}; "
+                         "rerun the extract jobs of the missing shards")
+    n, first = stops[-1], metas[0]
+    with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
+        for key, (shape, dtype) in first[3].items():
+            virtual = h5py.VirtualLayout(shape=(n, *shape[1:]), dtype=dtype)
+            for start, stop, path, datasets, _, _ in metas:
+                if datasets.get(key, (None,))[0] != (stop - start, *shape[1:]):
+                    raise ValueError(f"shard {path} has no dataset '{key}' of the expected shape")
+                if stop == start:  # an empty shard contributes nothing
+                    continue
+                source = os.path.relpath(path, out.parent)
+                virtual[start:stop] = h5py.VirtualSource(source, key, shape=(stop - start, *shape[1:]))
+            f.create_virtual_dataset(key, virtual)
+        f.create_dataset("ids", data=np.concatenate([m[5] for m in metas]))
+        f.attrs.update({k: v for k, v in first[4].items() if k not in ("start", "stop", "done", "fingerprint")})
+        f.attrs["shards"] = len(metas)
 
 
 def shard_range(n: int, shard: int, n_shards: int, align: int = 1) -> range:

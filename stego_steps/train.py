@@ -18,18 +18,10 @@ import pandas as pd
 import torch
 from torch import nn
 
+from stego_steps.artifacts import atomic_path, fingerprint, write_csv, write_json
+from stego_steps.cli import base_parser, parse_stage_args, progress, settings_arg
+from stego_steps.devices import select_device
 from stego_steps.head import SegmentationHead, save_head
-from stego_steps.io import (
-    atomic_path,
-    base_parser,
-    fingerprint,
-    parse_stage_args,
-    progress,
-    select_device,
-    settings_arg,
-    write_csv,
-    write_json,
-)
 from stego_steps.loss import TERMS, negative_perm, random_coords, stego_loss
 from stego_steps.store import FeatureStore
 
@@ -137,8 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_stage_args(parser, argv)
     checkpoint = args.head.with_name(args.head.name + ".checkpoint")
     device = args.device
-    with FeatureStore(args.features, max_memory_gb=args.settings.get("max_memory_gb", 8.0),
-                      device=device) as store:
+    with FeatureStore(args.features, device=device) as store:
         head, steps = train(store, np.load(args.knn), args.settings, device=device, checkpoint=checkpoint)
         meta = {"settings": args.settings, "backbone": store.attrs.get("backbone"),
                 "backbone_id": store.attrs.get("backbone_id"),

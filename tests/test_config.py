@@ -87,3 +87,36 @@ def test_command_line_strings_are_typed_by_the_schema():
     bad = C.coerce({**cfg, "segment_shards": "many"}, C.load_schema())
     with pytest.raises(C.ConfigError, match="segment_shards"):
         C.validate(bad)
+
+
+def _schema_keys(node: dict, defs: dict, prefix: str) -> list[str]:
+    keys = []
+    for key, sub in node.get("properties", {}).items():
+        keys.append(prefix + key)
+        target = defs[sub["$ref"].split("/")[-1]] if "$ref" in sub else sub
+        if key != "overrides":
+            keys += _schema_keys(target, defs, f"{prefix}{key}.")
+    return keys
+
+
+def test_every_key_has_a_description_and_a_line_in_the_config_readme():
+    schema = C.load_schema()
+    defs = schema["$defs"]
+    keys = (_schema_keys(schema, defs, "") + _schema_keys(defs["dataset"], defs, "datasets.<name>.")
+            + _schema_keys(defs["preset"], defs, "presets.<name>."))
+    assert "presets.<name>.loss.shifts.random" in keys and "datasets.<name>.generator.seed" in keys
+    readme = (Path(__file__).resolve().parents[1] / "config" / "README.md").read_text()
+    undocumented = [k for k in keys if f"`{k}`" not in readme and k not in ("datasets", "presets", "backbones")]
+    assert undocumented == []
+    assert "`backbones.<name>.weights`" in readme
+
+    def described(node: dict, path: str) -> list[str]:
+        missing = []
+        for key, sub in node.get("properties", {}).items():
+            if not isinstance(sub, dict) or not sub.get("description"):
+                missing.append(path + key)
+            elif "properties" in sub:
+                missing += described(sub, f"{path}{key}.")
+        return missing
+
+    assert described(schema, "") + [m for d in defs.values() for m in described(d, "")] == []

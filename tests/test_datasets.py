@@ -5,114 +5,24 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
-from scipy.io import savemat
+from helpers import LIST7, make_cityscapes, make_coco, make_directory, make_potsdam, png, rgb, shared_coco, text
 
 from stego_steps import datasets, images, prepare
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "cocostuff27"
-REPO = Path(__file__).resolve().parents[1]
-LIST7 = "Coco164kFull_Stuff_Coarse_7"
-
-
-def _rgb(h: int, w: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
-
-
-def _png(path: Path, arr: np.ndarray) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr).save(path)
-    return path
-
-
-def _jpg(path: Path, arr: np.ndarray) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr).save(path, quality=90)
-    return path
-
-
-def _text(path: Path, lines: list[str]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(f"{x}\n" for x in lines))
-    return path
-
-
-def _shared() -> Path:
-    if not SHARED.is_dir():
-        pytest.skip(f"shared COCO-Stuff metadata not found at {SHARED}")
-    return SHARED
-
-
-# ---------------------------------------------------------------------------------------------------------
-# fake trees
-
-
-def make_coco(root: Path, train_ids: list[str], val_ids: list[str], train_list: str = LIST7) -> Path:
-    for split_dir, ids, name in (("train2017", train_ids, train_list), ("val2017", val_ids, LIST7)):
-        for k, i in enumerate(ids):
-            _jpg(root / "images" / split_dir / f"{i}.jpg", _rgb(24, 32, k))
-            label = np.full((24, 32), 255, np.uint8)
-            label[:12] = 0  # person → 9
-            label[12:, :16] = 156  # sky-other → 23
-            _png(root / "annotations" / split_dir / f"{i}.png", label)
-        _text(root / "curated" / split_dir / f"{name}.txt", ids)
-    return root
-
-
-def make_cityscapes(root: Path) -> Path:
-    cities = {"train": ["aachen", "bochum"], "val": ["frankfurt"]}
-    for split, names in cities.items():
-        for c, city in enumerate(names):
-            for n in range(2):
-                stem = f"{city}_{n:06d}_000019"
-                image = _rgb(23, 37, c * 10 + n)
-                _png(root / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png", image)
-                label = (np.arange(23 * 37).reshape(23, 37) % 36).astype(np.uint8)
-                _png(root / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png", label)
-                _png(root / "gtFine" / split / city / f"{stem}_gtFine_color.png", _rgb(23, 37, 0))
-    return root
-
-
-def make_potsdam(root: Path, n: int = 4) -> Path:
-    gt = np.array([[0, 1, 2, 3], [4, 5, 255, 0]], np.uint8).repeat(5, 0).repeat(5, 1)  # 10 x 20
-    for i in range(n):
-        img = np.random.default_rng(i).integers(0, 256, (10, 20, 4), dtype=np.uint8)
-        (root / "imgs").mkdir(parents=True, exist_ok=True)
-        (root / "gt").mkdir(parents=True, exist_ok=True)
-        savemat(root / "imgs" / f"{i}.mat", {"img": img})
-        savemat(root / "gt" / f"{i}.mat", {"gt": gt})
-    _text(root / "labelled_train.txt", [str(i) for i in range(n - 1)])
-    _text(root / "labelled_test.txt", [str(n - 1)])
-    return root
-
-
-def make_directory(root: Path, labels: bool = True) -> Path:
-    for split, stems in (("train", ["a", "b", "c"]), ("val", ["d", "e"])):
-        for k, stem in enumerate(stems):
-            ext = ".jpg" if k % 2 else ".png"
-            (_jpg if ext == ".jpg" else _png)(root / "imgs" / split / f"{stem}{ext}", _rgb(16, 20, k))
-            if labels:
-                label = np.full((16, 20), 255, np.uint8)
-                label[:, :10] = k % 3
-                _png(root / "labels" / split / f"{stem}.png", label)
-    (root / "imgs" / "train" / "notes.txt").write_text("not an image")
-    return root
-
+from stego_steps.index import COLUMNS, SPLITS, read_index, row_box
 
 # ---------------------------------------------------------------------------------------------------------
 # COCO-Stuff
 
 
 def test_coco_classes_table_matches_shared_mapping():
-    shared = _shared()
+    shared = shared_coco()
     fine_to_coarse = json.loads((shared / "fine182_to_coarse27.json").read_text())
     names = (shared / "coarse27_names.txt").read_text().split()
-    table = pd.read_csv(REPO / "config" / "cocostuff27_classes.csv")
+    table = pd.read_csv(datasets.COCO_CLASSES_TABLE)
     assert list(table.columns) == ["fine_id", "fine_name", "coarse_id", "coarse_name"]
     assert table["fine_id"].tolist() == list(range(182))
     assert {int(k): v for k, v in fine_to_coarse.items()} == dict(zip(table["fine_id"], table["coarse_id"],
@@ -147,7 +57,7 @@ def test_cocostuff_train_list_setting_and_missing_image(tmp_path):
     splits, _ = datasets.build_index("cocostuff", {"root": str(root), "curated_url": "",
                                                    "train_list": "Coco164kFull_Stuff_Coarse"})
     assert [r["id"] for r in splits["train"]] == ["000000000009"]
-    _text(root / "curated" / "val2017" / f"{LIST7}.txt", ["000000000139", "000000000285"])
+    text(root / "curated" / "val2017" / f"{LIST7}.txt", ["000000000139", "000000000285"])
     with pytest.raises(FileNotFoundError, match="000000000285.jpg"):
         datasets.build_index("cocostuff", {"root": str(root), "curated_url": "",
                                            "train_list": "Coco164kFull_Stuff_Coarse"})
@@ -161,7 +71,7 @@ def test_cocostuff_missing_list_without_url(tmp_path):
 
 
 def test_fetch_curated_lists_file_url(tmp_path, caplog):
-    shared = _shared()
+    shared = shared_coco()
     url = shared.as_uri() + "/{split}_{name}.txt"
     paths = datasets.fetch_curated_lists(tmp_path, url)
     assert paths == [tmp_path / "curated" / "train2017" / f"{LIST7}.txt",
@@ -174,7 +84,7 @@ def test_fetch_curated_lists_file_url(tmp_path, caplog):
 
     # A list without a known checksum is accepted with a warning.
     serve = tmp_path / "serve"
-    _text(serve / "train2017_Custom.txt", ["000000000009"])
+    text(serve / "train2017_Custom.txt", ["000000000009"])
     with caplog.at_level(logging.WARNING, logger="stego_steps.datasets"):
         (custom,) = datasets.fetch_curated_lists(tmp_path, serve.as_uri() + "/{split}_{name}.txt",
                                                  lists=[("train2017", "Custom")])
@@ -183,7 +93,7 @@ def test_fetch_curated_lists_file_url(tmp_path, caplog):
 
 
 def test_fetch_curated_lists_checksum_mismatch(tmp_path):
-    shared = _shared()
+    shared = shared_coco()
     serve = tmp_path / "serve"
     serve.mkdir()
     shutil.copy(shared / f"val2017_{LIST7}.txt", serve / f"val2017_{LIST7}.txt")
@@ -202,7 +112,7 @@ def test_fetch_curated_lists_checksum_mismatch(tmp_path):
 
 def test_cocostuff_fetches_missing_lists(tmp_path):
     """The adapter downloads a missing val list (real `_7`, checksum verified) before indexing."""
-    shared = _shared()
+    shared = shared_coco()
     val_ids = (shared / f"val2017_{LIST7}.txt").read_text().split()
     root = make_coco(tmp_path / "coco", ["000000000009"], val_ids[:1], train_list="Tiny")
     (root / "curated" / "val2017" / f"{LIST7}.txt").unlink()
@@ -250,8 +160,8 @@ def test_five_crop_boxes_match_torchvision(tmp_path, hw):
     from torchvision.transforms import functional as tf
 
     h, w = hw
-    arr = _rgb(h, w, 3)
-    path = _png(tmp_path / "img.png", arr)
+    arr = rgb(h, w, 3)
+    path = png(tmp_path / "img.png", arr)
     rows = datasets.five_crop_rows([{"id": "x", "image": str(path), "label": ""}], 0.5)
     assert [r["id"] for r in rows] == [f"x_c{k}" for k in range(5)]
     crop = (int(h * 0.5), int(w * 0.5))
@@ -299,7 +209,7 @@ def test_directory_with_labels(tmp_path):
     assert classes["lut"][:4] == [0, 1, 2, -1] and classes["lut"][255] == -1
 
     (root / "labels" / "val" / "e.png").unlink()
-    _png(root / "labels" / "val" / "zz.png", np.zeros((16, 20), np.uint8))
+    png(root / "labels" / "val" / "zz.png", np.zeros((16, 20), np.uint8))
     with pytest.raises(FileNotFoundError, match=r"without a label PNG.*e\.jpg.*without an image.*zz\.png"):
         datasets.build_index("directory", settings)
 
@@ -342,16 +252,16 @@ def test_prepare_writes_index_and_classes(tmp_path, kind):
     counts = prepare.prepare(kind, settings, out)
     classes = json.loads((out / "classes.json").read_text())
     assert classes["names"] and len(classes["lut"]) >= 256
-    for split in datasets.SPLITS:
-        frame = prepare.read_index(out / f"{split}.csv")
+    for split in SPLITS:
+        frame = read_index(out / f"{split}.csv")
         assert len(frame) == counts[split] > 0
-        assert list(frame.columns) == prepare.COLUMNS
+        assert list(frame.columns) == COLUMNS
         if split == "train":
             assert frame["x0"].notna().all() and frame["id"].str.endswith("_c4").sum() == len(frame) // 5
             first = frame.iloc[0]
-            assert prepare.row_box(first) == (0, 0, int(first["x1"]), int(first["y1"]))
+            assert row_box(first) == (0, 0, int(first["x1"]), int(first["y1"]))
         else:
-            assert frame["x0"].isna().all() and prepare.row_box(frame.iloc[0]) is None
+            assert frame["x0"].isna().all() and row_box(frame.iloc[0]) is None
         first = frame.iloc[0]
         img = images.read_image(first["image"])
         assert img.mode == "RGB"

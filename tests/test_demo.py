@@ -114,3 +114,14 @@ def test_every_class_in_small_splits(tmp_path: Path) -> None:
             with Image.open(row["label"]) as lb:
                 seen |= set(np.unique(np.asarray(lb)).tolist())
         assert seen == set(range(len(CLASS_NAMES)))
+
+
+def test_rendered_scenes_are_reused_only_with_the_same_settings(tmp_path: Path) -> None:
+    counts = {"train": 2, "val": 1}
+    assert demo.rendered_rows(tmp_path, counts, height=H, width=W, seed=0) is None
+    rows = write_demo(tmp_path, counts, height=H, width=W, seed=0)
+    assert demo.rendered_rows(tmp_path, counts, height=H, width=W, seed=0) == rows
+    assert demo.rendered_rows(tmp_path, counts, height=H, width=W, seed=1) is None
+    assert demo.rendered_rows(tmp_path, {"train": 3, "val": 1}, height=H, width=W, seed=0) is None
+    Path(rows["val"][0]["label"]).unlink()
+    assert demo.rendered_rows(tmp_path, counts, height=H, width=W, seed=0) is None

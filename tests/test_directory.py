@@ -4,13 +4,12 @@ from a config of a few lines: with labels to the metrics, without labels to the 
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import h5py
 import pandas as pd
 import pytest
+from helpers import snakemake
 
 from stego_steps import demo
 
@@ -58,27 +57,21 @@ def workdir_with_config(tmp_path: Path, labels: bool, extra: str = "") -> tuple[
     return tmp_path, config
 
 
-def snakemake(workdir: Path, config: Path, *args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir),
-           "--configfile", str(config), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-
-
 def test_labels_are_decided_from_the_folder_before_any_job(tmp_path):
     workdir, config = workdir_with_config(tmp_path, labels=False)
-    out = snakemake(workdir, config, "-n", "--quiet", "rules")
+    out = snakemake(workdir, "-n", "--quiet", "rules", configfile=config)
     assert out.returncode == 0, out.stderr
     jobs = set((out.stdout + out.stderr).split())
     assert {"prepare", "plan", "extract", "cluster", "backbone_kmeans", "segment", "evaluate_unlabelled"} <= jobs
     assert not {"linear_probe", "evaluate"} & jobs
     # The metrics of an unlabelled dataset are refused with the reason, before any job.
-    out = snakemake(workdir, config, "-n", "results/mine/miou.csv")
+    out = snakemake(workdir, "-n", "results/mine/miou.csv", configfile=config)
     said = out.stdout + out.stderr
     assert out.returncode != 0 and "has no labels" in said and "results/mine/clusters.csv" in said
     # `labelled: true` without the label folders: stopped while the DAG is built.
     forced = tmp_path / "forced.yaml"
     forced.write_text("datasets:\n  mine:\n    labelled: true\n")
-    out = snakemake(workdir, config, str(forced), "--cores", "1")
+    out = snakemake(workdir, str(forced), "--cores", "1", configfile=config)
     said = out.stdout + out.stderr
     assert out.returncode != 0 and "labels/train does not exist" in said and "labelled: false" in said
     assert not (tmp_path / "results").exists()
@@ -87,7 +80,7 @@ def test_labels_are_decided_from_the_folder_before_any_job(tmp_path):
 @pytest.mark.slow
 def test_directory_with_labels_end_to_end(tmp_path):
     workdir, config = workdir_with_config(tmp_path, labels=True)
-    out = snakemake(workdir, config, "--cores", "2")
+    out = snakemake(workdir, "--cores", "2", configfile=config)
     assert out.returncode == 0, out.stderr[-4000:]
     base = tmp_path / "results" / "mine"
     table = pd.read_csv(base / "miou.csv")
@@ -107,7 +100,7 @@ def test_directory_with_labels_end_to_end(tmp_path):
 @pytest.mark.slow
 def test_directory_without_labels_ends_with_the_cluster_segmentations(tmp_path):
     workdir, config = workdir_with_config(tmp_path, labels=False)
-    out = snakemake(workdir, config, "--cores", "2")
+    out = snakemake(workdir, "--cores", "2", configfile=config)
     assert out.returncode == 0, out.stderr[-4000:]
     base = tmp_path / "results" / "mine"
     assert not (base / "miou.csv").exists() and not (base / "probe").exists()

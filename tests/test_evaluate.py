@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from stego_steps import evaluate, segment, store
+from stego_steps import evaluate, head, segment, store
 
 
 def test_evaluate_rows_for_a_permuted_perfect_clustering():
@@ -32,7 +32,7 @@ def test_shards_are_stitched_and_gaps_detected(tmp_path):
         with h5py.File(path, "w") as f:
             f["raw"] = np.full((stop - start, 3, 3), shard, np.uint8)
             f["crf"] = np.full((stop - start, 3, 3), shard + 5, np.uint8)
-            f.attrs.update(start=start, stop=stop, probe="cluster")
+            f.attrs.update(start=start, stop=stop, probe="cluster", n_clusters=3)
         paths.append(path)
     out = evaluate.read_predictions(paths[::-1], "cluster", 5)
     assert out[False][:, 0, 0].tolist() == [0, 0, 1, 1, 1] and out[True][:, 0, 0].tolist() == [5, 5, 6, 6, 6]
@@ -50,8 +50,26 @@ def test_shard_ranges_partition_the_images():
 def test_cluster_log_probs_are_the_official_tempered_cosine():
     centroids = np.array([[1.0, 0.0], [0.0, 2.0]])
     x = torch.tensor([[3.0, 0.0]])[:, :, None, None]  # cos = (1, 0)
-    lp = segment.cluster_log_probs(centroids)(x)[:, :, 0, 0]
+    lp = head.cluster_log_probs(centroids)(x)[:, :, 0, 0]
     torch.testing.assert_close(lp, torch.log_softmax(torch.tensor([[2.0, 0.0]]), dim=1))
-    up = segment.log_probs_at(torch.randn(1, 2, 4, 4), 16, segment.cluster_log_probs(centroids))
+    up = segment.log_probs_at(torch.randn(1, 2, 4, 4), 16, head.cluster_log_probs(centroids))
     assert up.shape == (2, 16, 16)
     np.testing.assert_allclose(np.exp(up).sum(0), 1.0, rtol=1e-5)
+
+
+def test_cluster_counts_come_from_the_segment_shards(tmp_path):
+    paths = []
+    for name, probe, k in (("a", "cluster", 7), ("b", "cluster", 7), ("c", "linear", 3)):
+        paths.append(tmp_path / f"{name}.h5")
+        with h5py.File(paths[-1], "w") as f:
+            f.attrs.update(probe=probe, n_clusters=k)
+    assert evaluate.segment_clusters(paths) == {"cluster": 7, "linear": 3}
+    with h5py.File(paths[1], "a") as f:
+        f.attrs["n_clusters"] = 8
+    with pytest.raises(ValueError, match="disagree on the number of clusters"):
+        evaluate.segment_clusters(paths)
+
+
+def test_rows_follow_the_declared_probes():
+    assert [probe for probe, crf in evaluate.ROWS if crf] == list(head.PROBES)
+    assert set(head.UNSUPERVISED_PROBES) | set(head.SUPERVISED_PROBES) == set(head.PROBES)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from stego_steps import extract, images, prepare, store
-from stego_steps.prepare import read_index, row_box
+from stego_steps.index import read_index, row_box
 
 SETTINGS = dict(backbone="dino_vits16_random", weights=None, batch_size=3, device="cpu", seed=0)
 
@@ -94,14 +94,14 @@ def test_shards_gather_into_the_same_store(seven_val_index, tmp_path, n_shards):
     shards = [tmp_path / "shards" / f"{i}.h5" for i in range(n_shards)]
     for i, path in enumerate(shards):
         extract.extract(index, classes, path, res=32, evaluation=True, shard=i, n_shards=n_shards, **SETTINGS)
-    extract.gather(shards[::-1], tmp_path / "val.h5")
+    store.gather(shards[::-1], tmp_path / "val.h5")
     with h5py.File(tmp_path / "whole.h5") as a, h5py.File(tmp_path / "val.h5") as b:
         assert b["feats"].is_virtual and b.attrs["shards"] == n_shards
         for key in ("feats", "feats_flip", "pooled", "label", "image", "ids"):
             np.testing.assert_array_equal(a[key][...], b[key][...])
         assert b.attrs["n_classes"] == a.attrs["n_classes"]
     with pytest.raises(ValueError, match="do not tile"):
-        extract.gather(shards[1:], tmp_path / "bad.h5")
+        store.gather(shards[1:], tmp_path / "bad.h5")
 
 
 def test_shard_ranges_start_on_batch_multiples():
@@ -120,7 +120,7 @@ def test_a_gathered_store_with_a_missing_shard_is_an_error_not_zeros(seven_val_i
     shards = [tmp_path / "val" / f"{i}.h5" for i in range(2)]
     for i, path in enumerate(shards):
         extract.extract(index, classes, path, res=32, evaluation=True, shard=i, n_shards=2, **SETTINGS)
-    extract.gather(shards, tmp_path / "val.h5")
+    store.gather(shards, tmp_path / "val.h5")
     with store.FeatureStore(tmp_path / "val.h5") as whole:
         assert whole.n == 7
     shards[1].rename(tmp_path / "moved.h5")

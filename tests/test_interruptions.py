@@ -17,18 +17,18 @@ import h5py
 import pandas as pd
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "tests" / "data" / "tiny_config.yaml"
+from helpers import SNAKEFILE, TINY, snakemake
+
 pytestmark = pytest.mark.slow
 
 
-def command(workdir: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir),
-            "--configfile", str(TINY), "--cores", "2", *args]
+def command(workdir: Path) -> list[str]:
+    return [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "-d", str(workdir), "--configfile", str(TINY),
+            "--cores", "2"]
 
 
 def run(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(command(workdir, *args), capture_output=True, text=True, timeout=900)
+    return snakemake(workdir, "--cores", "2", *args)
 
 
 @pytest.fixture(scope="module")

@@ -17,14 +17,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from test_datasets import SHARED, make_cityscapes, make_coco, make_directory, make_potsdam
+from helpers import LIST7, SHARED, make_cityscapes, make_coco, make_directory, make_potsdam
 
 from stego_steps import cluster, evaluate, extract, images, knn, plan, predict, prepare, probe, segment, train
 from stego_steps import config as C
+from stego_steps.index import read_index, row_box
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-LIST7 = "Coco164kFull_Stuff_Coarse_7"
 OVERRIDES = {
     "backbone": "dino_vits8_random", "train_res": 32, "eval_res": 48, "extract_batch": 8, "knn_k": 2,
     "head": {"code_dim": 16},
@@ -32,11 +32,11 @@ OVERRIDES = {
     "cluster": {"iterations": 3, "batch_images": 2, "init_images": 4, "n_init": 1},
     "probe": {"steps": 3, "batch_size": 2},
 }
-ROWS = [("cluster", False), ("cluster", True), ("linear", False), ("linear", True), ("backbone_kmeans", True)]
+ROWS = list(evaluate.ROWS)
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Trees (the builders of test_datasets) and an independent statement of each layout's label mapping
+# Trees (the builders of helpers.py) and an independent statement of each layout's label mapping
 
 
 def _coco(root: Path) -> dict:
@@ -98,7 +98,7 @@ def _run_stages(cfg: dict, ds: str, out: Path, labelled: bool = True) -> None:
     prepare.main(["--kind", cfg["datasets"][ds]["kind"], "--settings", json.dumps(C.dataset_settings(cfg, ds)),
                   "--out-dir", str(idx)])
     if ds == "cocostuff":  # the fetched val list has 2,175 ids; keep three for speed
-        val = prepare.read_index(idx / "val.csv")
+        val = read_index(idx / "val.csv")
         assert len(val) == 2175
         val.head(3).to_csv(idx / "val.csv", index=False)
     settings = {s: C.stage_settings(cfg, ds, "extract", s) for s in ("train", "val")}
@@ -106,7 +106,8 @@ def _run_stages(cfg: dict, ds: str, out: Path, labelled: bool = True) -> None:
                json.dumps(settings), "--store-dir", str(feats), "--out", str(out / "plan.txt")])
     for split in ("train", "val"):
         extract.main(["--index", str(idx / f"{split}.csv"), "--classes", str(idx / "classes.json"), "--split", split,
-                      "--settings", json.dumps(settings[split]), "--out", str(feats / f"{split}.h5")])
+                      "--settings", json.dumps(settings[split]), "--out", str(feats / f"{split}.h5"),
+                      "--device", "cpu"])
     r = C.resolve(cfg, ds)
     cpu = ["--device", "cpu", "--threads", "1"]
     train_h5, val_h5, head = str(feats / "train.h5"), str(feats / "val.h5"), str(out / "head.pt")
@@ -130,20 +131,19 @@ def _run_stages(cfg: dict, ds: str, out: Path, labelled: bool = True) -> None:
     for name, args in probes.items():
         segments.append(str(out / f"{name}.0.h5"))
         segment.main(["--features", val_h5, "--probe", name, *args, "--out", segments[-1], "--threads", "1"])
-    evaluate.main(["--features", val_h5, "--segments", *segments, "--centroids",
-                   f"cluster={out / 'centroids.npy'}", f"backbone_kmeans={out / 'bb_centroids.npy'}",
-                   "--dataset", ds, "--out-dir", str(out), *([] if labelled else ["--no-labels"])])
+    evaluate.main(["--features", val_h5, "--segments", *segments, "--dataset", ds, "--out-dir", str(out),
+                   *([] if labelled else ["--no-labels"])])
 
 
 def _check_labels(store: Path, index: Path, mapping: Callable[[np.ndarray], np.ndarray], res: int) -> None:
     """The stored labels are the raw label files mapped by the layout's table, cut like the images."""
-    frame = prepare.read_index(index)
+    frame = read_index(index)
     with h5py.File(store, "r") as f:
         stored = f["label"][...]
     assert len(stored) == len(frame)
     for k, (_, row) in enumerate(frame.iterrows()):
         raw = images.read_label(row["label"]).astype(np.int64)
-        np.testing.assert_array_equal(stored[k], images.transform_label(mapping(raw), res, prepare.row_box(row)))
+        np.testing.assert_array_equal(stored[k], images.transform_label(mapping(raw), res, row_box(row)))
 
 
 @pytest.mark.parametrize("kind", list(LAYOUTS))
@@ -159,7 +159,7 @@ def test_layout_runs_prepare_to_evaluate(tmp_path, kind):
         assert fetched.read_bytes() == (SHARED / f"val2017_{LIST7}.txt").read_bytes()
     classes = json.loads((out / "index" / "classes.json").read_text())
     assert len(classes["names"]) == n_classes
-    train_index = prepare.read_index(out / "index" / "train.csv")
+    train_index = read_index(out / "index" / "train.csv")
     assert train_index["x0"].notna().all() == five_crop
     _check_labels(out / "features" / "train.h5", out / "index" / "train.csv", mapping, 32)
     _check_labels(out / "features" / "val.h5", out / "index" / "val.csv", mapping, 48)
@@ -168,7 +168,7 @@ def test_layout_runs_prepare_to_evaluate(tmp_path, kind):
     table = pd.read_csv(out / "miou.csv")
     assert list(zip(table["probe"], table["crf"], strict=True)) == ROWS
     assert (table["dataset"] == kind).all() and (table["backbone"] == "dino_vits8_random").all()
-    n_val = len(prepare.read_index(out / "index" / "val.csv"))
+    n_val = len(read_index(out / "index" / "val.csv"))
     assert (table["n_images"] == n_val).all()
     assert table["pixel_accuracy"].between(0, 100).all() and table["miou"].between(0, 100).all()
     assert (table["pixel_accuracy"] > 0).any()

@@ -1,4 +1,4 @@
-"""The STEGO loss on tiny tensors, against values derived by hand from the formulas (reference §4)."""
+"""The STEGO loss on tiny tensors, against values derived by hand from the formulas."""
 
 import pytest
 import torch

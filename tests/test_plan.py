@@ -5,16 +5,16 @@ from __future__ import annotations
 import copy
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from helpers import snakemake
 
-from stego_steps import plan, prepare
+from stego_steps import plan
+from stego_steps.artifacts import write_csv
 from stego_steps.config import stage_settings
-from stego_steps.io import write_csv
+from stego_steps.index import index_frame
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
@@ -23,7 +23,7 @@ CONFIG = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
 def _index(path: Path, n: int, labelled: bool = True) -> Path:
     rows = [{"id": str(i), "image": f"img/{i}.jpg", "label": f"lab/{i}.png" if labelled else ""}
             for i in range(n)]
-    write_csv(path, prepare.index_frame(rows))
+    write_csv(path, index_frame(rows))
     return path
 
 
@@ -167,9 +167,7 @@ def test_refusal_choices_fit_the_backbone():
 
 
 def test_plan_runs_before_extraction_in_the_workflow(tmp_path):
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path), "--configfile",
-           str(ROOT / "tests" / "data" / "tiny_config.yaml"), "-n", "--quiet", "rules",
-           "--", "results/demo/features/efficientnet_lite0/train.h5"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    out = snakemake(tmp_path, "-n", "--quiet", "rules", "--", "results/demo/features/efficientnet_lite0/train.h5",
+                    timeout=300)
     assert out.returncode == 0, out.stderr
     assert {"prepare", "plan", "extract"} <= set((out.stdout + out.stderr).split())

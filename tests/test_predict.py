@@ -3,9 +3,9 @@
 import h5py
 import numpy as np
 import torch
-from conftest import write_store
+from helpers import write_store
 
-from stego_steps import segment
+from stego_steps import head, segment
 from stego_steps.head import SegmentationHead, flip_tta_code
 from stego_steps.predict import predict_codes
 from stego_steps.store import FeatureStore
@@ -30,6 +30,6 @@ def test_segment_gives_argmax_and_crf_maps(tmp_path):
         protos = np.stack([store.batch([0])[0, :, 0, 0].numpy(), store.batch([0])[0, :, 0, -1].numpy(),
                            np.random.default_rng(0).standard_normal(16)])
         raw, crf = segment.segment(lambda i: store.batch([i]), store.dataset("image"), range(1, 3),
-                                   segment.cluster_log_probs(protos), crf_workers=1)
+                                   head.cluster_log_probs(protos), crf_workers=1)
     assert raw.shape == crf.shape == (2, 32, 32) and raw.dtype == crf.dtype == np.uint8
     assert raw.max() < 3 and crf.max() < 3

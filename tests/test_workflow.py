@@ -1,23 +1,16 @@
 """The workflow end to end on a tiny demo config, in a temporary working directory."""
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import snakemake
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "data" / "tiny_config.yaml"
 STAGES = {"prepare", "plan", "extract", "gather_features", "knn", "train", "cluster", "backbone_kmeans",
           "linear_probe", "predict", "segment", "evaluate"}
-
-
-def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir),
-           "--configfile", str(TINY), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
 
 
 def test_dry_run_lists_every_stage(tmp_path):
@@ -51,9 +44,12 @@ def test_demo_runs_end_to_end(tmp_path):
         assert (tmp_path / "results" / "demo" / "train" / "efficientnet_lite0" / name).exists()
     steps = pd.read_csv(tmp_path / "results" / "demo" / "train" / "efficientnet_lite0" / "train_log.csv")
     assert len(steps) == 20
-    # Nothing left to do: a second run is a no-op.
+    # Nothing left to do: a second run is a no-op, also on another device (the tiny config says cpu).
     again = snakemake(tmp_path, "--cores", "2", "-n")
     assert "Nothing to be done" in again.stdout + again.stderr
+    other_device = snakemake(tmp_path, "--cores", "2", "-n", "--config", "device=auto")
+    assert other_device.returncode == 0, other_device.stderr[-2000:]
+    assert "Nothing to be done" in other_device.stdout + other_device.stderr
 
     # A changed extraction setting is brought up to date by one invocation, which then leaves nothing to do.
     changed = ["--config", 'datasets={"demo": {"overrides": {"train_res": 96}}}']
@@ -80,6 +76,16 @@ def test_missing_weights_stop_the_run_before_any_job(tmp_path):
     assert dry.returncode == 0, dry.stderr[-2000:]
     text = dry.stdout + dry.stderr
     assert "a real run would stop here" in text and '"jpeg_quality": 75' in text and '"code_dim": 90' in text
+
+
+def test_the_device_reaches_every_model_stage_as_a_resource(tmp_path):
+    dry = snakemake(tmp_path, "-n", "-p", "--config", "device=cuda")
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    text = dry.stdout + dry.stderr
+    for stage in ("extract", "knn", "train", "cluster", "probe", "predict"):
+        commands = [line for line in text.splitlines() if f"python -m stego_steps.{stage} --" in line]
+        assert commands and all("--device cuda" in line for line in commands), stage
+    assert "--device" not in " ".join(line for line in text.splitlines() if "stego_steps.segment " in line)
 
 
 def test_command_line_overrides_reach_the_stages(tmp_path):

@@ -3,6 +3,7 @@
 # declarative.
 import json
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -10,9 +11,11 @@ from pathlib import Path
 import h5py
 from snakemake.utils import validate
 
-from stego_steps import backbones
+from stego_steps import backbones, datasets
 from stego_steps import config as stego_config
 from stego_steps.config import ConfigError, backbone_weights, dataset_settings, resolve, stage_settings
+from stego_steps.head import PROBES, UNSUPERVISED_PROBES
+from stego_steps.store import MAX_MEMORY_GB
 
 # A short message naming the bad key first; then Snakemake's own validation fills in the defaults.
 config.update(stego_config.coerce(config, stego_config.load_schema()))
@@ -20,7 +23,7 @@ try:
     stego_config.validate(config)
 except ConfigError as err:
     raise WorkflowError(str(err))
-validate(config, schema="../schemas/config.schema.yaml")
+validate(config, schema=str(stego_config.SCHEMA))
 
 PRESETS = {}
 for _ds in config["datasets"]:
@@ -39,14 +42,24 @@ envvars:
 
 
 os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+# The device of every model stage (extract, knn, train, cluster, backbone_kmeans, linear_probe, predict)
+# reaches the job as the resource `device` (`--device {resources.device}`), never as a param: Snakemake reruns
+# a job when its params change, and switching between CPU and GPU changes where a job runs, not what it
+# computes (up to floating-point rounding). Per rule: `--set-resources train:device=cpu`.
+DEVICE = config["device"]
 # GPU rules ask for one GPU when the models will run on one; on CPU machines they ask for none.
-GPU = 1 if config["device"] == "cuda" or (config["device"] == "auto" and shutil.which("nvidia-smi")) else 0
+GPU = 1 if DEVICE == "cuda" or (DEVICE == "auto" and shutil.which("nvidia-smi")) else 0
 # torch's compute threads in every model job: fixed, so that a table does not depend on --cores.
 TORCH_THREADS = config["torch_threads"]
-SHARDS = range(config["segment_shards"])
-EXTRACT_SHARDS = range(config["extract_shards"])
-PROBES = ["cluster", "linear", "backbone_kmeans"]
-UNSUPERVISED = ["cluster", "backbone_kmeans"]  # the probes that need no labels
+
+
+# Extraction (per split) and the CRF (per probe) run in shards, one job each: `extract_shards` and
+# `segment_shards` in the config, or per run `--set-scatter extract=8 segment=16`.
+scattergather:
+    extract=config["extract_shards"],
+    segment=config["segment_shards"],
+
+
 
 
 wildcard_constraints:
@@ -54,7 +67,7 @@ wildcard_constraints:
     bb=r"[A-Za-z0-9_]+",
     split=r"train|val",
     probe="|".join(PROBES),
-    shard=r"\d+",
+    scatteritem=r"\d+-of-\d+",
 
 
 def backbone_of(ds):
@@ -117,6 +130,52 @@ def backbone_weights_input(wildcards):
     return [path] if path else []
 
 
+def plan_settings(wildcards):
+    """The very settings of the split's extraction: a plan re-runs exactly when its extraction must."""
+    return json.dumps({wildcards.split: stage_settings(config, wildcards.ds, "extract", wildcards.split)})
+
+
+# The folders the demo datasets' scenes are rendered into (rule render_demo), and their datasets.
+DEMO_ROOTS = {entry["root"]: ds for ds, entry in config["datasets"].items() if entry["kind"] == "demo"}
+
+
+def data_files(wildcards):
+    """Files a dataset's index is built from besides its images, declared as inputs so that changing one
+    re-runs `prepare` and what follows: the cocostuff class table and curated lists, the demo's scenes."""
+    entry = config["datasets"][wildcards.ds]
+    if entry["kind"] == "cocostuff":
+        files = {"classes_table": entry.get("classes_table") or str(datasets.COCO_CLASSES_TABLE)}
+        if entry["root"] in COCO_ROOTS:
+            files["curated_lists"] = curated_lists(wildcards.ds)
+        return files
+    if entry["kind"] == "demo":
+        return {"scenes": entry["root"]}
+    return {}
+
+
+def demo_settings(wildcards):
+    """What the scenes depend on: the root and the generator (not the preset)."""
+    entry = config["datasets"][DEMO_ROOTS[wildcards.demo_root]]
+    return json.dumps({"root": entry["root"], "generator": entry["generator"]})
+
+
+# The folders of the cocostuff datasets whose missing curated lists are downloaded (rule curated_list).
+COCO_ROOTS = {entry["root"]: ds for ds, entry in reversed(config["datasets"].items())
+              if entry["kind"] == "cocostuff" and entry.get("curated_url", datasets.CURATED_URL)}
+
+
+def curated_lists(ds):
+    """The curated list files of a cocostuff dataset: `{root}/curated/{split dir}/{name}.txt`."""
+    entry = config["datasets"][ds]
+    names = {"train": entry.get("train_list") or datasets.COCO_TRAIN_LIST, "val": datasets.COCO_VAL_LIST}
+    return [os.path.join(entry["root"], "curated", datasets.COCO_SPLIT_DIRS[s], f"{names[s]}.txt")
+            for s in ("train", "val")]
+
+
+def curated_url(wildcards):
+    return config["datasets"][COCO_ROOTS[wildcards.coco_root]].get("curated_url", datasets.CURATED_URL)
+
+
 def prepare_settings(wildcards):
     return json.dumps(dataset_settings(config, wildcards.ds))
 
@@ -144,17 +203,21 @@ def evaluate_inputs(wildcards):
 
 
 def evaluate_unlabelled_inputs(wildcards):
-    return _evaluation_inputs(wildcards.ds, UNSUPERVISED)
+    return _evaluation_inputs(wildcards.ds, UNSUPERVISED_PROBES)
 
 
 def _evaluation_inputs(ds, probes):
     base, bb = f"results/{ds}", backbone_of(ds)
     return {
         "features": f"{base}/features/{bb}/val.h5",
-        "segments": expand(f"{base}/segment/{bb}/{{probe}}.{{shard}}.h5", probe=probes, shard=SHARDS),
-        "cluster": f"{base}/cluster/{bb}/centroids.npy",
-        "backbone_kmeans": f"{base}/cluster/{bb}/backbone_centroids.npy",
+        "segments": [path for probe in probes
+                     for path in gather.segment(f"{base}/segment/{bb}/{probe}.{{scatteritem}}.h5")],
     }
+
+
+def per_attempt(amount):
+    """A resource that grows with each retry of a failed job (`--retries`): `amount` × attempt."""
+    return lambda wildcards, attempt: amount * attempt
 
 
 def _samples(index_csv):
@@ -165,11 +228,22 @@ def _samples(index_csv):
         return max(sum(1 for _ in f) - 1, 0)
 
 
-def extract_runtime(wildcards, input):
-    """Minutes for one extraction shard: start-up plus a slow GPU's pace (20 images/s, flips counted)."""
-    per_shard = _samples(input.index) / len(EXTRACT_SHARDS)
+def shard_index(wildcards):
+    """The 0-based shard of a scatter item `i-of-n`."""
+    return int(wildcards.scatteritem.split("-of-")[0]) - 1
+
+
+def shard_count(wildcards):
+    """The number of shards of a scatter item `i-of-n`."""
+    return int(wildcards.scatteritem.split("-of-")[1])
+
+
+def extract_runtime(wildcards, input, attempt):
+    """Minutes for one extraction shard: start-up plus a slow GPU's pace (20 images/s, flips counted); more
+    on each retry."""
+    per_shard = _samples(input.index) / shard_count(wildcards)
     passes = 1 if wildcards.split == "train" else 2
-    return int(30 + per_shard * passes / 20 / 60)
+    return int(30 + per_shard * passes / 20 / 60) * attempt
 
 
 def store_mb(features):
@@ -179,15 +253,17 @@ def store_mb(features):
     return sum(f.stat().st_size for f in files if f.exists()) / 2**20
 
 
-def in_memory_mb(wildcards, input):
-    """Memory for stages that hold the training store in memory (up to max_memory_gb = 8 GB) and more."""
-    return int(4000 + 1.2 * min(store_mb(input.features), 8192))
+def in_memory_mb(wildcards, input, attempt):
+    """Memory for stages that hold the training store in memory (up to MAX_MEMORY_GB) and more; more on each
+    retry."""
+    return int(4000 + 1.2 * min(store_mb(input.features), MAX_MEMORY_GB * 1024)) * attempt
 
 
-def segment_runtime(wildcards, input):
-    """Minutes for one CRF shard: about 3 s per 320² image and probe on one core, spread over 2 threads."""
+def segment_runtime(wildcards, input, attempt):
+    """Minutes for one CRF shard: about 3 s per 320² image and probe on one core, spread over 2 threads; more
+    on each retry."""
     n = 5_000  # before the store exists (dry runs)
     if os.path.exists(input.features):
         with h5py.File(input.features, "r") as f:
             n = len(f["ids"])
-    return int(30 + n / len(SHARDS) * 3 / 2 / 60)
+    return int(30 + n / shard_count(wildcards) * 3 / 2 / 60) * attempt

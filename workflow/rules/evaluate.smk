@@ -7,21 +7,21 @@ rule predict:
         "results/{ds}/predict/{bb}/codes.h5",
     params:
         torch_threads=TORCH_THREADS,
-        device=config["device"],
     log:
         "logs/{ds}/predict_{bb}.log",
     benchmark:
         "benchmarks/{ds}/predict/{bb}.tsv"
     threads: 2
     resources:
+        device=DEVICE,
         gpu=GPU,
-        mem_mb=8000,
-        runtime=120,
+        mem_mb=per_attempt(8000),
+        runtime=per_attempt(120),
     conda:
         "../envs/stego.yaml"
     shell:
         "python -m stego_steps.predict --features {input.features} --head {input.head}"
-        " --device {params.device} --out {output} --threads {threads} --torch-threads {params.torch_threads}"
+        " --device {resources.device} --out {output} --threads {threads} --torch-threads {params.torch_threads}"
         " 2> {log}"
 
 
@@ -31,23 +31,24 @@ rule segment:
         unpack(segment_inputs),
         features="results/{ds}/features/{bb}/val.h5",
     output:
-        "results/{ds}/segment/{bb}/{probe}.{shard}.h5",
+        "results/{ds}/segment/{bb}/{probe}.{scatteritem}.h5",
     params:
         args=segment_args,
-        n_shards=len(SHARDS),
+        shard=shard_index,
+        n_shards=shard_count,
     log:
-        "logs/{ds}/segment_{bb}_{probe}.{shard}.log",
+        "logs/{ds}/segment_{bb}_{probe}.{scatteritem}.log",
     benchmark:
-        "benchmarks/{ds}/segment/{bb}_{probe}.{shard}.tsv"
+        "benchmarks/{ds}/segment/{bb}_{probe}.{scatteritem}.tsv"
     threads: 2
     resources:
-        mem_mb=4000,
+        mem_mb=per_attempt(4000),
         runtime=segment_runtime,
     conda:
         "../envs/stego.yaml"
     shell:
         "python -m stego_steps.segment --features {input.features} --probe {wildcards.probe} {params.args}"
-        " --shard {wildcards.shard} --n-shards {params.n_shards} --out {output} --threads {threads} 2> {log}"
+        " --shard {params.shard} --n-shards {params.n_shards} --out {output} --threads {threads} 2> {log}"
 
 
 rule evaluate:
@@ -66,13 +67,12 @@ rule evaluate:
         "benchmarks/{ds}/evaluate/all.tsv"
     threads: 1
     resources:
-        mem_mb=8000,
-        runtime=60,
+        mem_mb=per_attempt(8000),
+        runtime=per_attempt(60),
     conda:
         "../envs/stego.yaml"
     shell:
         "python -m stego_steps.evaluate --features {input.features} --segments {input.segments}"
-        " --centroids cluster={input.cluster} backbone_kmeans={input.backbone_kmeans}"
         " --dataset {wildcards.ds} --out-dir {params.out_dir} 2> {log}"
 
 
@@ -90,11 +90,10 @@ rule evaluate_unlabelled:
         "benchmarks/{ds}/evaluate/unlabelled.tsv"
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=30,
+        mem_mb=per_attempt(4000),
+        runtime=per_attempt(30),
     conda:
         "../envs/stego.yaml"
     shell:
         "python -m stego_steps.evaluate --no-labels --features {input.features} --segments {input.segments}"
-        " --centroids cluster={input.cluster} backbone_kmeans={input.backbone_kmeans}"
         " --dataset {wildcards.ds} --out-dir {params.out_dir} 2> {log}"

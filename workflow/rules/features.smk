@@ -7,32 +7,35 @@ rule extract:
         plan="results/{ds}/plan/{bb}/{split}.txt",
         weights=backbone_weights_input,
     output:
-        "results/{ds}/features/{bb}/{split}/{shard}.h5",
+        "results/{ds}/features/{bb}/{split}/{scatteritem}.h5",
     params:
         torch_threads=TORCH_THREADS,
         settings=settings("extract"),
-        n_shards=len(EXTRACT_SHARDS),
+        shard=shard_index,
+        n_shards=shard_count,
     log:
-        "logs/{ds}/extract_{bb}_{split}.{shard}.log",
+        "logs/{ds}/extract_{bb}_{split}.{scatteritem}.log",
     benchmark:
-        "benchmarks/{ds}/extract/{bb}_{split}.{shard}.tsv"
+        "benchmarks/{ds}/extract/{bb}_{split}.{scatteritem}.tsv"
     threads: 2
     resources:
+        device=DEVICE,
         gpu=GPU,
-        mem_mb=8000,
+        mem_mb=per_attempt(8000),
         runtime=extract_runtime,
     conda:
         "../envs/stego.yaml"
     shell:
         "python -m stego_steps.extract --index {input.index} --classes {input.classes} --split {wildcards.split}"
-        " --shard {wildcards.shard} --n-shards {params.n_shards} --settings {params.settings:q}"
-        " --out {output} --threads {threads} --torch-threads {params.torch_threads} 2> {log}"
+        " --shard {params.shard} --n-shards {params.n_shards} --settings {params.settings:q}"
+        " --device {resources.device} --out {output} --threads {threads} --torch-threads {params.torch_threads}"
+        " 2> {log}"
 
 
 rule gather_features:
     """One feature store per split: HDF5 virtual datasets over the shards (nothing is copied)."""
     input:
-        lambda w: expand("results/{{ds}}/features/{{bb}}/{{split}}/{shard}.h5", shard=EXTRACT_SHARDS),
+        gather.extract("results/{{ds}}/features/{{bb}}/{{split}}/{scatteritem}.h5"),
     output:
         "results/{ds}/features/{bb}/{split}.h5",
     log:
@@ -42,8 +45,8 @@ rule gather_features:
     localrule: True
     threads: 1
     resources:
-        mem_mb=1000,
-        runtime=10,
+        mem_mb=per_attempt(1000),
+        runtime=per_attempt(10),
     conda:
         "../envs/stego.yaml"
     shell:
@@ -58,17 +61,18 @@ rule knn:
         "results/{ds}/knn/{bb}/train.npy",
     params:
         torch_threads=TORCH_THREADS,
-        k=lambda w: PRESETS[w.ds]["knn_k"],
+        k=lookup(dpath="{ds}/knn_k", within=PRESETS),
     log:
         "logs/{ds}/knn_{bb}.log",
     benchmark:
         "benchmarks/{ds}/knn/{bb}.tsv"
     threads: 2
     resources:
-        mem_mb=4000,
-        runtime=60,
+        device=DEVICE,
+        mem_mb=per_attempt(4000),
+        runtime=per_attempt(60),
     conda:
         "../envs/stego.yaml"
     shell:
-        "python -m stego_steps.knn --features {input} --k {params.k} --out {output} --threads {threads}"
-        " --torch-threads {params.torch_threads} 2> {log}"
+        "python -m stego_steps.knn --features {input} --k {params.k} --device {resources.device} --out {output}"
+        " --threads {threads} --torch-threads {params.torch_threads} 2> {log}"

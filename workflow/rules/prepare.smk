@@ -1,11 +1,59 @@
+rule render_demo:
+    """The demo's synthetic scenes (images and exact label maps), rendered into the dataset's root."""
+    output:
+        directory("{demo_root}"),
+    params:
+        settings=demo_settings,
+    wildcard_constraints:
+        demo_root="|".join(re.escape(root) for root in DEMO_ROOTS) or "(?!)",
+    log:
+        "logs/render_demo/{demo_root}.log",
+    benchmark:
+        "benchmarks/render_demo/{demo_root}.tsv"
+    threads: 1
+    resources:
+        mem_mb=per_attempt(2000),
+        runtime=per_attempt(60),
+    conda:
+        "../envs/stego.yaml"
+    shell:
+        "python -m stego_steps.prepare render --settings {params.settings:q} 2> {log}"
+
+
+rule curated_list:
+    """A curated COCO-Stuff image list (IIC/PiCIE), downloaded and checksum-verified when it is missing."""
+    output:
+        "{coco_root}/curated/{coco_split}/{list_name}.txt",
+    params:
+        url=curated_url,
+    wildcard_constraints:
+        coco_root="|".join(re.escape(root) for root in COCO_ROOTS) or "(?!)",
+        coco_split="train2017|val2017",
+        list_name=r"[A-Za-z0-9_\-]+",
+    log:
+        "logs/curated_list/{coco_root}/{coco_split}/{list_name}.log",
+    localrule: True
+    threads: 1
+    resources:
+        mem_mb=per_attempt(500),
+        runtime=per_attempt(10),
+    conda:
+        "../envs/stego.yaml"
+    shell:
+        "python -m stego_steps.prepare fetch --root {wildcards.coco_root:q} --split {wildcards.coco_split}"
+        " --name {wildcards.list_name} --url {params.url:q} 2> {log}"
+
+
 rule prepare:
-    """Index the samples of each split (rendering the scenes first for the demo)."""
+    """Index the samples of each split and write the class table."""
+    input:
+        unpack(data_files),
     output:
         train="results/{ds}/index/train.csv",
         val="results/{ds}/index/val.csv",
         classes="results/{ds}/index/classes.json",
     params:
-        kind=lambda w: config["datasets"][w.ds]["kind"],
+        kind=lookup(dpath="datasets/{ds}/kind", within=config),
         settings=prepare_settings,
         out_dir=subpath(output.classes, parent=True),
     log:
@@ -14,8 +62,8 @@ rule prepare:
         "benchmarks/{ds}/prepare/all.tsv"
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=60,
+        mem_mb=per_attempt(2000),
+        runtime=per_attempt(60),
     conda:
         "../envs/stego.yaml"
     shell:
@@ -30,18 +78,17 @@ rule plan:
     output:
         "results/{ds}/plan/{bb}/{split}.txt",
     params:
-        # The very settings of the split's extraction: a plan re-runs exactly when its extraction must.
-        settings=lambda w: json.dumps({w.split: stage_settings(config, w.ds, "extract", w.split)}),
-        store_dir=lambda w: f"results/{w.ds}/features/{w.bb}",
-        title=lambda w: f"plan: dataset {w.ds}, backbone {w.bb}, split {w.split}",
+        settings=plan_settings,
+        store_dir="results/{ds}/features/{bb}",
+        title="plan: dataset {ds}, backbone {bb}, split {split}",
     log:
         "logs/{ds}/plan_{bb}_{split}.log",
     benchmark:
         "benchmarks/{ds}/plan/{bb}_{split}.tsv"
     threads: 1
     resources:
-        mem_mb=1000,
-        runtime=10,
+        mem_mb=per_attempt(1000),
+        runtime=per_attempt(10),
     conda:
         "../envs/stego.yaml"
     shell:

@@ -10,21 +10,21 @@ rule train:
     params:
         torch_threads=TORCH_THREADS,
         settings=settings("train"),
-        device=config["device"],
     log:
         "logs/{ds}/train_{bb}.log",
     benchmark:
         "benchmarks/{ds}/train/{bb}.tsv"
     threads: 2
     resources:
+        device=DEVICE,
         gpu=GPU,
         mem_mb=in_memory_mb,
-        runtime=720,
+        runtime=per_attempt(720),
     conda:
         "../envs/stego.yaml"
     shell:
         "python -m stego_steps.train --features {input.features} --knn {input.knn}"
-        " --settings {params.settings:q} --device {params.device} --head {output.head}"
+        " --settings {params.settings:q} --device {resources.device} --head {output.head}"
         " --log-csv {output.log_csv} --resolved {output.resolved} --threads {threads}"
         " --torch-threads {params.torch_threads} 2> {log}"
 
@@ -39,20 +39,20 @@ rule cluster:
     params:
         torch_threads=TORCH_THREADS,
         settings=settings("cluster"),
-        device=config["device"],
     log:
         "logs/{ds}/cluster_{bb}.log",
     benchmark:
         "benchmarks/{ds}/cluster/{bb}.tsv"
     threads: 2
     resources:
+        device=DEVICE,
         mem_mb=in_memory_mb,
-        runtime=240,
+        runtime=per_attempt(240),
     conda:
         "../envs/stego.yaml"
     shell:
         "python -m stego_steps.cluster --features {input.features} --head {input.head}"
-        " --settings {params.settings:q} --device {params.device} --out {output} --threads {threads}"
+        " --settings {params.settings:q} --device {resources.device} --out {output} --threads {threads}"
         " --torch-threads {params.torch_threads} 2> {log}"
 
 
@@ -65,20 +65,20 @@ rule backbone_kmeans:
     params:
         torch_threads=TORCH_THREADS,
         settings=settings("cluster"),
-        device=config["device"],
     log:
         "logs/{ds}/backbone_kmeans_{bb}.log",
     benchmark:
         "benchmarks/{ds}/backbone_kmeans/{bb}.tsv"
     threads: 2
     resources:
+        device=DEVICE,
         mem_mb=in_memory_mb,
-        runtime=240,
+        runtime=per_attempt(240),
     conda:
         "../envs/stego.yaml"
     shell:
         "python -m stego_steps.cluster --features {input.features} --settings {params.settings:q}"
-        " --device {params.device} --out {output} --threads {threads}"
+        " --device {resources.device} --out {output} --threads {threads}"
         " --torch-threads {params.torch_threads} 2> {log}"
 
 
@@ -92,19 +92,19 @@ rule linear_probe:
     params:
         torch_threads=TORCH_THREADS,
         settings=settings("probe"),
-        device=config["device"],
     log:
         "logs/{ds}/linear_probe_{bb}.log",
     benchmark:
         "benchmarks/{ds}/linear_probe/{bb}.tsv"
     threads: 2
     resources:
+        device=DEVICE,
         gpu=GPU,
         mem_mb=in_memory_mb,
-        runtime=240,
+        runtime=per_attempt(240),
     conda:
         "../envs/stego.yaml"
     shell:
         "python -m stego_steps.probe --features {input.features} --head {input.head}"
-        " --settings {params.settings:q} --device {params.device} --out {output} --threads {threads}"
+        " --settings {params.settings:q} --device {resources.device} --out {output} --threads {threads}"
         " --torch-threads {params.torch_threads} 2> {log}"

@@ -1,7 +1,7 @@
 """A throw-away single-node SLURM cluster on localhost, for tests of the SLURM profile.
 
 ``local_slurm(tmp_path)`` is a context manager (wrapped as a fixture in ``test_slurm.py``) that follows
-the recipe measured in ``/work/shared/reference/environment.md`` (Debian 12, SLURM 22.05):
+a recipe measured on Debian 12 with SLURM 22.05:
 
 * installs ``slurm-wlm slurmctld slurmd slurm-client munge`` with apt-get when ``slurmctld`` is missing
   (no service starts by itself on install);
@@ -53,7 +53,7 @@ SLURM_CONF = Path("/etc/slurm/slurm.conf")
 MUNGE_KEY = Path("/etc/munge/munge.key")
 MUNGE_RUN_DIR = Path("/run/munge")
 APT_PACKAGES = ["slurm-wlm", "slurmctld", "slurmd", "slurm-client", "munge"]
-#: Name of the single partition; ``tests/slurm_profile/config.yaml`` uses the same name.
+#: Name of the single partition; ``.ci/slurm/profile/config.yaml`` uses the same name.
 PARTITION = "localtest"
 CLUSTER_NAME = "stegotest"
 #: Memory (MiB) kept back from SLURM for the OS, pytest and the submitting Snakemake process.
@@ -233,7 +233,7 @@ def _stop(proc: subprocess.Popen, name: str, timeout: float = 20) -> None:
 
 def _slurm_conf(root: Path, host: str, cpus: int, mem_mb: int, ctld_port: int, slurmd_port: int) -> str:
     return f"""\
-# Written by tests/slurm_cluster.py for a throw-away single-node test cluster; the original file (if
+# Written by .ci/slurm/slurm_cluster.py for a throw-away single-node test cluster; the original file (if
 # any) is restored when the test ends. Everything stateful lives under {root}.
 ClusterName={CLUSTER_NAME}
 SlurmctldHost={host}
@@ -254,7 +254,7 @@ SlurmdDebug=info
 # No cgroups in containers / CI runners: track processes via /proc, no task confinement.
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
-# No accounting daemon: Snakemake must use `squeue` for status (see tests/slurm_profile/config.yaml).
+# No accounting daemon: Snakemake must use `squeue` for status (see .ci/slurm/profile/config.yaml).
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 # One line per finished job, written by slurmctld: the tests' evidence that jobs ran under SLURM.

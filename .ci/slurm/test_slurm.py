@@ -4,7 +4,7 @@ Opt-in, because the fixture installs Debian packages, writes /etc/slurm/slurm.co
 and starts munged/slurmctld/slurmd as root: run ``pytest -m slurm`` (or set STEGO_TEST_SLURM=1). Under
 CI (CI=true) a cluster that cannot be started is a failure, elsewhere a skip.
 
-* ``test_toy_dag_through_slurm``: a 3-rule toy Snakefile through ``tests/slurm_profile``; checks the
+* ``test_toy_dag_through_slurm``: a 3-rule toy Snakefile through ``.ci/slurm/profile``; checks the
   outputs, that the job environment was inherited (HF_HUB_OFFLINE) and that every non-local job was a
   SLURM job (slurmctld's job-completion records, squeue, the plugin's per-job logs, SLURM_JOB_ID).
 * ``test_demo_workflow_slurm_matches_local``: the demo workflow with ``tests/data/tiny_config.yaml``,
@@ -26,15 +26,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-try:  # tests/ may or may not become a package
+try:  # run as a package module or as a plain file
     from .slurm_cluster import PARTITION, SlurmCluster, in_ci, local_slurm
 except ImportError:
     from slurm_cluster import PARTITION, SlurmCluster, in_ci, local_slurm
 
 pytestmark = pytest.mark.slurm
 
-REPO = Path(__file__).resolve().parents[1]
-TEST_PROFILE = REPO / "tests" / "slurm_profile"
+REPO = Path(__file__).resolve().parents[2]
+TEST_PROFILE = Path(__file__).resolve().parent / "profile"
 TINY_CONFIG = Path("tests/data/tiny_config.yaml")  # relative to the (copied) working tree
 DEMO_TARGET = "results/demo/miou.csv"
 #: Generated or heavy paths not copied into the per-run working trees.

@@ -5,39 +5,39 @@ import os
 import pytest
 import torch
 
-from stego_steps import io
+from stego_steps import artifacts, devices
 
 
 def test_atomic_path_leaves_nothing_on_failure(tmp_path):
     target = tmp_path / "out.txt"
-    with pytest.raises(RuntimeError), io.atomic_path(target) as tmp:
+    with pytest.raises(RuntimeError), artifacts.atomic_path(target) as tmp:
         tmp.write_text("half")
         raise RuntimeError("killed")
     assert not target.exists() and list(tmp_path.iterdir()) == []
-    io.write_text(target, "done")
+    artifacts.write_text(target, "done")
     assert target.read_text() == "done"
     assert oct(os.stat(target).st_mode & 0o777) != oct(0o600)
 
 
 def test_cpu_when_no_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert io.select_device("auto") == "cpu"
+    assert devices.select_device("auto") == "cpu"
     with pytest.raises(RuntimeError, match="no GPU"):
-        io.select_device("cuda")
+        devices.select_device("cuda")
 
 
 def test_concurrent_jobs_take_different_gpus(monkeypatch, tmp_path):
     free = {0: 10, 1: 30, 2: 20}
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i: (free[i], 100))
-    monkeypatch.setattr(io, "_gpu_locks", [])
-    picks = [io.pick_gpu(tmp_path) for _ in range(4)]
+    monkeypatch.setattr(devices, "_gpu_locks", [])
+    picks = [devices.pick_gpu(tmp_path) for _ in range(4)]
     # Most free memory first, each GPU once; then all are held and the roomiest is shared.
     assert picks == ["cuda:1", "cuda:2", "cuda:0", "cuda:1"]
-    for handle in io._gpu_locks:
+    for handle in devices._gpu_locks:
         handle.close()
 
 
 def test_single_visible_gpu_is_used_as_is(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    assert io.pick_gpu() == "cuda:0"
+    assert devices.pick_gpu() == "cuda:0"

@@ -1,0 +1,56 @@
+"""The package's import graph: stage modules sit on one floor above the library modules."""
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "stego_steps"
+# The stage modules: each is one step of the workflow with a `main()` CLI.
+STAGES = {"prepare", "plan", "extract", "knn", "train", "cluster", "probe", "predict", "segment", "evaluate"}
+
+
+def package_imports(path: Path) -> set[str]:
+    """Modules of the package that `path` imports (at any level of the file, also inside functions)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "stego_steps":
+            if node.module == "stego_steps":
+                found |= {alias.name for alias in node.names}
+            else:
+                found.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("stego_steps.")}
+    return found
+
+
+def graph() -> dict[str, set[str]]:
+    return {p.stem: package_imports(p) for p in PACKAGE.glob("*.py") if p.stem != "__init__"}
+
+
+def test_the_stages_are_the_modules_with_a_main():
+    with_main = {p.stem for p in PACKAGE.glob("*.py")
+                 if any(isinstance(n, ast.FunctionDef) and n.name == "main" for n in ast.parse(p.read_text()).body)}
+    assert with_main == STAGES
+
+
+def test_no_stage_imports_another_stage():
+    imports = graph()
+    crossings = {(m, i) for m, deps in imports.items() if m in STAGES for i in deps & STAGES}
+    assert crossings == set()
+
+
+def test_no_library_module_imports_a_stage():
+    imports = graph()
+    assert {(m, i) for m, deps in imports.items() if m not in STAGES for i in deps & STAGES} == set()
+
+
+def test_the_graph_parser_sees_every_import_form(tmp_path):
+    path = tmp_path / "x.py"
+    path.write_text("from stego_steps import a, b as c\nfrom stego_steps.d import e\nimport stego_steps.f\n"
+                    "def g():\n    from stego_steps.h import i\n")
+    assert package_imports(path) == {"a", "b", "d", "f", "h"}
+
+
+def test_no_module_shadows_the_standard_library():
+    import sys
+
+    assert {p.stem for p in PACKAGE.glob("*.py")} & set(sys.stdlib_module_names) == set()

@@ -16,7 +16,6 @@ from pathlib import Path
 import h5py
 import pandas as pd
 import pytest
-
 from helpers import SNAKEFILE, TINY, snakemake
 
 pytestmark = pytest.mark.slow

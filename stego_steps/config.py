@@ -12,10 +12,19 @@ from typing import Any
 
 import yaml
 
+from stego_steps.errors import UserError
+
 SCHEMA = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
 
 
-class ConfigError(ValueError):
+# What to do about some schema errors, appended to jsonschema's message.
+HINTS = {
+    "'class_names' is a required property": (": a 'directory' dataset needs class_names, the list of class names "
+                                             "in label-value order (their number is the number of clusters)"),
+}
+
+
+class ConfigError(UserError):
     """A configuration problem, with the offending key in the message."""
 
 
@@ -79,7 +88,8 @@ def validate(config: dict, schema: dict | None = None) -> None:
         lines = []
         for err in errors[:5]:
             where = ".".join(str(p) for p in err.absolute_path) or "(top level)"
-            lines.append(f"  {where}: {err.message}")
+            hint = HINTS.get(err.message, "")
+            lines.append(f"  {where}: {err.message}{hint}")
         raise ConfigError("invalid configuration:\n" + "\n".join(lines))
 
 

@@ -126,7 +126,8 @@ def extract(index: pd.DataFrame, classes: dict, out: Path, *, backbone: str, wei
                            n_classes=len(classes["names"]), class_names=json.dumps(classes["names"]),
                            start=rows.start, stop=rows.stop, backbone_id=backbone_id(backbone, weights, seed),
                            producer=json.dumps({"stage": "extract", "package_version": __version__, **settings}))
-            f.create_dataset("ids", data=index["id"].astype(str).to_numpy().astype("S"))
+            # UTF-8 bytes: any file name is an id (numpy's "S" alone would take ASCII only).
+            f.create_dataset("ids", data=np.array([i.encode() for i in index["id"].astype(str)], dtype="S"))
         done = int(f.attrs["done"])
         if done:
             log.info("resuming %s at sample %d of %d", partial, done, n)

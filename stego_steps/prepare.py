@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from stego_steps import datasets
+from stego_steps import datasets, validate
 from stego_steps.datasets import row_box  # noqa: F401 (the stages read crop boxes from here)
+from stego_steps.errors import UserError, cli
 from stego_steps.io import base_parser, settings_arg, setup_logging, write_csv, write_json
 
 log = logging.getLogger(__name__)
@@ -38,14 +39,15 @@ def read_index(path: str | Path) -> pd.DataFrame:
     return frame
 
 
-def prepare(kind: str, settings: dict, out_dir: Path) -> dict[str, int]:
-    """Build and write the index; returns the number of samples per split."""
-    splits, classes = datasets.build_index(kind, settings)
+def prepare(kind: str, settings: dict, out_dir: Path, threads: int = 1) -> dict[str, int]:
+    """Build and write the index after checking every file it uses (a `UserError` lists all bad files);
+    returns the number of samples per split."""
+    splits, classes = validate.checked_index(kind, settings, threads=threads)
     counts = {}
     for split in datasets.SPLITS:
         rows = splits.get(split, [])
         if not rows:
-            raise ValueError(f"dataset kind '{kind}' produced no samples for split '{split}' "
+            raise UserError(f"dataset kind '{kind}' produced no samples for split '{split}' "
                              f"(root {settings.get('root')}): check the dataset root and its layout")
         write_csv(out_dir / f"{split}.csv", index_frame(rows))
         counts[split] = len(rows)
@@ -61,9 +63,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out-dir", type=Path, required=True)
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
-    counts = prepare(args.kind, args.settings, args.out_dir)
+    counts = prepare(args.kind, args.settings, args.out_dir, threads=args.threads)
     log.info("indexed %s", ", ".join(f"{k}: {v} samples" for k, v in counts.items()))
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

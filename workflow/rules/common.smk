@@ -12,7 +12,9 @@ from snakemake.utils import validate
 
 from stego_steps import backbones
 from stego_steps import config as stego_config
+from stego_steps import validate as stego_validate
 from stego_steps.config import ConfigError, backbone_weights, dataset_settings, resolve, stage_settings
+from stego_steps.errors import report_failed_jobs
 
 # A short message naming the bad key first; then Snakemake's own validation fills in the defaults.
 config.update(stego_config.coerce(config, stego_config.load_schema()))
@@ -119,6 +121,17 @@ def backbone_weights_input(wildcards):
 
 def prepare_settings(wildcards):
     return json.dumps(dataset_settings(config, wildcards.ds))
+
+
+def dataset_manifest(wildcards):
+    """Summary of the dataset's files (count, bytes, digest of names, sizes and times), as a parameter of
+    `prepare`: adding, removing or editing a file re-runs it. Also stops a training split too small for
+    knn_k before any job, where its size is known from the config or the folder."""
+    kind, ds_settings = config["datasets"][wildcards.ds]["kind"], dataset_settings(config, wildcards.ds)
+    problem = stego_validate.knn_problem(wildcards.ds, kind, ds_settings, PRESETS[wildcards.ds]["knn_k"])
+    if problem:
+        raise WorkflowError(problem)
+    return stego_validate.manifest(kind, ds_settings)
 
 
 def segment_inputs(wildcards):

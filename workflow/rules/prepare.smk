@@ -8,11 +8,13 @@ rule prepare:
         kind=lambda w: config["datasets"][w.ds]["kind"],
         settings=prepare_settings,
         out_dir=subpath(output.classes, parent=True),
+        # Names, sizes and times of the dataset's files: a change re-runs prepare (and what depends on it).
+        manifest=dataset_manifest,
     log:
         "logs/{ds}/prepare.log",
     benchmark:
         "benchmarks/{ds}/prepare/all.tsv"
-    threads: 1
+    threads: 4  # reading every image and label once to check them
     resources:
         mem_mb=2000,
         runtime=60,
@@ -20,7 +22,7 @@ rule prepare:
         "../envs/stego.yaml"
     shell:
         "python -m stego_steps.prepare --kind {params.kind} --settings {params.settings:q}"
-        " --out-dir {params.out_dir} 2> {log}"
+        " --out-dir {params.out_dir} --threads {threads} 2> {log}"
 
 
 rule plan:

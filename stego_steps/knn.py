@@ -80,7 +80,8 @@ def knn_table(pooled: Any, k: int, *, use_gpu: bool | None = None) -> np.ndarray
     if n < 2:
         raise ValueError(f"need at least 2 samples for a nearest-neighbour table, got {n}")
     if not 1 <= k <= n - 1:
-        raise ValueError(f"k={k} neighbours requested but there are {n} samples: use 1 <= k <= {n - 1}")
+        raise ValueError(f"k={k} neighbours requested but there are {n} samples: use 1 <= k <= {n - 1} (lower "
+                         "knn_k in the preset, or add training images)")
 
     index: Any = faiss.IndexFlatIP(dim)
     if _want_gpu(use_gpu):

@@ -33,6 +33,16 @@ for _ds in config["datasets"]:
 for _ds in config["run"]:
     if _ds not in config["datasets"]:
         raise WorkflowError(f"config/config.yaml: run lists '{_ds}', which is not under `datasets:`")
+# An unknown backbone name, and a training split too small for knn_k (where its size is known before
+# `prepare`: demo, directory), stop here.
+for _ds, _entry in config["datasets"].items():
+    try:
+        backbones.backbone_info(PRESETS[_ds]["backbone"])
+    except ValueError as err:
+        raise WorkflowError(f"dataset '{_ds}' (preset '{_entry['preset']}' and its overrides), key backbone: {err}")
+    _problem = stego_validate.knn_problem(_ds, _entry["kind"], dataset_settings(config, _ds), PRESETS[_ds]["knn_k"])
+    if _problem:
+        raise WorkflowError(_problem)
 
 # Jobs call `python -m stego_steps.<stage>`: the interpreter that runs Snakemake (the project's environment)
 # comes first on PATH, unless --sdm conda puts the rule's environment in front of it.
@@ -125,13 +135,8 @@ def prepare_settings(wildcards):
 
 def dataset_manifest(wildcards):
     """Summary of the dataset's files (count, bytes, digest of names, sizes and times), as a parameter of
-    `prepare`: adding, removing or editing a file re-runs it. Also stops a training split too small for
-    knn_k before any job, where its size is known from the config or the folder."""
-    kind, ds_settings = config["datasets"][wildcards.ds]["kind"], dataset_settings(config, wildcards.ds)
-    problem = stego_validate.knn_problem(wildcards.ds, kind, ds_settings, PRESETS[wildcards.ds]["knn_k"])
-    if problem:
-        raise WorkflowError(problem)
-    return stego_validate.manifest(kind, ds_settings)
+    `prepare`: adding, removing or editing a file re-runs it (and everything after it)."""
+    return stego_validate.manifest(config["datasets"][wildcards.ds]["kind"], dataset_settings(config, wildcards.ds))
 
 
 def segment_inputs(wildcards):

@@ -106,6 +106,14 @@ def test_grey_rgba_palette_and_cmyk_convert_as_documented(tmp_path):
     palette.save(tmp_path / "pal.png")
     np.testing.assert_array_equal(np.asarray(images.read_image(tmp_path / "pal.png")),
                                   np.asarray(palette.convert("RGB")))
+    Image.fromarray(grey > 127).save(tmp_path / "bits.png")  # mode 1
+    assert Image.open(tmp_path / "bits.png").mode == "1"
+    np.testing.assert_array_equal(np.asarray(images.read_image(tmp_path / "bits.png")),
+                                  np.stack([np.where(grey > 127, 255, 0)] * 3, -1))
+    Image.fromarray(np.stack([grey, grey // 2], -1), "LA").save(tmp_path / "la.png")
+    np.testing.assert_array_equal(np.asarray(images.read_image(tmp_path / "la.png")), np.stack([grey] * 3, -1))
+    ycc = Image.fromarray(base).convert("YCbCr")
+    np.testing.assert_array_equal(np.asarray(images.to_rgb(ycc)), np.asarray(ycc.convert("RGB")))
     cmyk = np.zeros((4, 4, 4), np.uint8)
     cmyk[..., 0] = 255  # pure cyan
     Image.fromarray(cmyk, "CMYK").save(tmp_path / "cmyk.tif")
@@ -142,6 +150,11 @@ def test_exif_rotation_is_applied_to_the_image_and_its_size(tmp_path):
     np.testing.assert_array_equal(np.asarray(images.read_image(tmp_path / "rot.png")), np.rot90(stored, k=-1))
     assert images.displayed_size(tmp_path / "rot.png") == (32, 24)
     assert datasets.image_size(tmp_path / "rot.png") == (32, 24)  # five-crop boxes use the displayed size
+
+
+def test_labels_are_rotated_like_images(tmp_path):
+    save_rotated(tmp_path / "l.png", label(), orientation=8)  # 8 = displayed rotated 90° counter-clockwise
+    np.testing.assert_array_equal(images.read_label(tmp_path / "l.png"), np.rot90(label(), k=1))
 
 
 def test_label_size_is_checked_against_the_displayed_size(tmp_path):

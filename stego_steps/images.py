@@ -31,7 +31,7 @@ RGB_MODES = {"RGB", "1", "L", "LA", "RGBA", "RGBX", "P", "PA", "CMYK", "YCbCr", 
 # Label maps: one channel whose values are the raw label ids (P: the palette indices, not the colours).
 LABEL_MODES = {"1", "L", "P", "I", *SIXTEEN_BIT_MODES}
 EXIF_ORIENTATION = 0x0112
-DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, zlib.error, Image.DecompressionBombError)
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, zlib.error)
 
 
 def _gone(path: Path, what: str) -> UserError:
@@ -52,6 +52,9 @@ def open_image(path: str | Path) -> Image.Image:
         with Image.open(path) as img:
             img.load()
             return ImageOps.exif_transpose(img)
+    except Image.DecompressionBombError as err:
+        raise UserError(f"{path} is too large to read safely ({err}): use a smaller version of it, or remove it "
+                        "from the dataset and rerun") from err
     except DECODE_ERRORS as err:  # PIL's UnidentifiedImageError is an OSError
         what = "is not an image PIL can read" if isinstance(err, UnidentifiedImageError) else \
             f"is damaged or truncated ({type(err).__name__}: {err})"

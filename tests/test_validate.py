@@ -82,6 +82,13 @@ def test_truncated_empty_and_non_image_files_are_all_listed_at_once(tmp_path):
     assert said.count("replace it") == 4
 
 
+def test_images_beyond_pils_size_limit_are_named(tmp_path, monkeypatch):
+    Image.fromarray(rgb(40, 40)).save(tmp_path / "huge.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 700)  # 1600 pixels > 2 x the limit
+    with pytest.raises(errors.UserError, match=r"huge.png is too large to read safely .*use a smaller version"):
+        images.read_image(tmp_path / "huge.png")
+
+
 def test_prepare_writes_nothing_when_a_file_is_bad(tmp_path):
     root = make_directory(tmp_path / "d")
     (root / "imgs" / "val" / "val1.png").write_bytes(b"")

@@ -207,12 +207,14 @@ def checked_index(kind: str, settings: Mapping[str, Any], threads: int = 1
 
 
 def _problems_error(kind: str, settings: Mapping[str, Any], problems: list[str]) -> UserError:
-    for line in problems:
-        log.error("%s", line)
+    if len(problems) > SHOWN:  # the message shows the first SHOWN: the job's log gets them all
+        for line in problems:
+            log.error("%s", line)
     return UserError(f"{len(problems)} problem{'s' * (len(problems) != 1)} with the files of the '{kind}' "
                      f"dataset at {settings.get('root')} (nothing was written); fix or remove these files and "
                      "rerun (the workflow notices the change):\n"
-                     + "\n".join(first_lines(problems, SHOWN)))
+                     + "\n".join(first_lines(problems, SHOWN))
+                     + (" (all of them in the job's log)" if len(problems) > SHOWN else ""))
 
 
 # ---------------------------------------------------------------------------------------------------------

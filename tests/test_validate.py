@@ -89,6 +89,17 @@ def test_images_beyond_pils_size_limit_are_named(tmp_path, monkeypatch):
         images.read_image(tmp_path / "huge.png")
 
 
+def test_a_long_list_is_cut_in_the_message_and_complete_in_the_log(tmp_path, caplog):
+    root = make_directory(tmp_path / "d", labels=False)
+    for k in range(validate.SHOWN + 5):
+        (root / "imgs" / "train" / f"empty{k:03d}.png").write_bytes(b"")
+    said = problems_of(root)
+    assert said.startswith(f"{validate.SHOWN + 5} problems") and said.endswith(
+        "... and 5 more (all of them in the job's log)")
+    assert said.count("is an empty file") == validate.SHOWN
+    assert sum("is an empty file" in r.getMessage() for r in caplog.records) == validate.SHOWN + 5
+
+
 def test_prepare_writes_nothing_when_a_file_is_bad(tmp_path):
     root = make_directory(tmp_path / "d")
     (root / "imgs" / "val" / "val1.png").write_bytes(b"")

@@ -22,6 +22,11 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 
 
+# A failed job's own message (its `ERROR:` lines, or the last line of its log) is shown here, not only in its log.
+onerror:
+    report_failed_jobs(log)
+
+
 rule all:
     default_target: True
     input:

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from stego_steps.artifacts import write_npy
 from stego_steps.cli import base_parser, parse_stage_args, progress, settings_arg
+from stego_steps.errors import cli
 from stego_steps.head import load_head
 from stego_steps.store import FeatureStore
 
@@ -109,4 +110,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

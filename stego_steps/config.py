@@ -12,11 +12,20 @@ from typing import Any
 
 import yaml
 
+from stego_steps.errors import UserError
+
 # Shipped inside the package (package data), so that an installed package validates without the repository.
 SCHEMA = Path(__file__).resolve().parent / "data" / "config.schema.yaml"
 
 
-class ConfigError(ValueError):
+# What to do about some schema errors, appended to jsonschema's message.
+HINTS = {
+    "'class_names' is a required property": (": a 'directory' dataset needs class_names, the list of class names "
+                                             "in label-value order (their number is the number of clusters)"),
+}
+
+
+class ConfigError(UserError):
     """A configuration problem, with the offending key in the message."""
 
 
@@ -80,7 +89,8 @@ def validate(config: dict, schema: dict | None = None) -> None:
         lines = []
         for err in errors[:5]:
             where = ".".join(str(p) for p in err.absolute_path) or "(top level)"
-            lines.append(f"  {where}: {err.message}")
+            hint = HINTS.get(err.message, "")
+            lines.append(f"  {where}: {err.message}{hint}")
         raise ConfigError("invalid configuration:\n" + "\n".join(lines))
 
 
@@ -149,3 +159,63 @@ def stage_settings(config: dict, dataset: str, stage: str, split: str = "train")
     if stage == "probe":
         return {**r["probe"], "seed": r["seed"]}
     raise ConfigError(f"no settings for stage '{stage}'")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# `python -m stego_steps.config [my.yaml ...]`: check config files before a run
+
+DEFAULT_CONFIG = SCHEMA.parents[2] / "config" / "config.yaml"
+
+
+def load_yaml(path: str | Path) -> dict:
+    """A YAML config file as a dict; a syntax error is a `ConfigError` naming the file, line and column."""
+    path = Path(path)
+    try:
+        value = yaml.safe_load(path.read_text())
+    except OSError as err:
+        raise ConfigError(f"cannot read the config file {path}: {err.strerror}") from err
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        context = f" ({err.context})" if err.context else ""
+        raise ConfigError(f"{path}{where}: YAML syntax error: {err.problem}{context}; fix that line (indent "
+                          "with spaces, not tabs; close brackets and quotes; put a space after each colon)") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from err
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: a config file must map keys to values, got a {type(value).__name__}")
+    return value
+
+
+def check_files(paths: list[str | Path]) -> dict:
+    """The configuration `snakemake --configfile <paths>` would run with (the paths merged in order over
+    config/config.yaml), validated and with every dataset's preset resolved."""
+    config: dict = load_yaml(DEFAULT_CONFIG)
+    for path in paths:
+        config = deep_merge(config, load_yaml(path))
+    schema = load_schema()
+    config = coerce(config, schema)
+    validate(config, schema)
+    for dataset in config["datasets"]:
+        resolve(config, dataset, schema)
+    return config
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Check config files as `snakemake --configfile FILE ...` merges "
+                                     "them over config/config.yaml: YAML syntax (with the line), keys, types, "
+                                     "values and presets.")
+    parser.add_argument("configfiles", nargs="*", type=Path)
+    args = parser.parse_args(argv)
+    config = check_files(args.configfiles)
+    print(f"configuration valid: datasets {', '.join(config['datasets'])}; run {', '.join(config['run'])}")
+
+
+if __name__ == "__main__":
+    from stego_steps.errors import cli
+
+    cli(main)

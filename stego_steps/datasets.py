@@ -124,7 +124,8 @@ def _finish(splits: dict[str, list[Row]], settings: Settings) -> dict[str, list[
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
-    """(height, width) of an image at full resolution, from the file header only (`.mat`: shape of `img`)."""
+    """(height, width) of an image at full resolution as displayed (EXIF orientation applied, as when it is
+    read), from the file header only (`.mat`: shape of `img`)."""
     path = Path(path)
     if path.suffix == ".mat":
         from scipy.io import whosmat
@@ -133,11 +134,9 @@ def image_size(path: str | Path) -> tuple[int, int]:
             if name == "img":
                 return int(shape[0]), int(shape[1])
         raise KeyError(f"{path} has no variable 'img'")
-    from PIL import Image
+    from stego_steps.images import displayed_size
 
-    with Image.open(path) as img:
-        width, height = img.size
-    return height, width
+    return displayed_size(path)
 
 
 def five_crop_boxes(height: int, width: int, ratio: float) -> list[Box]:

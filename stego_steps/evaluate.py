@@ -26,6 +26,7 @@ import pandas as pd
 from stego_steps import metrics
 from stego_steps.artifacts import write_csv
 from stego_steps.cli import base_parser, parse_stage_args
+from stego_steps.errors import cli
 from stego_steps.head import PROBES
 from stego_steps.store import FeatureStore
 
@@ -142,4 +143,4 @@ def write_cluster_table(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 import h5py
+import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -23,6 +24,7 @@ from stego_steps.artifacts import fingerprint
 from stego_steps.backbones import FeatureExtractor, build_backbone
 from stego_steps.cli import base_parser, parse_stage_args, progress, settings_arg
 from stego_steps.devices import select_device
+from stego_steps.errors import cli
 from stego_steps.index import read_index, row_box
 from stego_steps.store import shard_range
 
@@ -105,7 +107,8 @@ def extract(index: pd.DataFrame, classes: dict, out: Path, *, backbone: str, wei
                            n_classes=len(classes["names"]), class_names=json.dumps(classes["names"]),
                            start=rows.start, stop=rows.stop, backbone_id=backbone_id(backbone, weights, seed),
                            producer=json.dumps({"stage": "extract", "package_version": __version__, **settings}))
-            f.create_dataset("ids", data=index["id"].astype(str).to_numpy().astype("S"))
+            # UTF-8 bytes: any file name is an id (numpy's "S" alone would take ASCII only).
+            f.create_dataset("ids", data=np.array([i.encode() for i in index["id"].astype(str)], dtype="S"))
         done = int(f.attrs["done"])
         if done:
             log.info("resuming %s at sample %d of %d", partial, done, n)
@@ -158,6 +161,6 @@ if __name__ == "__main__":
     import sys
 
     if sys.argv[1:2] == ["gather"]:
-        gather_main(sys.argv[2:])
+        cli(lambda: gather_main(sys.argv[2:]))
     else:
-        main()
+        cli(main)

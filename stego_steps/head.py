@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stego_steps.artifacts import atomic_path
+from stego_steps.errors import UserError
 
 # Every probe of the evaluation: the K-Means of the head's codes, the supervised linear probe (a diagnostic
 # that needs labels) and the K-Means of the raw backbone features (the paper's baseline).
@@ -61,7 +62,7 @@ def load_head(path: str | Path, device: str = "cpu", backbone_id: str | None = N
     blob = torch.load(path, map_location=device, weights_only=False)
     trained_on = blob.get("backbone_id")
     if backbone_id and trained_on and trained_on != backbone_id:
-        raise ValueError(f"head {path} was trained on features of backbone {blob.get('backbone')} "
+        raise UserError(f"head {path} was trained on features of backbone {blob.get('backbone')} "
                          f"({trained_on}), not on the network ({backbone_id}) of the features it is given; "
                          f"delete {path} and rerun so that it is retrained on these features")
     head = SegmentationHead(blob["in_dim"], blob["code_dim"], blob["dropout"])

@@ -8,20 +8,86 @@ NEAREST (also for RGB: bilinear resizing changes the features) → centre crop t
 from __future__ import annotations
 
 import io
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps, UnidentifiedImageError
 
+from stego_steps.errors import UserError
 from stego_steps.index import IGNORE, Box
+
+# How each PIL image mode becomes RGB (the README's table of input cases lists the same):
+# RGB as is; 1/L grey → three equal channels; LA/RGBA/RGBX/PA → alpha dropped (transparent pixels keep
+# their colour values); P → through its palette; CMYK/YCbCr → PIL's conversion (no colour profile);
+# 16-bit grey (I;16*, or I with values in 0..65535) → scaled to 8 bits (v · 255 / 65535, rounded).
+SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N"}
+RGB_MODES = {"RGB", "1", "L", "LA", "RGBA", "RGBX", "P", "PA", "CMYK", "YCbCr", "I", *SIXTEEN_BIT_MODES}
+# Label maps: one channel whose values are the raw label ids (P: the palette indices, not the colours).
+LABEL_MODES = {"1", "L", "P", "I", *SIXTEEN_BIT_MODES}
+EXIF_ORIENTATION = 0x0112
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, zlib.error)
+
+
+def _gone(path: Path, what: str) -> UserError:
+    return UserError(f"{what} {path} does not exist: the dataset changed after `prepare` indexed it; rerun "
+                     "snakemake (it re-runs `prepare` when the dataset's files change)")
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """A fully decoded image as displayed: the EXIF orientation applied (`ImageOps.exif_transpose`).
+
+    Raises a `UserError` naming the file for an empty, unreadable, truncated or damaged file.
+    """
+    path = Path(path)
+    if path.stat().st_size == 0:
+        raise UserError(f"{path} is an empty file (0 bytes): replace it with the real image, or remove it "
+                        "from the dataset and rerun")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return ImageOps.exif_transpose(img)
+    except Image.DecompressionBombError as err:
+        raise UserError(f"{path} is too large to read safely ({err}): use a smaller version of it, or remove it "
+                        "from the dataset and rerun") from err
+    except DECODE_ERRORS as err:  # PIL's UnidentifiedImageError is an OSError
+        what = "is not an image PIL can read" if isinstance(err, UnidentifiedImageError) else \
+            f"is damaged or truncated ({type(err).__name__}: {err})"
+        raise UserError(f"{path} {what}: replace it, or remove it from the dataset and rerun") from err
+
+
+def displayed_size(path: str | Path) -> tuple[int, int]:
+    """(height, width) as displayed (EXIF orientation 5–8 swaps the stored sides), from the header only."""
+    with Image.open(path) as img:
+        width, height = img.size
+        orientation = img.getexif().get(EXIF_ORIENTATION, 1)
+    return (width, height) if orientation in (5, 6, 7, 8) else (height, width)
+
+
+def to_rgb(img: Image.Image, path: str | Path = "") -> Image.Image:
+    """The RGB image the pipeline sees, by the conversions listed above `RGB_MODES`; other modes are a
+    `UserError` naming the file."""
+    mode = img.mode
+    if mode not in RGB_MODES:
+        raise UserError(f"{path} has the image mode {mode}, which this pipeline does not convert: save it as "
+                        "8-bit RGB (PNG or JPEG)")
+    if mode in SIXTEEN_BIT_MODES or mode == "I":
+        arr = np.asarray(img)
+        if arr.size and (int(arr.min()) < 0 or int(arr.max()) > 65535):
+            raise UserError(f"{path} is a 32-bit integer image with values outside 0..65535: save it as 8-bit "
+                            "RGB (PNG or JPEG)")
+        grey = ((arr.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+        return Image.fromarray(grey, "L").convert("RGB")
+    return img if mode == "RGB" else img.convert("RGB")
 
 
 def read_image(path: str | Path) -> Image.Image:
-    """RGB image from a PNG/JPEG file or an IIC-style `.mat` tile (first three channels of key `img`)."""
+    """RGB image as displayed (EXIF orientation applied, mode converted by `to_rgb`) from an image file, or
+    from an IIC-style `.mat` tile (first three channels of key `img`)."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"image file {path} does not exist: check the dataset root in config/config.yaml")
+        raise _gone(path, "image file")
     if path.suffix == ".mat":
         from scipy.io import loadmat
 
@@ -29,29 +95,26 @@ def read_image(path: str | Path) -> Image.Image:
         if arr.dtype != np.uint8:
             arr = np.clip(arr, 0, 255).astype(np.uint8)
         return Image.fromarray(arr, "RGB")
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except OSError as err:  # truncated or not an image (PIL's UnidentifiedImageError is an OSError)
-        raise ValueError(f"cannot read image {path} ({err}): the file is damaged or not an image; "
-                         "replace it, or remove it from the dataset and rerun `prepare`") from err
+    return to_rgb(open_image(path), path)
 
 
 def read_label(path: str | Path) -> np.ndarray:
-    """Raw integer label map from a PNG file or a `.mat` file (key `gt`); no class mapping applied."""
+    """Raw integer label map (EXIF orientation applied, as for images) from a single-channel image file or a
+    `.mat` file (key `gt`); no class mapping applied. A colour (RGB) label image is a `UserError`."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"label file {path} does not exist: check the dataset root in config/config.yaml")
+        raise _gone(path, "label file")
     if path.suffix == ".mat":
         from scipy.io import loadmat
 
         return np.asarray(loadmat(path)["gt"]).astype(np.int64)
-    try:
-        with Image.open(path) as img:
-            return np.asarray(img).astype(np.int64)
-    except OSError as err:
-        raise ValueError(f"cannot read label map {path} ({err}): the file is damaged or not an image; "
-                         "replace it, or remove the sample from the dataset and rerun `prepare`") from err
+    img = open_image(path)
+    if img.mode not in LABEL_MODES:
+        raise UserError(f"{path} is a colour label image (mode {img.mode}); a label map must have one channel "
+                        "whose pixel values are the class ids (mode L or P PNG): map each colour to its class "
+                        "id and save the ids as a greyscale PNG (a grey image stored as RGB: "
+                        "`Image.open(p).convert('L').save(p)`)")
+    return np.asarray(img).astype(np.int64)
 
 
 def apply_lut(raw: np.ndarray, lut: Sequence[int] | None) -> np.ndarray:

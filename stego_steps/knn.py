@@ -20,6 +20,7 @@ import numpy as np
 
 from stego_steps.artifacts import write_npy
 from stego_steps.cli import base_parser, parse_stage_args, progress
+from stego_steps.errors import cli
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,8 @@ def knn_table(pooled: Any, k: int, *, use_gpu: bool | None = None, gpu: int = 0)
     if n < 2:
         raise ValueError(f"need at least 2 samples for a nearest-neighbour table, got {n}")
     if not 1 <= k <= n - 1:
-        raise ValueError(f"k={k} neighbours requested but there are {n} samples: use 1 <= k <= {n - 1}")
+        raise ValueError(f"k={k} neighbours requested but there are {n} samples: use 1 <= k <= {n - 1} (lower "
+                         "knn_k in the preset, or add training images)")
 
     index: Any = faiss.IndexFlatIP(dim)
     if _want_gpu(use_gpu):
@@ -135,4 +137,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

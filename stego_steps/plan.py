@@ -22,6 +22,7 @@ from stego_steps import store
 from stego_steps.artifacts import write_text
 from stego_steps.backbones import backbone_info
 from stego_steps.cli import base_parser, parse_stage_args, settings_arg
+from stego_steps.errors import cli
 from stego_steps.index import is_labelled, read_index
 
 log = logging.getLogger(__name__)
@@ -201,4 +202,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

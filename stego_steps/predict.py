@@ -16,6 +16,7 @@ import torch
 
 from stego_steps.artifacts import atomic_path
 from stego_steps.cli import base_parser, parse_stage_args, progress
+from stego_steps.errors import cli
 from stego_steps.head import flip_tta_code, load_head
 from stego_steps.store import FeatureStore
 
@@ -52,4 +53,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

@@ -12,22 +12,24 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from stego_steps import datasets
+from stego_steps import datasets, validate
 from stego_steps.artifacts import write_csv, write_json
 from stego_steps.cli import base_parser, parse_stage_args, settings_arg
+from stego_steps.errors import UserError, cli
 from stego_steps.index import SPLITS, index_frame
 
 log = logging.getLogger(__name__)
 
 
-def prepare(kind: str, settings: dict, out_dir: Path) -> dict[str, int]:
-    """Build and write the index; returns the number of samples per split."""
-    splits, classes = datasets.build_index(kind, settings)
+def prepare(kind: str, settings: dict, out_dir: Path, threads: int = 1) -> dict[str, int]:
+    """Build and write the index after checking every file it uses (a `UserError` lists all bad files);
+    returns the number of samples per split."""
+    splits, classes = validate.checked_index(kind, settings, threads=threads)
     counts = {}
     for split in SPLITS:
         rows = splits.get(split, [])
         if not rows:
-            raise ValueError(f"dataset kind '{kind}' produced no samples for split '{split}' "
+            raise UserError(f"dataset kind '{kind}' produced no samples for split '{split}' "
                              f"(root {settings.get('root')}): check the dataset root and its layout")
         write_csv(out_dir / f"{split}.csv", index_frame(rows))
         counts[split] = len(rows)
@@ -42,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--settings", type=settings_arg, required=True, help="dataset settings as JSON")
     parser.add_argument("--out-dir", type=Path, required=True)
     args = parse_stage_args(parser, argv)
-    counts = prepare(args.kind, args.settings, args.out_dir)
+    counts = prepare(args.kind, args.settings, args.out_dir, threads=args.threads)
     log.info("indexed %s", ", ".join(f"{k}: {v} samples" for k, v in counts.items()))
 
 
@@ -72,6 +74,6 @@ if __name__ == "__main__":
 
     commands = {"render": render_main, "fetch": fetch_main}
     if sys.argv[1:2] and sys.argv[1] in commands:
-        commands[sys.argv[1]](sys.argv[2:])
+        cli(lambda: commands[sys.argv[1]](sys.argv[2:]))
     else:
-        main()
+        cli(main)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stego_steps.cli import base_parser, parse_stage_args, progress, settings_arg
+from stego_steps.errors import cli
 from stego_steps.head import load_head, save_probe
 from stego_steps.store import FeatureStore
 
@@ -92,4 +93,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

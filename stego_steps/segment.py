@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from stego_steps.artifacts import atomic_path
 from stego_steps.cli import base_parser, parse_stage_args, progress
 from stego_steps.crf import refine_labels
+from stego_steps.errors import cli
 from stego_steps.head import PROBES, LogProbs, cluster_log_probs, linear_log_probs, load_probe
 from stego_steps.store import FeatureStore, shard_range
 
@@ -94,4 +95,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from stego_steps.artifacts import atomic_path
+from stego_steps.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +79,7 @@ class FeatureStore:
         try:
             self._file = h5py.File(self.path, "r")
         except OSError as err:
-            raise ValueError(f"feature store {self.path} is unreadable ({err}); delete it and rerun: Snakemake "
+            raise UserError(f"feature store {self.path} is unreadable ({err}); delete it and rerun: Snakemake "
                              "recomputes it (`--forcerun extract` if a gathered store points at lost shards)"
                              ) from err
         _check_sources(self._file, self.path)
@@ -144,7 +145,7 @@ def _check_sources(f: h5py.File, path: Path) -> None:
                 if not os.path.isfile(shard):
                     missing.add(str(shard))
     if missing:
-        raise ValueError(f"feature store {path} points at shard files that are missing: {', '.join(sorted(missing))}; "
+        raise UserError(f"feature store {path} points at shard files that are missing: {', '.join(sorted(missing))}; "
                          f"rerun with `snakemake --forcerun gather_features <target>` (the missing shards are "
                          f"re-extracted), or delete {path}")
 

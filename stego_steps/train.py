@@ -21,6 +21,7 @@ from torch import nn
 from stego_steps.artifacts import atomic_path, fingerprint, write_csv, write_json
 from stego_steps.cli import base_parser, parse_stage_args, progress, settings_arg
 from stego_steps.devices import select_device
+from stego_steps.errors import cli
 from stego_steps.head import SegmentationHead, save_head
 from stego_steps.loss import TERMS, negative_perm, random_coords, stego_loss
 from stego_steps.store import FeatureStore
@@ -142,4 +143,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

@@ -115,7 +115,7 @@ def make_cityscapes(root: Path) -> Path:
                 stem = f"{city}_{n:06d}_000019"
                 image = rgb(23, 37, c * 10 + n)
                 png(root / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png", image)
-                label = (np.arange(23 * 37).reshape(23, 37) % 36).astype(np.uint8)
+                label = (np.arange(23 * 37).reshape(23, 37) % 34).astype(np.uint8)  # labelIds 0..33
                 png(root / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png", label)
                 png(root / "gtFine" / split / city / f"{stem}_gtFine_color.png", rgb(23, 37, 0))
     return root

@@ -93,8 +93,8 @@ def test_directory_with_labels_end_to_end(tmp_path):
     assert (table["pixel_accuracy"] > 100 / len(CLASSES)).all()
     per_class = pd.read_csv(base / "per_class_iou.csv")
     assert per_class["class"].iloc[: len(CLASSES)].tolist() == CLASSES
-    plan = (base / "plan" / "efficientnet_lite0.txt").read_text()
-    assert "train       24" in plan and "val          6" in plan
+    plans = base / "plan" / "efficientnet_lite0"
+    assert "train       24" in (plans / "train.txt").read_text() and "val          6" in (plans / "val.txt").read_text()
 
 
 @pytest.mark.slow

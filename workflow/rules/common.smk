@@ -13,9 +13,11 @@ from snakemake.utils import validate
 
 from stego_steps import backbones, datasets
 from stego_steps import config as stego_config
+from stego_steps import validate as stego_validate
 from stego_steps.config import ConfigError, backbone_weights, dataset_settings, resolve, stage_settings
 from stego_steps.head import PROBES, UNSUPERVISED_PROBES
 from stego_steps.store import MAX_MEMORY_GB
+from stego_steps.errors import report_failed_jobs
 
 # A short message naming the bad key first; then Snakemake's own validation fills in the defaults.
 config.update(stego_config.coerce(config, stego_config.load_schema()))
@@ -34,6 +36,16 @@ for _ds in config["datasets"]:
 for _ds in config["run"]:
     if _ds not in config["datasets"]:
         raise WorkflowError(f"config/config.yaml: run lists '{_ds}', which is not under `datasets:`")
+# An unknown backbone name, and a training split too small for knn_k (where its size is known before
+# `prepare`: demo, directory), stop here.
+for _ds, _entry in config["datasets"].items():
+    try:
+        backbones.backbone_info(PRESETS[_ds]["backbone"])
+    except ValueError as err:
+        raise WorkflowError(f"dataset '{_ds}' (preset '{_entry['preset']}' and its overrides), key backbone: {err}")
+    _problem = stego_validate.knn_problem(_ds, _entry["kind"], dataset_settings(config, _ds), PRESETS[_ds]["knn_k"])
+    if _problem:
+        raise WorkflowError(_problem)
 
 # Jobs call `python -m stego_steps.<stage>`: the interpreter that runs Snakemake (the project's environment)
 # comes first on PATH, unless --sdm conda puts the rule's environment in front of it.
@@ -178,6 +190,12 @@ def curated_url(wildcards):
 
 def prepare_settings(wildcards):
     return json.dumps(dataset_settings(config, wildcards.ds))
+
+
+def dataset_manifest(wildcards):
+    """Summary of the dataset's files (count, bytes, digest of names, sizes and times), as a parameter of
+    `prepare`: adding, removing or editing a file re-runs it (and everything after it)."""
+    return stego_validate.manifest(config["datasets"][wildcards.ds]["kind"], dataset_settings(config, wildcards.ds))
 
 
 def segment_inputs(wildcards):

@@ -56,11 +56,13 @@ rule prepare:
         kind=lookup(dpath="datasets/{ds}/kind", within=config),
         settings=prepare_settings,
         out_dir=subpath(output.classes, parent=True),
+        # Names, sizes and times of the dataset's files: a change re-runs prepare (and what depends on it).
+        manifest=dataset_manifest,
     log:
         "logs/{ds}/prepare.log",
     benchmark:
         "benchmarks/{ds}/prepare/all.tsv"
-    threads: 1
+    threads: 4  # reading every image and label once to check them
     resources:
         mem_mb=per_attempt(2000),
         runtime=per_attempt(60),
@@ -68,7 +70,7 @@ rule prepare:
         "../envs/stego.yaml"
     shell:
         "python -m stego_steps.prepare --kind {params.kind} --settings {params.settings:q}"
-        " --out-dir {params.out_dir} 2> {log}"
+        " --out-dir {params.out_dir} --threads {threads} 2> {log}"
 
 
 rule plan:

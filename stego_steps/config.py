@@ -203,7 +203,8 @@ def check_files(paths: list[str | Path]) -> dict:
     return config
 
 
-def main(argv: list[str] | None = None) -> None:
+def check_main(argv: list[str] | None = None) -> None:
+    """`python -m stego_steps.config FILE...`: a checker, not a workflow stage."""
     import argparse
 
     parser = argparse.ArgumentParser(description="Check config files as `snakemake --configfile FILE ...` merges "
@@ -218,4 +219,4 @@ def main(argv: list[str] | None = None) -> None:
 if __name__ == "__main__":
     from stego_steps.errors import cli
 
-    cli(main)
+    cli(check_main)

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from stego_steps import datasets, errors, extract, images, prepare, validate
+from stego_steps.index import read_index
 
 CLASSES = ["sky", "grass", "road"]
 
@@ -219,7 +220,7 @@ def test_spaces_and_non_ascii_names_work_through_extraction(tmp_path):
     for sub, array in (("imgs", rgb()), ("labels", label())):
         Image.fromarray(array).save(root / sub / "train" / f"{name}.png")
     prepare.prepare("directory", settings(root), tmp_path / "index")
-    index = prepare.read_index(tmp_path / "index" / "train.csv")
+    index = read_index(tmp_path / "index" / "train.csv")
     assert name in set(index["id"])
     classes = json.loads((tmp_path / "index" / "classes.json").read_text())
     extract.extract(index, classes, tmp_path / "train.h5", backbone="dino_vits16_random", weights=None, res=16,

@@ -105,7 +105,7 @@ def test_directory_without_labels_ends_with_the_cluster_segmentations(tmp_path):
     base = tmp_path / "results" / "mine"
     assert not (base / "miou.csv").exists() and not (base / "probe").exists()
     for probe in ("cluster", "backbone_kmeans"):
-        with h5py.File(base / "segment" / "efficientnet_lite0" / f"{probe}.0.h5", "r") as f:
+        with h5py.File(base / "segment" / "efficientnet_lite0" / f"{probe}.1-of-1.h5", "r") as f:
             assert f["crf"].shape == (6, 96, 96) and f["raw"].shape == (6, 96, 96)
     table = pd.read_csv(base / "clusters.csv")
     assert set(zip(table["probe"], table["crf"], strict=True)) == {

@@ -7,6 +7,7 @@ CSV log and the resolved settings; a checkpoint every `checkpoint_every` steps l
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -117,10 +118,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--features", type=Path, required=True, help="train split feature store (.h5)")
     parser.add_argument("--knn", type=Path, required=True, help="KNN table (.npy)")
     parser.add_argument("--settings", type=settings_arg, required=True)
+    parser.add_argument("--calibration", type=Path,
+                        help="calibration artifact (JSON, stage calibrate): its shifts and weights are used")
     parser.add_argument("--head", type=Path, required=True, help="output: head weights (.pt)")
     parser.add_argument("--log-csv", type=Path, required=True, help="output: per-step losses")
     parser.add_argument("--resolved", type=Path, required=True, help="output: settings used (JSON)")
     args = parse_stage_args(parser, argv)
+    if args.calibration:
+        calibration = json.loads(args.calibration.read_text())
+        args.settings = {**args.settings, "shifts": calibration["shifts"], "weights": calibration["weights"]}
+        log.info("loss shifts %s and weights %s from %s", args.settings["shifts"], args.settings["weights"],
+                 args.calibration)
     checkpoint = args.head.with_name(args.head.name + ".checkpoint")
     device = args.device
     with FeatureStore(args.features, max_memory_gb=args.settings.get("max_memory_gb", 8.0),

@@ -64,6 +64,7 @@ def main() -> None:
     p.add_argument("--grid", default="0.0,0.1,0.2,0.3:0.3,0.5,0.76",
                    help="oracle grid: self=knn shifts : random shifts")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--n-init", type=int, default=None, help="K-Means restarts (default: the preset's)")
     p.add_argument("--out", type=Path, required=True)
     a = p.parse_args()
     setup_logging()
@@ -90,7 +91,7 @@ def main() -> None:
             FeatureStore(base / "features" / bb / "val.h5", max_memory_gb=0) as val, \
             FeatureStore(base / "features" / bb / "val.h5", key="feats_flip", max_memory_gb=0) as flips:
         n_classes = len(val.class_names)
-        cl = {**r["cluster"], "seed": 0}
+        cl = {**r["cluster"], **({"n_init": a.n_init} if a.n_init else {})}
 
         def kmeans(embed, seed):
             def emb(f):

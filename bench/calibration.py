@@ -54,6 +54,26 @@ class Identity(torch.nn.Module):
         return x
 
 
+def summarize(rows: pd.DataFrame) -> str:
+    """Markdown table: mean ± std over seeds of each setting without and with the CRF; the oracle is the fixed
+    setting (preset or grid) with the best mean mIoU with the CRF, chosen with the evaluation labels."""
+    def cell(v: pd.Series) -> str:
+        return f"{v.mean():.1f} ± {v.std(ddof=0):.1f}"
+
+    fixed = rows[rows["setting"].str.startswith("grid") | (rows["setting"] == "preset")]
+    oracle = fixed.groupby("setting")["crf"].mean().idxmax()
+    shown = [("raw-feature K-Means", "backbone_kmeans"), ("head, preset shifts", "preset"),
+             ("head, calibrated shifts", "calibrated"), (f"oracle ({oracle}, labels used)", oracle)]
+    lines = ["| dataset | method | seeds | mIoU without CRF | mIoU with CRF |", "|---|---|---|---|---|"]
+    for label, name in shown:
+        r = rows[rows["setting"] == name]
+        lines.append(f"| {r['dataset'].iloc[0]} | {label} | {len(r)} | {cell(r['raw'])} | {cell(r['crf'])} |")
+    lines += ["", "| grid setting (self = knn, random) | seeds | without CRF | with CRF |", "|---|---|---|---|"]
+    for name, r in fixed.groupby("setting", sort=False):
+        lines.append(f"| {name} | {len(r)} | {cell(r['raw'])} | {cell(r['crf'])} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", type=Path, default=Path("config/config.yaml"))
@@ -66,7 +86,11 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--n-init", type=int, default=None, help="K-Means restarts (default: the preset's)")
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--summarize", action="store_true", help="only print the table of an existing --out CSV")
     a = p.parse_args()
+    if a.summarize:
+        print(summarize(pd.read_csv(a.out)))
+        return
     setup_logging()
     torch.set_num_threads(a.workers)
     import yaml

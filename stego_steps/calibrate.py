@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_stage_args(parser, argv)
     knn = np.load(args.knn)
     # Only the feature datasets are read: labels stored beside them are never opened.
-    with FeatureStore(args.features, max_memory_gb=0) as store:
+    with FeatureStore(args.features, max_memory_gb=args.settings.get("max_memory_gb", 8.0)) as store:
         if len(knn) != store.n:
             raise ValueError(f"KNN table has {len(knn)} rows but {args.features} has {store.n} samples; "
                              "rerun the knn stage")

@@ -86,6 +86,7 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--n-init", type=int, default=None, help="K-Means restarts (default: the preset's)")
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--calibration", type=Path, help="reuse this calibration artifact instead of computing it")
     p.add_argument("--summarize", action="store_true", help="only print the table of an existing --out CSV")
     a = p.parse_args()
     if a.summarize:
@@ -107,9 +108,12 @@ def main() -> None:
     pos, neg = a.grid.split(":")
     grid = [(float(x), float(y)) for x in pos.split(",") for y in neg.split(",")]
     rows = []
-    with FeatureStore(base / "features" / bb / "train.h5", max_memory_gb=0) as tr_probe:
-        calibration = calibrate(tr_probe, knn, cal_settings)
-    (a.out.with_suffix(".calibration.json")).write_text(json.dumps(calibration, indent=1))
+    if a.calibration:  # the artifact of an earlier run (same seed and settings: the same shifts)
+        calibration = json.loads(a.calibration.read_text())
+    else:
+        with FeatureStore(base / "features" / bb / "train.h5", max_memory_gb=0) as tr_probe:
+            calibration = calibrate(tr_probe, knn, cal_settings)
+        (a.out.with_suffix(".calibration.json")).write_text(json.dumps(calibration, indent=1))
     log.info("calibrated shifts %s", calibration["shifts"])
     with FeatureStore(base / "features" / bb / "train.h5") as tr, \
             FeatureStore(base / "features" / bb / "val.h5", max_memory_gb=0) as val, \

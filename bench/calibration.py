@@ -86,6 +86,7 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--n-init", type=int, default=None, help="K-Means restarts (default: the preset's)")
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--only", nargs="*", help="run only these settings (backbone_kmeans, preset, calibrated, grid_...)")
     p.add_argument("--calibration", type=Path, help="reuse this calibration artifact instead of computing it")
     p.add_argument("--summarize", action="store_true", help="only print the table of an existing --out CSV")
     a = p.parse_args()
@@ -135,6 +136,7 @@ def main() -> None:
         # The baseline, the preset and the calibration for every seed first; then the oracle grid.
         runs = [(seed, name) for seed in a.seeds for name in ("backbone_kmeans", "preset", "calibrated")]
         runs += [(seed, name) for name in settings if name.startswith("grid") for seed in a.seeds]
+        runs = [(seed, name) for seed, name in runs if not a.only or name in a.only]
         for seed, name in runs:
             if name == "backbone_kmeans":
                 cent = kmeans(Identity(), seed)

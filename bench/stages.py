@@ -50,7 +50,7 @@ def main() -> None:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="stego-bench-"))
     elapsed = run_demo(workdir, args.configfile, args.cores)
     jobs = stage_table(workdir)
-    order = ["prepare", "plan", "extract", "gather_features", "knn", "train", "cluster", "backbone_kmeans",
+    order = ["prepare", "plan", "extract", "gather_features", "knn", "calibrate", "train", "cluster", "backbone_kmeans",
              "linear_probe", "predict", "segment", "evaluate"]
     table = (jobs.groupby("stage").agg(jobs=("job", "count"), wall_s=("wall_s", "sum"),
                                        max_rss_mb=("max_rss_mb", "max"))

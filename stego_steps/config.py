@@ -24,6 +24,13 @@ HINTS = {
                                              "in label-value order (their number is the number of clusters)"),
 }
 
+# Preset keys that may be left out (with these values): label-free calibration of the loss shifts.
+PRESET_DEFAULTS: dict[str, Any] = {
+    "calibrate": "auto",
+    "calibration": {"quantiles": {"self": 0.5, "knn": 0.5, "random": 0.9}, "batches": 24,
+                    "values_per_batch": 20000},
+}
+
 
 class ConfigError(UserError):
     """A configuration problem, with the offending key in the message."""
@@ -119,7 +126,8 @@ def resolve(config: dict, dataset: str, schema: dict | None = None) -> dict:
     if preset_name not in config.get("presets", {}):
         raise ConfigError(f"datasets.{dataset}.preset: unknown preset '{preset_name}'; known presets: "
                           f"{', '.join(sorted(config.get('presets', {})))}")
-    resolved = deep_merge(config["presets"][preset_name], entry.get("overrides") or {})
+    resolved = deep_merge(PRESET_DEFAULTS, config["presets"][preset_name])
+    resolved = deep_merge(resolved, entry.get("overrides") or {})
     missing = _missing_keys(schema["$defs"]["preset"], resolved, schema["$defs"], "")
     if missing:
         raise ConfigError(f"preset '{preset_name}' of dataset '{dataset}' lacks {', '.join(missing)}: "
@@ -154,6 +162,10 @@ def stage_settings(config: dict, dataset: str, stage: str, split: str = "train")
     if stage == "train":
         return {**r["head"], **r["train"], **{k: v for k, v in r["loss"].items()},
                 "neighbours": r["knn_k"], "seed": r["seed"]}
+    if stage == "calibrate":
+        return {**stage_settings(config, dataset, "train"), "calibrate": r["calibrate"],
+                "calibration": r["calibration"], "kind": config["datasets"][dataset]["kind"],
+                "backbone": r["backbone"]}
     if stage == "cluster":
         return {**r["cluster"], "seed": r["seed"]}
     if stage == "probe":

@@ -4,6 +4,7 @@ Reads the segment shards of every probe (with the number of clusters each probe'
 evaluation labels, and writes:
 - `miou.csv`: one row per (probe, crf) with pixel accuracy and mIoU in percent;
 - `per_class_iou.csv`: IoU of every class for every row;
+- `crf_effect.csv`: per probe and class, IoU without and with the CRF and their difference (where it hurts);
 - `confusion/{probe}_{crf|raw}.csv`: the confusion matrices (rows predicted cluster, columns true class).
 Cluster probes are matched to classes by one Hungarian assignment over the whole split; the linear probe uses
 the identity. Pixels in unmatched (extra) clusters count as errors.
@@ -67,6 +68,15 @@ def evaluate(labels: np.ndarray, predictions: dict[str, dict[bool, np.ndarray]],
     return rows, confusions
 
 
+def crf_effect(per_class: pd.DataFrame) -> pd.DataFrame:
+    """Per probe and class: IoU without and with the CRF and the difference (positive = the CRF helps)."""
+    wide = per_class.pivot_table(index=["probe", "class_id", "class"], columns="crf", values="iou").dropna()
+    wide = wide.rename(columns={False: "iou_raw", True: "iou_crf"}).reset_index()
+    wide.columns.name = None
+    wide["crf_gain"] = wide["iou_crf"] - wide["iou_raw"]
+    return wide.sort_values(["probe", "crf_gain"]).reset_index(drop=True)
+
+
 def cluster_shares(predictions: dict[str, dict[bool, np.ndarray]], n_clusters: dict[str, int]) -> list[dict]:
     """Pixels, pixel share (percent) and images of every cluster, for each (probe, crf) in ROWS present."""
     rows = []
@@ -126,6 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     for key, conf in confusions.items():
         write_csv(args.out_dir / "confusion" / f"{key}.csv", pd.DataFrame(conf, columns=names))
     write_csv(args.out_dir / "per_class_iou.csv", per_class)
+    write_csv(args.out_dir / "crf_effect.csv", crf_effect(per_class))
     write_csv(args.out_dir / "miou.csv", table)  # last: the rule's main target
     log.info("\n%s", table.to_string(index=False, float_format="%.2f"))
 

@@ -8,6 +8,7 @@ CSV log and the resolved settings; a checkpoint every `checkpoint_every` steps l
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import time
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 
 from stego_steps.artifacts import atomic_path, fingerprint, write_csv, write_json
+from stego_steps.batches import BatchSampler
 from stego_steps.cli import base_parser, parse_stage_args, progress, settings_arg
 from stego_steps.devices import select_device
 from stego_steps.errors import cli
@@ -27,24 +29,6 @@ from stego_steps.loss import TERMS, negative_perm, random_coords, stego_loss
 from stego_steps.store import FeatureStore
 
 log = logging.getLogger(__name__)
-
-
-class BatchSampler:
-    """Epochs of shuffled anchor indices and their KNN positives, from one explicit generator."""
-
-    def __init__(self, knn: np.ndarray, batch_size: int, neighbours: int, generator: torch.Generator) -> None:
-        self.knn, self.batch_size, self.g = torch.as_tensor(knn), batch_size, generator
-        self.neighbours = min(neighbours, self.knn.shape[1] - 1)
-        if self.neighbours < 1:
-            raise ValueError("the KNN table has no neighbours besides self; rebuild it with k >= 1")
-        self.order = torch.empty(0, dtype=torch.long)
-
-    def next(self) -> tuple[np.ndarray, np.ndarray]:
-        if len(self.order) < self.batch_size:  # drop the incomplete tail, like drop_last
-            self.order = torch.randperm(len(self.knn), generator=self.g)
-        anchors, self.order = self.order[: self.batch_size], self.order[self.batch_size:]
-        rank = torch.randint(1, self.neighbours + 1, (len(anchors),), generator=self.g)
-        return anchors.numpy(), self.knn[anchors, rank].numpy()
 
 
 def checkpoint_key(settings: dict, store: FeatureStore, knn: np.ndarray) -> str:
@@ -124,10 +108,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--features", type=Path, required=True, help="train split feature store (.h5)")
     parser.add_argument("--knn", type=Path, required=True, help="KNN table (.npy)")
     parser.add_argument("--settings", type=settings_arg, required=True)
+    parser.add_argument("--calibration", type=Path,
+                        help="calibration artifact (JSON, stage calibrate): its shifts and weights are used")
     parser.add_argument("--head", type=Path, required=True, help="output: head weights (.pt)")
     parser.add_argument("--log-csv", type=Path, required=True, help="output: per-step losses")
     parser.add_argument("--resolved", type=Path, required=True, help="output: settings used (JSON)")
     args = parse_stage_args(parser, argv)
+    if args.calibration:
+        calibration = json.loads(args.calibration.read_text())
+        args.settings = {**args.settings, "shifts": calibration["shifts"], "weights": calibration["weights"]}
+        log.info("loss shifts %s and weights %s from %s", args.settings["shifts"], args.settings["weights"],
+                 args.calibration)
     checkpoint = args.head.with_name(args.head.name + ".checkpoint")
     device = args.device
     with FeatureStore(args.features, device=device) as store:

@@ -16,7 +16,9 @@ def test_shipped_config_is_valid_and_every_preset_resolves():
     for name in CONFIG["presets"]:
         cfg = copy.deepcopy(CONFIG)
         cfg["datasets"]["x"] = {"kind": "directory", "preset": name, "root": "somewhere"}
-        assert C.resolve(cfg, "x") == CONFIG["presets"][name]
+        # Keys a preset may leave out (the calibration's) come with their defaults.
+        assert C.resolve(cfg, "x") == C.deep_merge(C.PRESET_DEFAULTS, CONFIG["presets"][name])
+    assert C.resolve(cfg, "x")["calibrate"] == "auto"
 
 
 def test_paper_presets_hold_the_checkpoint_values():

@@ -5,7 +5,8 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "stego_steps"
 # The stage modules: each is one step of the workflow with a `main()` CLI.
-STAGES = {"prepare", "plan", "extract", "knn", "train", "cluster", "probe", "predict", "segment", "evaluate"}
+STAGES = {"prepare", "plan", "extract", "knn", "calibrate", "train", "cluster", "probe", "predict", "segment",
+          "evaluate"}
 
 
 def package_imports(path: Path) -> set[str]:

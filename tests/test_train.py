@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from stego_steps import knn, train
+from stego_steps.batches import BatchSampler
 from stego_steps.head import SegmentationHead, flip_tta_code, load_head, save_head
 from stego_steps.store import FeatureStore
 
@@ -32,7 +33,7 @@ def test_head_dropout_only_in_training_and_flip_tta():
 
 def test_sampler_draws_positives_from_ranks_one_to_k():
     table = np.array([[i, *((i + d) % 10 for d in range(1, 6))] for i in range(10)])
-    s = train.BatchSampler(table, batch_size=4, neighbours=3, generator=torch.Generator().manual_seed(0))
+    s = BatchSampler(table, batch_size=4, neighbours=3, generator=torch.Generator().manual_seed(0))
     for _ in range(50):
         anchors, positives = s.next()
         assert len(anchors) == 4 and len(set(anchors)) == 4

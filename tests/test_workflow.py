@@ -9,7 +9,7 @@ from helpers import snakemake
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "data" / "tiny_config.yaml"
-STAGES = {"prepare", "plan", "extract", "gather_features", "knn", "train", "cluster", "backbone_kmeans",
+STAGES = {"prepare", "plan", "extract", "gather_features", "knn", "calibrate", "train", "cluster", "backbone_kmeans",
           "linear_probe", "predict", "segment", "evaluate"}
 
 
@@ -40,7 +40,7 @@ def test_demo_runs_end_to_end(tmp_path):
     assert table["pixel_accuracy"].between(0, 100).all() and table["miou"].between(0, 100).all()
     per_class = pd.read_csv(tmp_path / "results" / "demo" / "per_class_iou.csv")
     assert len(per_class) == 5 * 6
-    for name in ("train_log.csv", "settings.json", "head.pt"):
+    for name in ("train_log.csv", "settings.json", "head.pt", "calibration.json"):
         assert (tmp_path / "results" / "demo" / "train" / "efficientnet_lite0" / name).exists()
     steps = pd.read_csv(tmp_path / "results" / "demo" / "train" / "efficientnet_lite0" / "train_log.csv")
     assert len(steps) == 20

@@ -58,6 +58,7 @@ rule evaluate:
     output:
         table="results/{ds}/miou.csv",
         per_class="results/{ds}/per_class_iou.csv",
+        crf_effect="results/{ds}/crf_effect.csv",
         confusion=directory("results/{ds}/confusion"),
     params:
         out_dir=subpath(output.table, parent=True),

@@ -1,8 +1,35 @@
+rule calibrate:
+    """Label-free loss shifts from the feature-correlation statistics of the training set (reads no labels)."""
+    input:
+        features="results/{ds}/features/{bb}/train.h5",
+        knn="results/{ds}/knn/{bb}/train.npy",
+    output:
+        "results/{ds}/train/{bb}/calibration.json",
+    params:
+        torch_threads=TORCH_THREADS,
+        settings=settings("calibrate"),
+    log:
+        "logs/{ds}/calibrate_{bb}.log",
+    benchmark:
+        "benchmarks/{ds}/calibrate/{bb}.tsv"
+    threads: 2
+    resources:
+        mem_mb=in_memory_mb,
+        runtime=per_attempt(60),
+    conda:
+        "../envs/stego.yaml"
+    shell:
+        "python -m stego_steps.calibrate --features {input.features} --knn {input.knn}"
+        " --settings {params.settings:q} --out {output} --threads {threads} --torch-threads {params.torch_threads}"
+        " 2> {log}"
+
+
 rule train:
     """The segmentation head, trained with the STEGO correlation loss on cached features."""
     input:
         features="results/{ds}/features/{bb}/train.h5",
         knn="results/{ds}/knn/{bb}/train.npy",
+        calibration="results/{ds}/train/{bb}/calibration.json",
     output:
         head="results/{ds}/train/{bb}/head.pt",
         log_csv="results/{ds}/train/{bb}/train_log.csv",
@@ -24,8 +51,8 @@ rule train:
         "../envs/stego.yaml"
     shell:
         "python -m stego_steps.train --features {input.features} --knn {input.knn}"
-        " --settings {params.settings:q} --device {resources.device} --head {output.head}"
-        " --log-csv {output.log_csv} --resolved {output.resolved} --threads {threads}"
+        " --settings {params.settings:q} --calibration {input.calibration} --device {resources.device}"
+        " --head {output.head} --log-csv {output.log_csv} --resolved {output.resolved} --threads {threads}"
         " --torch-threads {params.torch_threads} 2> {log}"
 
 

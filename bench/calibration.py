@@ -1,0 +1,159 @@
+"""Evidence for the `calibrate` stage: mIoU of raw-feature K-Means, of the head with the preset's fixed shifts,
+with calibrated shifts, and of an oracle (a small shift grid chosen with the evaluation labels, for comparison
+only), each with and without the CRF, over several seeds.
+
+Runs in-process on the cached stores of a dataset that the workflow has already extracted
+(`results/{ds}/features/{bb}/{train,val}.h5` and `results/{ds}/knn/{bb}/train.npy`):
+
+    python bench/calibration.py --dataset demo --steps 200 --seeds 0 1 2 --out bench/calibration_demo.csv
+
+The calibration itself reads the training features and KNN table only; the evaluation labels are read after
+every setting has been fixed, to score it. Only the oracle rows use them to choose (a grid, best mean mIoU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from stego_steps import metrics
+from stego_steps.calibrate import calibrate
+from stego_steps.cli import setup_logging
+from stego_steps.cluster import spherical_kmeans
+from stego_steps.config import load_schema, resolve, stage_settings
+from stego_steps.head import flip_tta_code
+from stego_steps.segment import cluster_log_probs, segment
+from stego_steps.store import FeatureStore
+from stego_steps.train import train
+
+log = logging.getLogger("bench.calibration")
+
+
+def evaluate_embeddings(embed, val: FeatureStore, flips: FeatureStore, centroids: np.ndarray, labels: np.ndarray,
+                        n_classes: int, workers: int) -> dict[str, float]:
+    """Cluster-probe mIoU of one embedding (head or identity) without and with the CRF."""
+    with torch.no_grad():
+        codes = [flip_tta_code(embed, val.batch([i]), flips.batch([i])) for i in range(val.n)]
+    raw, crf = segment(lambda i: codes[i], val.dataset("image"), range(val.n), cluster_log_probs(centroids),
+                       crf_workers=workers)
+    out = {}
+    for name, pred in (("raw", raw), ("crf", crf)):
+        s = metrics.scores(metrics.confusion(pred, labels, len(centroids), n_classes))
+        out[name] = float(s["miou"])  # already in percent
+    return out
+
+
+class Identity(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def summarize(rows: pd.DataFrame) -> str:
+    """Markdown table: mean ± std over seeds of each setting without and with the CRF; the oracle is the fixed
+    setting (preset or grid) with the best mean mIoU with the CRF, chosen with the evaluation labels."""
+    def cell(v: pd.Series) -> str:
+        return f"{v.mean():.1f} ± {v.std(ddof=0):.1f}"
+
+    fixed = rows[rows["setting"].str.startswith("grid") | (rows["setting"] == "preset")]
+    oracle = fixed.groupby("setting")["crf"].mean().idxmax()
+    shown = [("raw-feature K-Means", "backbone_kmeans"), ("head, preset shifts", "preset"),
+             ("head, calibrated shifts", "calibrated"), (f"oracle ({oracle}, labels used)", oracle)]
+    lines = ["| dataset | method | seeds | mIoU without CRF | mIoU with CRF |", "|---|---|---|---|---|"]
+    for label, name in shown:
+        r = rows[rows["setting"] == name]
+        lines.append(f"| {r['dataset'].iloc[0]} | {label} | {len(r)} | {cell(r['raw'])} | {cell(r['crf'])} |")
+    lines += ["", "| grid setting (self = knn, random) | seeds | without CRF | with CRF |", "|---|---|---|---|"]
+    for name, r in fixed.groupby("setting", sort=False):
+        lines.append(f"| {name} | {len(r)} | {cell(r['raw'])} | {cell(r['crf'])} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", type=Path, default=Path("config/config.yaml"))
+    p.add_argument("--dataset", default="demo")
+    p.add_argument("--results", type=Path, default=Path("results"))
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--grid", default="0.0,0.1,0.2,0.3:0.3,0.5,0.76",
+                   help="oracle grid: self=knn shifts : random shifts")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--n-init", type=int, default=None, help="K-Means restarts (default: the preset's)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--only", nargs="*", help="run only these settings (backbone_kmeans, preset, calibrated, grid_...)")
+    p.add_argument("--calibration", type=Path, help="reuse this calibration artifact instead of computing it")
+    p.add_argument("--summarize", action="store_true", help="only print the table of an existing --out CSV")
+    a = p.parse_args()
+    if a.summarize:
+        print(summarize(pd.read_csv(a.out)))
+        return
+    setup_logging()
+    torch.set_num_threads(a.workers)
+    import yaml
+
+    config = yaml.safe_load(a.config.read_text())
+    load_schema()
+    r = resolve(config, a.dataset)
+    bb = r["backbone"]
+    base = a.results / a.dataset
+    cal_settings = stage_settings(config, a.dataset, "calibrate")
+    cal_settings["calibrate"] = True
+    train_settings = {**stage_settings(config, a.dataset, "train"), "steps": a.steps}
+    knn = np.load(base / "knn" / bb / "train.npy")
+    pos, neg = a.grid.split(":")
+    grid = [(float(x), float(y)) for x in pos.split(",") for y in neg.split(",")]
+    rows = []
+    if a.calibration:  # the artifact of an earlier run (same seed and settings: the same shifts)
+        calibration = json.loads(a.calibration.read_text())
+    else:
+        with FeatureStore(base / "features" / bb / "train.h5", max_memory_gb=0) as tr_probe:
+            calibration = calibrate(tr_probe, knn, cal_settings)
+        (a.out.with_suffix(".calibration.json")).write_text(json.dumps(calibration, indent=1))
+    log.info("calibrated shifts %s", calibration["shifts"])
+    with FeatureStore(base / "features" / bb / "train.h5") as tr, \
+            FeatureStore(base / "features" / bb / "val.h5", max_memory_gb=0) as val, \
+            FeatureStore(base / "features" / bb / "val.h5", key="feats_flip", max_memory_gb=0) as flips:
+        n_classes = len(val.class_names)
+        cl = {**r["cluster"], **({"n_init": a.n_init} if a.n_init else {})}
+
+        def kmeans(embed, seed):
+            def emb(f):
+                with torch.no_grad():
+                    return embed(f)
+            return spherical_kmeans(tr, emb, n_classes, iterations=cl["iterations"],
+                                    batch_images=cl["batch_images"], init_images=cl["init_images"],
+                                    n_init=cl["n_init"], seed=seed)[0]
+
+        settings = {"preset": r["loss"]["shifts"], "calibrated": calibration["shifts"]}
+        settings.update({f"grid_{s:g}_{n:g}": {"self": s, "knn": s, "random": n} for s, n in grid})
+        labels = val.read("label")  # read only to score settings that are already fixed
+        # The baseline, the preset and the calibration for every seed first; then the oracle grid.
+        runs = [(seed, name) for seed in a.seeds for name in ("backbone_kmeans", "preset", "calibrated")]
+        runs += [(seed, name) for name in settings if name.startswith("grid") for seed in a.seeds]
+        runs = [(seed, name) for seed, name in runs if not a.only or name in a.only]
+        for seed, name in runs:
+            if name == "backbone_kmeans":
+                cent = kmeans(Identity(), seed)
+                m = evaluate_embeddings(Identity(), val, flips, cent, labels, n_classes, a.workers)
+                rows.append({"dataset": a.dataset, "setting": "backbone_kmeans", "seed": seed, **m})
+                log.info("%s", rows[-1])
+            else:
+                shifts = settings[name]
+                s = {**train_settings, "seed": seed, "shifts": shifts}
+                head, _ = train(tr, knn, s, device="cpu")
+                cent = kmeans(head, seed)
+                m = evaluate_embeddings(head, val, flips, cent, labels, n_classes, a.workers)
+                rows.append({"dataset": a.dataset, "setting": name, "seed": seed, **shifts, **m})
+                log.info("%s", rows[-1])
+                pd.DataFrame(rows).to_csv(a.out, index=False)
+    pd.DataFrame(rows).to_csv(a.out, index=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+"""Stage `calibrate`: label-free choice of the loss shifts from the statistics of the feature correlation.
+
+The shift b of each loss term (self, KNN, random) decides which point pairs attract (F > b) and which repel.
+The released shifts were tuned by hand for DINO on each dataset and do not transfer to other backbones or
+data, whose correlations have other scales. This stage samples training batches exactly as the `train` stage
+does (anchors, KNN positives drawn from ranks 1..k, random negatives, S×S random points, the loss's channel
+dropout and spatial centering), collects the feature correlation F of every term and sets each shift to a
+fixed quantile of its term's distribution: the fraction of pairs that attract is then the same whatever the
+backbone's scale. It reads the training features and the KNN table only, never labels.
+
+Writes a JSON artifact with the shifts and weights that `train` uses, the preset's values, the statistics of
+F per term (mean, std, quantiles, and the quantile at which the preset's shift sits) and the sampling settings.
+With calibration off it still writes the statistics, and the preset's shifts unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from stego_steps.artifacts import write_json
+from stego_steps.batches import BatchSampler
+from stego_steps.cli import base_parser, parse_stage_args, settings_arg
+from stego_steps.errors import cli
+from stego_steps.loss import TERMS, feature_correlation, negative_perm, random_coords, sample
+from stego_steps.store import FeatureStore
+
+log = logging.getLogger(__name__)
+
+# Dataset kinds whose presets hold the shifts released with the paper's checkpoints (tuned for DINO).
+PAPER_KINDS = ("cocostuff", "cityscapes", "potsdam")
+REPORTED_QUANTILES = tuple(round(q, 2) for q in np.linspace(0.05, 0.95, 19))
+
+
+def calibration_enabled(mode: bool | str, kind: str, backbone: str) -> tuple[bool, str]:
+    """Whether to calibrate, and why. `auto`: on, except for a paper dataset with a DINO ViT backbone, whose
+    preset holds the released, hand-tuned shifts."""
+    if isinstance(mode, bool):
+        return mode, f"calibrate: {str(mode).lower()} in the configuration"
+    if mode != "auto":
+        raise ValueError(f"calibrate must be true, false or auto, not {mode!r}")
+    if kind in PAPER_KINDS and backbone.startswith("dino_vit"):
+        return False, f"auto: the {kind} preset holds the released shifts for {backbone}"
+    return True, f"auto: no released shifts for {backbone} on a dataset of kind {kind}"
+
+
+def channel_dropout(x: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:
+    """Dropout2d as the loss sees it in training (whole channels, survivors scaled by 1/(1-p)), drawn from
+    `generator` so that the statistics are reproducible."""
+    if p <= 0:
+        return x
+    keep = (torch.rand(x.shape[0], x.shape[1], 1, 1, generator=generator) >= p).to(x.dtype)
+    return x * keep / (1 - p)
+
+
+def _subsample(values: torch.Tensor, n: int, generator: torch.Generator) -> np.ndarray:
+    flat = values.reshape(-1)
+    if flat.numel() > n:
+        flat = flat[torch.randint(flat.numel(), (n,), generator=generator)]
+    return flat.float().numpy()
+
+
+def term_correlations(store: FeatureStore, knn: np.ndarray, settings: Mapping, *, batches: int,
+                      per_batch: int, seed: int) -> dict[str, np.ndarray]:
+    """F values of every term over `batches` training batches (a random subset of `per_batch` per batch and
+    term), sampled the way the `train` stage samples them."""
+    s = settings
+    g = torch.Generator().manual_seed(seed)
+    sampler = BatchSampler(knn, min(s["batch_size"], store.n), s["neighbours"], g)
+    out: dict[str, list[np.ndarray]] = {t: [] for t in TERMS}
+    for _ in range(batches):
+        anchors, positives = sampler.next()
+        f = store.batch(anchors).float().cpu()
+        f_pos = store.batch(positives).float().cpu()
+        f = channel_dropout(f, s["dropout"], g)
+        f_pos = channel_dropout(f_pos, s["dropout"], g)
+        n = len(anchors)
+        coords1, coords2 = random_coords(n, s["samples"], g), random_coords(n, s["samples"], g)
+        perms = [negative_perm(n, g) for _ in range(s["negatives"])]
+        fa, fp = sample(f, coords1), sample(f_pos, coords2)
+        kw = {"spatial_centering": s["spatial_centering"]}
+        out["self"].append(_subsample(feature_correlation(fa, fa, **kw), per_batch, g))
+        out["knn"].append(_subsample(feature_correlation(fa, fp, **kw), per_batch, g))
+        negatives = torch.cat([feature_correlation(fa, sample(f[p], coords2), **kw) for p in perms])
+        out["random"].append(_subsample(negatives, per_batch, g))
+    return {t: np.concatenate(v) for t, v in out.items()}
+
+
+def term_statistics(values: np.ndarray, preset_shift: float) -> dict:
+    """Mean, std, quantiles of one term's F, and the quantile the preset's shift occupies (the fraction of
+    pairs it makes repel)."""
+    qs = np.quantile(values, REPORTED_QUANTILES)
+    return {
+        "n": int(values.size), "mean": float(values.mean()), "std": float(values.std()),
+        "min": float(values.min()), "max": float(values.max()),
+        "quantiles": {f"{q:.2f}": float(v) for q, v in zip(REPORTED_QUANTILES, qs, strict=True)},
+        "preset_shift_quantile": float((values < preset_shift).mean()),
+    }
+
+
+def quantile_shifts(values: Mapping[str, np.ndarray], targets: Mapping[str, float]) -> dict[str, float]:
+    """Shift of each term = the `targets[term]` quantile of its F values: that fraction of its pairs repels,
+    the rest attracts."""
+    for term, q in targets.items():
+        if not 0.0 <= q <= 1.0:
+            raise ValueError(f"calibration quantile of term '{term}' must lie in [0, 1], got {q}")
+    return {t: float(np.quantile(values[t], targets[t])) for t in TERMS}
+
+
+def calibrate(store: FeatureStore, knn: np.ndarray, settings: Mapping) -> dict:
+    """The calibration artifact: chosen shifts and weights, the preset's, the statistics and why."""
+    s = settings
+    c = s["calibration"]
+    enabled, reason = calibration_enabled(s["calibrate"], s["kind"], s["backbone"])
+    values = term_correlations(store, knn, s, batches=c["batches"], per_batch=c["values_per_batch"],
+                               seed=s["seed"])
+    stats = {t: term_statistics(values[t], s["shifts"][t]) for t in TERMS}
+    shifts = quantile_shifts(values, c["quantiles"]) if enabled else {t: float(s["shifts"][t]) for t in TERMS}
+    for t in TERMS:
+        log.info("%-6s F mean %.3f std %.3f; preset shift %.3f at quantile %.2f; %s shift %.3f", t,
+                 stats[t]["mean"], stats[t]["std"], s["shifts"][t], stats[t]["preset_shift_quantile"],
+                 "calibrated" if enabled else "preset", shifts[t])
+    return {
+        "calibrated": enabled, "reason": reason,
+        "shifts": shifts, "weights": {t: float(s["weights"][t]) for t in TERMS},
+        "preset": {"shifts": dict(s["shifts"]), "weights": dict(s["weights"])},
+        "quantiles": dict(c["quantiles"]),
+        "statistics": stats,
+        "sampling": {"batches": c["batches"], "values_per_batch": c["values_per_batch"], "seed": s["seed"],
+                     "batch_size": min(s["batch_size"], store.n), "samples": s["samples"],
+                     "negatives": s["negatives"], "neighbours": s["neighbours"], "dropout": s["dropout"],
+                     "spatial_centering": s["spatial_centering"]},
+        "backbone": s["backbone"], "n_train": store.n,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = base_parser(__doc__)
+    parser.add_argument("--features", type=Path, required=True, help="train split feature store (.h5)")
+    parser.add_argument("--knn", type=Path, required=True, help="KNN table of the train split (.npy)")
+    parser.add_argument("--settings", type=settings_arg, required=True,
+                        help="JSON: the train stage's settings plus calibrate, calibration, kind, backbone")
+    parser.add_argument("--out", type=Path, required=True, help="output: calibration artifact (JSON)")
+    args = parse_stage_args(parser, argv)
+    knn = np.load(args.knn)
+    # Only the feature datasets are read: labels stored beside them are never opened.
+    with FeatureStore(args.features) as store:
+        if len(knn) != store.n:
+            raise ValueError(f"KNN table has {len(knn)} rows but {args.features} has {store.n} samples; "
+                             "rerun the knn stage")
+        result = calibrate(store, knn, args.settings)
+    write_json(args.out, result)
+
+
+if __name__ == "__main__":
+    cli(main)

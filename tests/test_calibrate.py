@@ -1,0 +1,108 @@
+"""Label-free calibration of the loss shifts: the quantile rule, determinism, and that labels are never read."""
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from stego_steps import calibrate, knn
+from stego_steps.loss import correlation_term, feature_correlation
+from stego_steps.store import FeatureStore
+
+SETTINGS = {
+    "code_dim": 6, "dropout": 0.1, "batch_size": 4, "steps": 12, "lr": 5e-4, "checkpoint_every": 5,
+    "samples": 5, "negatives": 3, "spatial_centering": True, "zero_clamp": True,
+    "weights": {"self": 0.67, "knn": 0.25, "random": 0.63}, "shifts": {"self": 0.08, "knn": 0.02, "random": 0.76},
+    "neighbours": 3, "seed": 0, "calibrate": "auto", "kind": "directory", "backbone": "synthetic",
+    "calibration": {"quantiles": {"self": 0.5, "knn": 0.5, "random": 0.9}, "batches": 3,
+                    "values_per_batch": 500},
+}
+
+
+def test_quantile_shifts_on_known_distributions():
+    # Values 0, 1/1000, ..., 1: the q-quantile (linear interpolation) is exactly q.
+    uniform = np.arange(1001) / 1000
+    shifts = calibrate.quantile_shifts({"self": uniform, "knn": uniform * 2, "random": uniform - 1},
+                                       {"self": 0.5, "knn": 0.25, "random": 0.9})
+    assert shifts == pytest.approx({"self": 0.5, "knn": 0.5, "random": -0.1}, abs=1e-12)
+    stats = calibrate.term_statistics(uniform, preset_shift=0.3)
+    # 300 of the 1001 values lie below 0.3: the fraction of pairs a shift of 0.3 makes repel.
+    assert stats["preset_shift_quantile"] == 300 / 1001
+    assert stats["quantiles"]["0.50"] == 0.5 and stats["mean"] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="must lie in"):
+        calibrate.quantile_shifts({"self": uniform, "knn": uniform, "random": uniform},
+                                  {"self": 1.5, "knn": 0.5, "random": 0.5})
+
+
+def test_shifted_distribution_gives_a_shifted_shift():
+    # A backbone whose correlations are all higher by 0.3 gets shifts higher by 0.3: the same balance.
+    rng = np.random.default_rng(0)
+    values = {t: rng.normal(0.1 * i, 0.2, 5000) for i, t in enumerate(("self", "knn", "random"))}
+    targets = {"self": 0.3, "knn": 0.6, "random": 0.95}
+    base = calibrate.quantile_shifts(values, targets)
+    moved = calibrate.quantile_shifts({t: v + 0.3 for t, v in values.items()}, targets)
+    assert moved == pytest.approx({t: b + 0.3 for t, b in base.items()}, abs=1e-9)
+
+
+def test_feature_correlation_is_what_the_loss_compares_with_the_shift():
+    g = torch.Generator().manual_seed(0)
+    f1, f2 = torch.randn(2, 8, 4, 4, generator=g), torch.randn(2, 8, 4, 4, generator=g)
+    c1, c2 = torch.rand(2, 5, 4, 4, generator=g), torch.rand(2, 5, 4, 4, generator=g)
+    for centering in (True, False):
+        fd = feature_correlation(f1, f2, spatial_centering=centering)
+        loss, cd = correlation_term(f1, f2, c1, c2, 0.1, spatial_centering=centering)
+        assert torch.equal(loss, -cd.clamp(min=0) * (fd - 0.1))
+    # Spatial centering: every anchor point's mean over the partner's points is the batch-wide mean.
+    fd = feature_correlation(f1, f2)
+    torch.testing.assert_close(fd.mean(dim=(3, 4)), torch.full((2, 4, 4), fd.mean().item()), atol=1e-6, rtol=0)
+
+
+def test_auto_mode():
+    assert calibrate.calibration_enabled("auto", "directory", "dino_vitb8")[0]
+    assert calibrate.calibration_enabled("auto", "demo", "efficientnet_lite0")[0]
+    assert calibrate.calibration_enabled("auto", "cocostuff", "efficientnet_lite0")[0]
+    assert not calibrate.calibration_enabled("auto", "cocostuff", "dino_vitb8")[0]
+    assert calibrate.calibration_enabled(True, "potsdam", "dino_vits8")[0]
+    assert not calibrate.calibration_enabled(False, "directory", "dinov2_vits14")[0]
+
+
+def _run(store, table, tmp_path, name, settings=SETTINGS):
+    np.save(tmp_path / "knn.npy", table)
+    out = tmp_path / f"{name}.json"
+    calibrate.main(["--features", str(store), "--knn", str(tmp_path / "knn.npy"),
+                    "--settings", json.dumps(settings), "--out", str(out)])
+    return json.loads(out.read_text())
+
+
+def test_deterministic_and_blind_to_labels(store_path, tmp_path):
+    with FeatureStore(store_path) as store:
+        table = knn.knn_table(store.read("pooled"), 3)
+    first = _run(store_path, table, tmp_path, "a")
+    assert first == _run(store_path, table, tmp_path, "b")
+    assert first["calibrated"] and first["shifts"] != first["preset"]["shifts"]
+    assert first["shifts"]["self"] == pytest.approx(first["statistics"]["self"]["quantiles"]["0.50"], abs=1e-6)
+    # The same features without labels, and with other labels: the same artifact, to the bit.
+    unlabelled, scrambled = tmp_path / "unlabelled.h5", tmp_path / "scrambled.h5"
+    for path in (unlabelled, scrambled):
+        with h5py.File(store_path, "r") as src, h5py.File(path, "w") as dst:
+            for key in src:
+                if key != "label":
+                    src.copy(key, dst)
+            dst.attrs.update(src.attrs)
+            if path == scrambled:
+                dst["label"] = np.random.default_rng(1).integers(0, 3, src["label"].shape).astype(np.int16)
+    assert _run(unlabelled, table, tmp_path, "c") == first
+    assert _run(scrambled, table, tmp_path, "d") == first
+    # Another seed samples other points: other statistics.
+    assert _run(store_path, table, tmp_path, "e", {**SETTINGS, "seed": 1})["shifts"] != first["shifts"]
+
+
+def test_off_keeps_the_preset_and_still_reports(store_path, tmp_path):
+    with FeatureStore(store_path) as store:
+        table = knn.knn_table(store.read("pooled"), 3)
+    out = _run(store_path, table, tmp_path, "off", {**SETTINGS, "calibrate": False})
+    assert not out["calibrated"] and out["shifts"] == SETTINGS["shifts"]
+    assert 0.0 <= out["statistics"]["random"]["preset_shift_quantile"] <= 1.0
+    assert out["statistics"]["knn"]["n"] == 3 * 500

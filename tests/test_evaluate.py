@@ -55,3 +55,17 @@ def test_cluster_log_probs_are_the_official_tempered_cosine():
     up = segment.log_probs_at(torch.randn(1, 2, 4, 4), 16, segment.cluster_log_probs(centroids))
     assert up.shape == (2, 16, 16)
     np.testing.assert_allclose(np.exp(up).sum(0), 1.0, rtol=1e-5)
+
+
+def test_mapping_and_confusion_tables_name_the_classes():
+    conf = np.array([[5, 1, 0], [0, 0, 7], [2, 9, 0], [1, 1, 1]])  # 4 clusters, 3 classes
+    s = evaluate.metrics.scores(conf)
+    names = ["sky", "tree", "road"]
+    mapping = evaluate.mapping_table(conf, s["assignment"], names)
+    assert mapping["class"].tolist() == ["sky", "road", "tree", ""]
+    assert mapping["class_id"].tolist() == [0, 2, 1, -1]
+    assert mapping["matched_pixels"].tolist() == [5, 7, 9, 0]
+    assert mapping["cluster_pixels"].tolist() == [6, 7, 11, 3]
+    table = evaluate.confusion_table(conf, mapping, names)
+    assert table.columns.tolist() == ["cluster", "class", *names]
+    np.testing.assert_array_equal(table[names].to_numpy(), conf)

@@ -54,6 +54,20 @@ def negative_perm(batch: int, generator: torch.Generator | None = None,
     return perm % batch
 
 
+@torch.no_grad()
+def feature_correlation(f1: torch.Tensor, f2: torch.Tensor, *, spatial_centering: bool = True) -> torch.Tensor:
+    """The feature correlation F [B,S,S,S,S] that a loss term compares with its shift (no gradient).
+
+    `spatial_centering` subtracts, per anchor point, the mean over the partner's points and restores the
+    batch-wide mean."""
+    fd = _pair_correlation(_unit(f1), _unit(f2))
+    if spatial_centering:
+        global_mean = fd.mean()
+        fd = fd - fd.mean(dim=(3, 4), keepdim=True)
+        fd = fd - fd.mean() + global_mean
+    return fd
+
+
 def correlation_term(f1: torch.Tensor, f2: torch.Tensor, c1: torch.Tensor, c2: torch.Tensor, shift: float,
                      *, spatial_centering: bool = True, zero_clamp: bool = True
                      ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,12 +77,7 @@ def correlation_term(f1: torch.Tensor, f2: torch.Tensor, c1: torch.Tensor, c2: t
     points and restores the batch-wide mean; `zero_clamp` clamps the code correlation at 0 (codes are pushed
     to orthogonality, not to anti-correlation).
     """
-    with torch.no_grad():
-        fd = _pair_correlation(_unit(f1), _unit(f2))
-        if spatial_centering:
-            global_mean = fd.mean()
-            fd = fd - fd.mean(dim=(3, 4), keepdim=True)
-            fd = fd - fd.mean() + global_mean
+    fd = feature_correlation(f1, f2, spatial_centering=spatial_centering)
     cd = _pair_correlation(_unit(c1), _unit(c2))
     floor = 0.0 if zero_clamp else -9999.0  # the official "no clamp" bound
     return -cd.clamp(min=floor) * (fd - shift), cd

@@ -193,7 +193,7 @@ def iou_figure(per_class: pd.DataFrame) -> plt.Figure:
     ax.set_xticks(x, names, rotation=60 if len(names) > 8 else 0, ha="right" if len(names) > 8 else "center")
     ax.set_ylabel("IoU (%)")
     ax.set_ylim(0, 100)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     ax.set_title("per-class IoU")
     fig.tight_layout()
     return fig

@@ -227,7 +227,10 @@ class Segmenter:
         return pd.DataFrame(rows)
 
     def prepare(self, index: int, path: Path) -> Pending:
-        original = image_io.read_image(path)
+        try:
+            original = image_io.read_image(path)
+        except ValueError as err:
+            raise ValueError(f"not a readable image ({err.__cause__ or err})") from err
         w, h = working_size(*original.size, self.short_side, self.stride)
         working = np.array(original.resize((w, h), Image.NEAREST) if (w, h) != original.size else original,
                            dtype=np.uint8)

@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 CORES ?= 2
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo report test lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -17,9 +17,14 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
+# The demo's tables and its pictures (results/demo/figures/).
 demo: setup
-	$(BIN)/snakemake --cores $(CORES) results/demo/miou.csv
+	$(BIN)/snakemake --cores $(CORES) results/demo/miou.csv figures
 	@cat results/demo/miou.csv
+
+# One self-contained page with the workflow, the tables and the pictures of the datasets under `run:`.
+report: demo
+	$(BIN)/snakemake --report report.html
 
 lint: setup
 	$(BIN)/ruff check .
@@ -32,4 +37,4 @@ bench: setup
 	$(BIN)/python bench/stages.py
 
 clean:
-	rm -rf results logs benchmarks .snakemake
+	rm -rf results logs benchmarks .snakemake report.html

@@ -15,11 +15,17 @@ min_version("9.0")
 configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
+# `snakemake --report report.html`: this description, the tables and the pictures, grouped per dataset.
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/prepare.smk"
 include: "workflow/rules/features.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/figures.smk"
+include: "workflow/rules/segment_images.smk"
 
 
 # A failed job's own message (its `ERROR:` lines, or the last line of its log) is shown here, not only in its log.
@@ -32,3 +38,5 @@ rule all:
     input:
         # miou.csv, or clusters.csv for a dataset without labels
         [final_target(ds) for ds in config["run"]],
+        # the pictures under results/{ds}/figures/
+        rules.figures.input,

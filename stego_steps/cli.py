@@ -6,13 +6,16 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
 from stego_steps.devices import select_device
+
+log = logging.getLogger("stego_steps")
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -25,9 +28,46 @@ def setup_logging(verbose: bool = False) -> None:
     )
 
 
-def progress(iterable: Iterable, **kwargs: Any) -> Iterable:
-    """tqdm that stays quiet when stderr is not a terminal (log files stay readable)."""
-    return tqdm(iterable, disable=not sys.stderr.isatty(), **kwargs)
+def progress(iterable: Iterable, *, every_fraction: float = 0.05, every_s: float = 60.0, **kwargs: Any
+             ) -> Iterable:
+    """A tqdm bar on a terminal; elsewhere (a log file under a scheduler) one log line with count, rate and
+    time left whenever another `every_fraction` of the total is done or `every_s` seconds have passed."""
+    if sys.stderr.isatty():
+        return tqdm(iterable, **kwargs)
+    return _progress_lines(iterable, every_fraction, every_s, kwargs.get("desc", "progress"),
+                           kwargs.get("total"), kwargs.get("initial", 0))
+
+
+def _progress_lines(iterable: Iterable, every_fraction: float, every_s: float, desc: str, total: int | None,
+                    initial: int) -> Iterator:
+    if total is None and hasattr(iterable, "__len__"):
+        total = initial + len(iterable)  # type: ignore[arg-type]
+    step = max(int(total * every_fraction), 1) if total else None
+    start = last = time.monotonic()
+    done = initial
+    next_count = done + step if step else None
+    for item in iterable:
+        yield item
+        done += 1
+        now = time.monotonic()
+        if (next_count is not None and done >= next_count) or now - last >= every_s or done == total:
+            rate = (done - initial) / max(now - start, 1e-9)
+            if total:
+                left = (total - done) / rate if rate > 0 else float("inf")
+                log.info("%s: %d/%d (%.0f%%), %.2f it/s, %s left", desc, done, total, 100.0 * done / total, rate,
+                         _duration(left))
+                next_count = done + step
+            else:
+                log.info("%s: %d done, %.2f it/s", desc, done, rate)
+            last = now
+
+
+def _duration(seconds: float) -> str:
+    if seconds == float("inf"):
+        return "?"
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    return f"{h}:{rem // 60:02d}:{rem % 60:02d}"
 
 
 def settings_arg(text: str) -> dict:

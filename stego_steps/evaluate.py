@@ -5,7 +5,10 @@ evaluation labels, and writes:
 - `miou.csv`: one row per (probe, crf) with pixel accuracy and mIoU in percent;
 - `per_class_iou.csv`: IoU of every class for every row;
 - `crf_effect.csv`: per probe and class, IoU without and with the CRF and their difference (where it hurts);
-- `confusion/{probe}_{crf|raw}.csv`: the confusion matrices (rows predicted cluster, columns true class).
+- `confusion/{probe}_{crf|raw}.csv`: the confusion matrices: one row per predicted cluster (`cluster` id and the
+  `class` it is matched to, empty when unmatched), one column per true class, named;
+- `mapping/{probe}_{crf|raw}.csv`: the cluster → class assignment of each row (`cluster`, `class_id` (−1 when
+  unmatched), `class`, `matched_pixels` = pixels of that cluster that carry that class, `cluster_pixels`).
 Cluster probes are matched to classes by one Hungarian assignment over the whole split; the linear probe uses
 the identity. Pixels in unmatched (extra) clusters count as errors.
 
@@ -28,30 +31,11 @@ from stego_steps import metrics
 from stego_steps.artifacts import write_csv
 from stego_steps.cli import base_parser, parse_stage_args
 from stego_steps.errors import cli
-from stego_steps.head import PROBES
+from stego_steps.head import PROBES, ROWS
+from stego_steps.segmentations import read_predictions
 from stego_steps.store import FeatureStore
 
 log = logging.getLogger(__name__)
-
-# (probe, crf) rows of the table, in the order of PROBES; the backbone K-Means baseline is reported under the
-# full protocol (with the CRF) only.
-ROWS = tuple((probe, crf) for probe in PROBES for crf in (False, True) if crf or probe != "backbone_kmeans")
-
-
-def read_predictions(paths: list[Path], probe: str, n: int) -> dict[bool, np.ndarray]:
-    """Stitch the shards of one probe back into [N,H,W] maps for raw (False) and CRF (True)."""
-    shards = []
-    for path in paths:
-        with h5py.File(path, "r") as f:
-            if f.attrs["probe"] == probe:
-                shards.append((int(f.attrs["start"]), int(f.attrs["stop"]), f["raw"][...], f["crf"][...]))
-    shards.sort(key=lambda s: s[0])
-    covered = [i for start, stop, *_ in shards for i in range(start, stop)]
-    if covered != list(range(n)):
-        raise ValueError(f"segment shards of probe '{probe}' do not cover images 0..{n - 1} exactly: "
-                         f"{[(s[0], s[1]) for s in shards]}; rerun the segment stage")
-    return {False: np.concatenate([s[2] for s in shards]), True: np.concatenate([s[3] for s in shards])}
-
 
 def evaluate(labels: np.ndarray, predictions: dict[str, dict[bool, np.ndarray]], n_clusters: dict[str, int],
              n_classes: int) -> tuple[list[dict], dict[str, np.ndarray]]:
@@ -63,7 +47,7 @@ def evaluate(labels: np.ndarray, predictions: dict[str, dict[bool, np.ndarray]],
         conf = metrics.confusion(predictions[probe][crf], labels, n_clusters[probe], n_classes)
         s = metrics.scores(conf, hungarian=probe != "linear")
         rows.append({"probe": probe, "crf": crf, "pixel_accuracy": float(s["pixel_accuracy"]),
-                     "miou": float(s["miou"]), "iou": s["iou"]})
+                     "miou": float(s["miou"]), "iou": s["iou"], "assignment": s["assignment"]})
         confusions[f"{probe}_{'crf' if crf else 'raw'}"] = conf
     return rows, confusions
 
@@ -75,6 +59,24 @@ def crf_effect(per_class: pd.DataFrame) -> pd.DataFrame:
     wide.columns.name = None
     wide["crf_gain"] = wide["iou_crf"] - wide["iou_raw"]
     return wide.sort_values(["probe", "crf_gain"]).reset_index(drop=True)
+
+
+def mapping_table(conf: np.ndarray, assignment: np.ndarray, names: list[str]) -> pd.DataFrame:
+    """The cluster → class assignment of one row with the pixels behind it (one row per cluster)."""
+    clusters = np.arange(len(assignment))
+    matched = assignment >= 0
+    return pd.DataFrame({
+        "cluster": clusters,
+        "class_id": assignment,
+        "class": [names[a] if a >= 0 else "" for a in assignment],
+        "matched_pixels": np.where(matched, conf[clusters, np.clip(assignment, 0, None)], 0),
+        "cluster_pixels": conf.sum(axis=1),
+    })
+
+
+def confusion_table(conf: np.ndarray, mapping: pd.DataFrame, names: list[str]) -> pd.DataFrame:
+    """A confusion matrix with its rows named by cluster id and matched class, its columns by true class."""
+    return pd.concat([mapping[["cluster", "class"]], pd.DataFrame(conf, columns=names)], axis=1)
 
 
 def cluster_shares(predictions: dict[str, dict[bool, np.ndarray]], n_clusters: dict[str, int]) -> list[dict]:
@@ -129,12 +131,15 @@ def main(argv: list[str] | None = None) -> None:
     predictions = {p: read_predictions(args.segments, p, len(labels)) for p in PROBES if p in n_clusters}
     rows, confusions = evaluate(labels, predictions, n_clusters, n_classes)
     common = {"dataset": args.dataset, "backbone": backbone}
-    table = pd.DataFrame([{**common, **{k: v for k, v in r.items() if k != "iou"}, "n_images": len(labels)}
-                          for r in rows])
+    table = pd.DataFrame([{**common, **{k: v for k, v in r.items() if k not in ("iou", "assignment")},
+                            "n_images": len(labels)} for r in rows])
     per_class = pd.DataFrame([{**common, "probe": r["probe"], "crf": r["crf"], "class_id": k, "class": name,
                                "iou": 100.0 * r["iou"][k]} for r in rows for k, name in enumerate(names)])
-    for key, conf in confusions.items():
-        write_csv(args.out_dir / "confusion" / f"{key}.csv", pd.DataFrame(conf, columns=names))
+    for r in rows:
+        key = f"{r['probe']}_{'crf' if r['crf'] else 'raw'}"
+        mapping = mapping_table(confusions[key], r["assignment"], names)
+        write_csv(args.out_dir / "mapping" / f"{key}.csv", mapping)
+        write_csv(args.out_dir / "confusion" / f"{key}.csv", confusion_table(confusions[key], mapping, names))
     write_csv(args.out_dir / "per_class_iou.csv", per_class)
     write_csv(args.out_dir / "crf_effect.csv", crf_effect(per_class))
     write_csv(args.out_dir / "miou.csv", table)  # last: the rule's main target

@@ -23,6 +23,9 @@ from stego_steps.errors import UserError
 PROBES = ("cluster", "linear", "backbone_kmeans")
 SUPERVISED_PROBES = ("linear",)
 UNSUPERVISED_PROBES = tuple(p for p in PROBES if p not in SUPERVISED_PROBES)
+# (probe, crf) rows of the table, in the order of PROBES; the backbone K-Means baseline is reported under the
+# full protocol (with the CRF) only.
+ROWS = tuple((probe, crf) for probe in PROBES for crf in (False, True) if crf or probe != "backbone_kmeans")
 
 LogProbs = Callable[[torch.Tensor], torch.Tensor]
 

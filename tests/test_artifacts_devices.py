@@ -41,3 +41,16 @@ def test_concurrent_jobs_take_different_gpus(monkeypatch, tmp_path):
 def test_single_visible_gpu_is_used_as_is(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert devices.pick_gpu() == "cuda:0"
+
+
+def test_progress_logs_count_rate_and_time_left_without_a_terminal(caplog, monkeypatch):
+    import logging
+
+    from stego_steps import cli
+
+    monkeypatch.setattr(cli.sys.stderr, "isatty", lambda: False, raising=False)
+    with caplog.at_level(logging.INFO, logger="stego_steps"):
+        assert list(cli.progress(range(40), desc="work", every_fraction=0.25, every_s=3600)) == list(range(40))
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("work:")]
+    assert [line.split()[1] for line in lines] == ["10/40", "20/40", "30/40", "40/40"]
+    assert all("it/s" in line and "left" in line for line in lines)

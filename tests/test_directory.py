@@ -113,3 +113,6 @@ def test_directory_without_labels_ends_with_the_cluster_segmentations(tmp_path):
     for _, group in table.groupby(["probe", "crf"]):
         assert group["cluster"].tolist() == list(range(len(CLASSES)))
         assert group["share"].sum() == pytest.approx(100.0) and group["pixels"].sum() == 6 * 96 * 96
+    # Pictures without labels: one colour per cluster, no metrics pictures.
+    assert {p.name for p in (base / "figures").iterdir()} == {"panels.png", "training.png", "correlations.png",
+                                                              "correlations.csv"}

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from stego_steps import evaluate, head, segment, store
+from stego_steps import evaluate, head, segment, segmentations, store
 
 
 def test_evaluate_rows_for_a_permuted_perfect_clustering():
@@ -34,10 +34,10 @@ def test_shards_are_stitched_and_gaps_detected(tmp_path):
             f["crf"] = np.full((stop - start, 3, 3), shard + 5, np.uint8)
             f.attrs.update(start=start, stop=stop, probe="cluster", n_clusters=3)
         paths.append(path)
-    out = evaluate.read_predictions(paths[::-1], "cluster", 5)
+    out = segmentations.read_predictions(paths[::-1], "cluster", 5)
     assert out[False][:, 0, 0].tolist() == [0, 0, 1, 1, 1] and out[True][:, 0, 0].tolist() == [5, 5, 6, 6, 6]
     with pytest.raises(ValueError, match="do not cover"):
-        evaluate.read_predictions(paths[:1], "cluster", 5)
+        segmentations.read_predictions(paths[:1], "cluster", 5)
 
 
 def test_shard_ranges_partition_the_images():
@@ -73,3 +73,17 @@ def test_cluster_counts_come_from_the_segment_shards(tmp_path):
 def test_rows_follow_the_declared_probes():
     assert [probe for probe, crf in evaluate.ROWS if crf] == list(head.PROBES)
     assert set(head.UNSUPERVISED_PROBES) | set(head.SUPERVISED_PROBES) == set(head.PROBES)
+
+
+def test_mapping_and_confusion_tables_name_the_classes():
+    conf = np.array([[5, 1, 0], [0, 0, 7], [2, 9, 0], [1, 1, 1]])  # 4 clusters, 3 classes
+    s = evaluate.metrics.scores(conf)
+    names = ["sky", "tree", "road"]
+    mapping = evaluate.mapping_table(conf, s["assignment"], names)
+    assert mapping["class"].tolist() == ["sky", "road", "tree", ""]
+    assert mapping["class_id"].tolist() == [0, 2, 1, -1]
+    assert mapping["matched_pixels"].tolist() == [5, 7, 9, 0]
+    assert mapping["cluster_pixels"].tolist() == [6, 7, 11, 3]
+    table = evaluate.confusion_table(conf, mapping, names)
+    assert table.columns.tolist() == ["cluster", "class", *names]
+    np.testing.assert_array_equal(table[names].to_numpy(), conf)

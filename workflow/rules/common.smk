@@ -12,6 +12,7 @@ import h5py
 from snakemake.utils import validate
 
 from stego_steps import backbones, datasets
+from stego_steps.head import ROWS
 from stego_steps import config as stego_config
 from stego_steps import validate as stego_validate
 from stego_steps.config import ConfigError, backbone_weights, dataset_settings, resolve, stage_settings
@@ -285,3 +286,55 @@ def segment_runtime(wildcards, input, attempt):
         with h5py.File(input.features, "r") as f:
             n = len(f["ids"])
     return int(30 + n / shard_count(wildcards) * 3 / 2 / 60) * attempt
+
+
+# Pictures (workflow/rules/figures.smk)
+def figure_targets(ds):
+    """Every picture of dataset `ds`: the metrics pictures only where it has labels."""
+    base = f"results/{ds}/figures"
+    files = [f"{base}/panels.png", f"{base}/training.png", f"{base}/correlations.png"]
+    if labelled(ds):
+        files.extend(f"{base}/confusion_{probe}_{'crf' if crf else 'raw'}.png" for probe, crf in ROWS)
+        files.append(f"{base}/per_class_iou.png")
+    return files
+
+
+def panel_inputs(wildcards):
+    ds, bb = wildcards.ds, backbone_of(wildcards.ds)
+    probes = PROBES if labelled(ds) else UNSUPERVISED_PROBES
+    inputs = {
+        "features": f"results/{ds}/features/{bb}/val.h5",
+        "segments": [path for probe in probes
+                     for path in gather.segment(f"results/{ds}/segment/{bb}/{probe}.{{scatteritem}}.h5")],
+    }
+    if labelled(ds):
+        inputs["mapping"] = f"results/{ds}/mapping"
+    return inputs
+
+
+def panel_args(wildcards, input):
+    return f"--mapping {input.mapping}" if "mapping" in input.keys() else ""
+
+
+# New images (workflow/rules/segment_images.smk)
+def segment_images_inputs(wildcards):
+    if wildcards.name not in config["segment_images"]:
+        raise WorkflowError(f"no folder named '{wildcards.name}' under `segment_images:` in the config; add "
+                            f"`segment_images: {{{wildcards.name}: path/to/images}}` (or pass it with --config)")
+    ds, bb = wildcards.ds, backbone_of(wildcards.ds)
+    base = f"results/{ds}"
+    inputs = {
+        "features": f"{base}/features/{bb}/val.h5",
+        "head": f"{base}/train/{bb}/head.pt",
+        "centroids": f"{base}/cluster/{bb}/centroids.npy",
+        "classes": f"{base}/index/classes.json",
+    }
+    if labelled(ds):
+        inputs.update(mapping=f"{base}/mapping", linear=f"{base}/probe/{bb}/linear.pt")
+    return inputs
+
+
+def segment_images_args(wildcards):
+    bb = backbone_of(wildcards.ds)
+    weights = backbone_weights(config, bb)
+    return f"--backbone {bb} --weights {weights}" if weights else f"--backbone {bb}"

@@ -52,14 +52,20 @@ rule segment:
 
 
 rule evaluate:
-    """Hungarian-matched accuracy / mIoU table, per-class IoU and confusion matrices."""
+    """Hungarian-matched accuracy / mIoU table, per-class IoU, confusion matrices and cluster → class mappings."""
     input:
         unpack(evaluate_inputs),
     output:
-        table="results/{ds}/miou.csv",
-        per_class="results/{ds}/per_class_iou.csv",
-        crf_effect="results/{ds}/crf_effect.csv",
+        table=report("results/{ds}/miou.csv", caption="../report/miou.rst", category="{ds}",
+                     subcategory="metrics", labels={"figure": "accuracy and mIoU"}),
+        per_class=report("results/{ds}/per_class_iou.csv", caption="../report/per_class_table.rst",
+                         category="{ds}", subcategory="metrics", labels={"figure": "per-class IoU (table)"}),
+        crf_effect=report("results/{ds}/crf_effect.csv", caption="../report/crf_effect.rst", category="{ds}",
+                          subcategory="metrics", labels={"figure": "per-class IoU change by the CRF"}),
         confusion=directory("results/{ds}/confusion"),
+        mapping=report(directory("results/{ds}/mapping"), patterns=["{row}.csv"],
+                       caption="../report/mapping.rst", category="{ds}", subcategory="mappings",
+                       labels={"figure": "cluster → class, {row}"}),
     params:
         out_dir=subpath(output.table, parent=True),
     log:
@@ -82,7 +88,8 @@ rule evaluate_unlabelled:
     input:
         unpack(evaluate_unlabelled_inputs),
     output:
-        "results/{ds}/clusters.csv",
+        report("results/{ds}/clusters.csv", caption="../report/clusters.rst", category="{ds}",
+               subcategory="metrics", labels={"figure": "cluster pixel shares"}),
     params:
         out_dir=subpath(output[0], parent=True),
     log:

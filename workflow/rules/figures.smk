@@ -1,0 +1,135 @@
+# Pictures of a finished run under results/{ds}/figures/ (also shown in `snakemake --report report.html`).
+
+
+rule figures:
+    """All pictures of the datasets under `run:` (target rule)."""
+    input:
+        [figure_targets(ds) for ds in config["run"]],
+
+
+rule figure_panels:
+    """Evaluation images beside their ground truth and every probe's segmentation, in class colours."""
+    input:
+        unpack(panel_inputs),
+    output:
+        report(
+            "results/{ds}/figures/panels.png",
+            caption="../report/panels.rst",
+            category="{ds}",
+            subcategory="segmentations",
+            labels={"figure": "validation panels"},
+        ),
+    params:
+        n_images=config["figures"]["panel_images"],
+        extra=panel_args,
+    log:
+        "logs/{ds}/figure_panels.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=15,
+    conda:
+        "../envs/stego.yaml"
+    shell:
+        "python -m stego_steps.figures panels --features {input.features} --segments {input.segments}"
+        " {params.extra} --count {params.n_images} --out {output} 2> {log}"
+
+
+rule figure_metrics:
+    """Confusion heat maps of every evaluated row and per-class IoU bars."""
+    input:
+        confusion="results/{ds}/confusion",
+        per_class="results/{ds}/per_class_iou.csv",
+    output:
+        confusion=[
+            report(
+                f"results/{{ds}}/figures/confusion_{probe}_{'crf' if crf else 'raw'}.png",
+                caption="../report/confusion.rst",
+                category="{ds}",
+                subcategory="metrics",
+                labels={"figure": f"confusion, {probe}{', CRF' if crf else ''}"},
+            )
+            for probe, crf in ROWS
+        ],
+        iou=report(
+            "results/{ds}/figures/per_class_iou.png",
+            caption="../report/per_class_iou.rst",
+            category="{ds}",
+            subcategory="metrics",
+            labels={"figure": "per-class IoU"},
+        ),
+    params:
+        out_dir=subpath(output.iou, parent=True),
+    log:
+        "logs/{ds}/figure_metrics.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=15,
+    conda:
+        "../envs/stego.yaml"
+    shell:
+        "python -m stego_steps.figures metrics --confusion {input.confusion} --per-class {input.per_class}"
+        " --out-dir {params.out_dir} 2> {log}"
+
+
+rule figure_training:
+    """Training curves: the total loss and each term."""
+    input:
+        lambda w: f"results/{w.ds}/train/{backbone_of(w.ds)}/train_log.csv",
+    output:
+        report(
+            "results/{ds}/figures/training.png",
+            caption="../report/training.rst",
+            category="{ds}",
+            subcategory="training",
+            labels={"figure": "training curves"},
+        ),
+    log:
+        "logs/{ds}/figure_training.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        "../envs/stego.yaml"
+    shell:
+        "python -m stego_steps.figures training --log-csv {input} --out {output} 2> {log}"
+
+
+rule figure_correlations:
+    """Histograms of the feature correlations that each loss term compares with its shift."""
+    input:
+        features=lambda w: f"results/{w.ds}/features/{backbone_of(w.ds)}/train.h5",
+        knn=lambda w: f"results/{w.ds}/knn/{backbone_of(w.ds)}/train.npy",
+        resolved=lambda w: f"results/{w.ds}/train/{backbone_of(w.ds)}/settings.json",
+    output:
+        png=report(
+            "results/{ds}/figures/correlations.png",
+            caption="../report/correlations.rst",
+            category="{ds}",
+            subcategory="training",
+            labels={"figure": "loss correlations"},
+        ),
+        csv=report(
+            "results/{ds}/figures/correlations.csv",
+            caption="../report/correlations_table.rst",
+            category="{ds}",
+            subcategory="training",
+            labels={"figure": "loss correlations (table)"},
+        ),
+    params:
+        batches=config["figures"]["correlation_batches"],
+    log:
+        "logs/{ds}/figure_correlations.log",
+    benchmark:
+        "benchmarks/{ds}/figures/correlations.tsv"
+    threads: 1
+    resources:
+        mem_mb=in_memory_mb,
+        runtime=30,
+    conda:
+        "../envs/stego.yaml"
+    shell:
+        "python -m stego_steps.figures --threads {threads} correlations --features {input.features}"
+        " --knn {input.knn} --resolved {input.resolved} --batches {params.batches} --out {output.png} 2> {log}"

@@ -1,0 +1,31 @@
+# Segment a folder of new images with a finished run: name the folder under `segment_images:` in the config,
+# then `snakemake --cores 2 results/{ds}/segmented/{name}`.
+
+
+rule segment_images:
+    """Label PNGs and colour overlays (and the CRF-refined ones) of a folder of new images, at their own sizes."""
+    input:
+        unpack(segment_images_inputs),
+    output:
+        directory("results/{ds}/segmented/{name}"),
+    params:
+        run=lambda w: f"results/{w.ds}",
+        images=lambda w: config["segment_images"][w.name],
+        args=segment_images_args,
+        torch_threads=TORCH_THREADS,
+    log:
+        "logs/{ds}/segment_images_{name}.log",
+    benchmark:
+        "benchmarks/{ds}/segment_images/{name}.tsv"
+    threads: 2
+    resources:
+        gpu=GPU,
+        device=DEVICE,
+        mem_mb=per_attempt(8000),
+        runtime=per_attempt(240),
+    conda:
+        "../envs/stego.yaml"
+    shell:
+        "python -m stego_steps.segment_images --run {params.run} --images {params.images:q} --out {output}"
+        " {params.args} --crf --device {resources.device} --threads {threads}"
+        " --torch-threads {params.torch_threads} 2> {log}"

@@ -213,7 +213,7 @@ def correlation_samples(store: FeatureStore, knn: np.ndarray, settings: dict, *,
 
     Anchors, positives (uniform over KNN ranks 1..neighbours), sampling coordinates and negative permutations
     are drawn the way the training stage draws them, without its feature dropout."""
-    from stego_steps.train import BatchSampler
+    from stego_steps.batches import BatchSampler
 
     g = torch.Generator().manual_seed(seed)
     batch = min(settings["batch_size"], store.n)

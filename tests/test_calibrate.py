@@ -61,7 +61,7 @@ def test_feature_correlation_is_what_the_loss_compares_with_the_shift():
 
 def test_auto_mode():
     assert calibrate.calibration_enabled("auto", "directory", "dino_vitb8")[0]
-    assert calibrate.calibration_enabled("auto", "demo", "efficientnet_lite0")[0]
+    assert not calibrate.calibration_enabled("auto", "demo", "efficientnet_lite0")[0]
     assert calibrate.calibration_enabled("auto", "cocostuff", "efficientnet_lite0")[0]
     assert not calibrate.calibration_enabled("auto", "cocostuff", "dino_vitb8")[0]
     assert calibrate.calibration_enabled(True, "potsdam", "dino_vits8")[0]

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import helpers
 import pytest
 from test_validate import label, make_directory, rgb
 
@@ -28,8 +29,8 @@ INDEX = "results/mine/index/classes.json"
 
 
 def snakemake(workdir: Path, *args: str) -> tuple[int, str]:
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir), *args]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    """The workflow on `workdir` with the test's own config files (in `args`): exit code and all output."""
+    out = helpers.snakemake(workdir, *args, configfile=None, timeout=600)
     return out.returncode, out.stdout + out.stderr
 
 

@@ -9,6 +9,7 @@ import copy
 import itertools
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import yaml
@@ -17,7 +18,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from stego_steps import config as C
-from stego_steps import datasets, images, metrics
+from stego_steps import datasets, images, metrics, store
 
 PROPERTY = settings(max_examples=60, deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -265,3 +266,41 @@ def test_a_relabelled_perfect_prediction_scores_100(n_classes, n, data):
     perm = np.asarray(data.draw(st.permutations(range(n_classes))))
     result = metrics.scores(metrics.confusion(perm[target], target, n_classes, n_classes))
     assert result["pixel_accuracy"] == 100.0 and result["miou"] == 100.0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The feature store's gather
+
+
+@PROPERTY
+@given(n=st.integers(0, 40), n_shards=st.integers(1, 6), batch=st.integers(1, 9), order_seed=st.integers(0, 99))
+def test_gathered_shards_read_as_the_whole_store(tmp_path_factory, n, n_shards, batch, order_seed):
+    """Shards cut where extraction cuts them (on batch multiples, some possibly empty), written as extraction
+    writes them, gathered in any order: the virtual store reads exactly as the whole arrays."""
+    assume(n > 0)  # an empty split stops at prepare
+    folder = tmp_path_factory.mktemp("gather")
+    rng = np.random.default_rng(order_seed)
+    feats = rng.standard_normal((n, 3, 2, 2)).astype(np.float16)
+    pooled = feats.astype(np.float32).mean(axis=(2, 3))
+    ids = np.array([f"img{i}".encode() for i in range(n)], dtype="S")
+    paths = []
+    for shard in range(n_shards):
+        rows = store.shard_range(n, shard, n_shards, align=batch)
+        assert rows.start % batch == 0 or rows.start == n
+        path = folder / "train" / f"{shard + 1}-of-{n_shards}.h5"
+        path.parent.mkdir(exist_ok=True)
+        with h5py.File(path, "w") as f:
+            store.create(f, {"feats": store.Array((len(rows), 3, 2, 2), np.float16, chunks=(1, 3, 2, 2)),
+                             "pooled": store.Array((len(rows), 3), np.float32)})
+            f["feats"][...] = feats[rows.start:rows.stop]
+            f["pooled"][...] = pooled[rows.start:rows.stop]
+            f.create_dataset("ids", data=ids[rows.start:rows.stop], dtype="S8")
+            f.attrs.update(start=rows.start, stop=rows.stop, backbone="synthetic")
+        paths.append(path)
+    rng.shuffle(paths)
+    store.gather(paths, folder / "train.h5")
+    with h5py.File(folder / "train.h5") as f:
+        np.testing.assert_array_equal(f["feats"][...], feats)
+        np.testing.assert_array_equal(f["pooled"][...], pooled)
+        np.testing.assert_array_equal(f["ids"][...], ids)
+        assert f.attrs["shards"] == n_shards and f.attrs["backbone"] == "synthetic"

@@ -53,7 +53,8 @@ def kill_when(workdir: Path, pattern: str, timeout_s: float = 600) -> str:
                 break
             time.sleep(0.05)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # the workflow may have ended first
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     assert found is not None, f"the workflow ended or timed out before {pattern} appeared"
     assert second.returncode != 0 and "lock" in second.stderr.lower(), second.stderr[-2000:]
@@ -63,7 +64,7 @@ def kill_when(workdir: Path, pattern: str, timeout_s: float = 600) -> str:
 @pytest.mark.parametrize("stage, pattern", [
     ("extract", "results/demo/features/*/train/*.h5.partial"),
     ("train", "results/demo/train/*/head.pt.checkpoint"),
-    ("crf", "logs/demo/segment_*_cluster.0.log"),
+    ("crf", "logs/demo/segment_*_cluster.*.log"),
 ])
 def test_a_killed_run_resumes_to_the_uninterrupted_table(tmp_path, uninterrupted, stage, pattern):
     """`stage` names the case; `pattern` is the file whose appearance triggers the kill."""

@@ -89,7 +89,7 @@ def test_segmenting_the_evaluation_crops_gives_the_evaluation_clusters(run_dir, 
     # Batch 16 as the extraction (all six crops in one batch): the backbone sees the same tensors.
     segment_images.main(["--run", str(results), "--images", str(tmp_path), "--out", str(out), "--cluster-ids",
                          "--crf", "--batch-size", "16", "--device", "cpu", "--threads", "2"])
-    with h5py.File(results / "segment" / BB / "cluster.0.h5", "r") as f:
+    with h5py.File(results / "segment" / BB / "cluster.1-of-1.h5", "r") as f:
         raw, crf = f["raw"][...], f["crf"][...]
     for i in range(len(crops)):
         np.testing.assert_array_equal(_labels(out / f"{i:03d}.png"), raw[i])

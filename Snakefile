@@ -3,7 +3,8 @@
 #   prepare → extract (frozen backbone → HDF5) → knn → train (head) → cluster / probe → predict
 #           → segment (+ dense CRF) → evaluate → results/{dataset}/miou.csv
 #
-# `snakemake --cores 2` runs the offline demo; `snakemake --cores 8 results/cocostuff/miou.csv` a paper preset.
+# `snakemake --cores 2` runs the offline demo; `snakemake --cores 8 results/cocostuff/miou.csv` a paper preset;
+# `snakemake --cores 2 tables` the experiment tables (variants × seeds) under results/tables/.
 import os
 
 from snakemake.utils import min_version
@@ -26,6 +27,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/segment_images.smk"
+include: "workflow/rules/tables.smk"
 
 
 # A failed job's own message (its `ERROR:` lines, or the last line of its log) is shown here, not only in its log.

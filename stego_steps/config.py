@@ -7,6 +7,9 @@ bad or incomplete configuration fails before any job runs.
 from __future__ import annotations
 
 import copy
+import functools
+import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,7 @@ HINTS = {
 
 # Preset keys that may be left out (with these values): label-free calibration of the loss shifts.
 PRESET_DEFAULTS: dict[str, Any] = {
+    "head": {"nonlinear": True},
     "calibrate": "auto",
     "calibration": {"quantiles": {"self": 0.5, "knn": 0.5, "random": 0.9}, "batches": 24,
                     "values_per_batch": 20000},
@@ -48,6 +52,12 @@ def deep_merge(base: dict, update: dict) -> dict:
 
 
 def load_schema(path: Path = SCHEMA) -> dict:
+    """The schema (a fresh copy: callers may fill in defaults)."""
+    return copy.deepcopy(_read_schema(path))
+
+
+@functools.lru_cache(maxsize=4)
+def _read_schema(path: Path) -> dict:
     return yaml.safe_load(path.read_text())
 
 
@@ -114,8 +124,26 @@ def _missing_keys(schema: dict, value: dict, defs: dict, prefix: str) -> list[st
     return missing
 
 
-def resolve(config: dict, dataset: str, schema: dict | None = None) -> dict:
-    """Hyper-parameters of one dataset: its preset with its overrides applied, checked for completeness."""
+DEFAULT_VARIANT = "default"
+
+
+def ablations(resolved: dict) -> dict[str, dict]:
+    """The built-in ablation variants of a resolved preset: each switches one component of the method.
+
+    The head's MLP path and the zero clamp are removed; five-crop and spatial centering are flipped from the
+    preset's choice (the paper's presets differ there); each loss term is removed by a zero weight."""
+    return {
+        "ablate_mlp": {"head": {"nonlinear": False}},
+        "ablate_zero_clamp": {"loss": {"zero_clamp": False}},
+        "ablate_five_crop": {"five_crop": not resolved["five_crop"]},
+        "ablate_spatial_centering": {"loss": {"spatial_centering": not resolved["loss"]["spatial_centering"]}},
+        **{f"ablate_{term}": {"loss": {"weights": {term: 0.0}}} for term in ("self", "knn", "random")},
+    }
+
+
+def resolve(config: dict, dataset: str, variant: str = DEFAULT_VARIANT, schema: dict | None = None) -> dict:
+    """Hyper-parameters of one variant of a dataset: its preset, with the dataset's overrides and then the
+    variant's applied, checked for completeness."""
     schema = schema or load_schema()
     datasets = config.get("datasets", {})
     if dataset not in datasets:
@@ -132,13 +160,86 @@ def resolve(config: dict, dataset: str, schema: dict | None = None) -> dict:
     if missing:
         raise ConfigError(f"preset '{preset_name}' of dataset '{dataset}' lacks {', '.join(missing)}: "
                           "add them to the preset or to the dataset's overrides")
-    return resolved
+    if variant == DEFAULT_VARIANT:
+        return resolved
+    variants = {**ablations(resolved), **(entry.get("variants") or {})}
+    if variant not in variants:
+        raise ConfigError(f"dataset '{dataset}' has no variant '{variant}'; its variants: {DEFAULT_VARIANT}, "
+                          f"{', '.join(sorted(variants))} (add it under `datasets.{dataset}.variants`)")
+    return deep_merge(resolved, variants[variant])
 
 
-def dataset_settings(config: dict, dataset: str) -> dict[str, Any]:
+def variants(config: dict, dataset: str) -> list[str]:
+    """Every variant of a dataset: the default, the built-in ablations, then the configured ones."""
+    return [DEFAULT_VARIANT, *ablations(resolve(config, dataset)), *(config["datasets"][dataset].get("variants") or {})]
+
+
+def seeds(config: dict, dataset: str) -> list[int]:
+    """The seeds of a dataset's runs: its `seeds`, else its preset's seed."""
+    return list(config["datasets"][dataset].get("seeds") or [resolve(config, dataset)["seed"]])
+
+
+def index_name(resolved: dict) -> str:
+    """The folder of the sample index that a variant trains on: five-crop rows differ from whole images."""
+    return f"index_five_crop_{resolved['crop_ratio']}" if resolved["five_crop"] else "index"
+
+
+def crop_of_index(name: str) -> dict[str, Any]:
+    """`five_crop` and `crop_ratio` of an index folder name (inverse of `index_name`)."""
+    if name == "index":
+        return {"five_crop": False}
+    return {"five_crop": True, "crop_ratio": float(name.removeprefix("index_five_crop_"))}
+
+
+def digest(value: Any) -> str:
+    """8 hex digits identifying a JSON-able value (key order ignored)."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def _extraction(config: dict, dataset: str, variant: str) -> dict[str, Any]:
+    """What decides a variant's features: the index they come from and each split's extraction settings,
+    less the batch size (which changes how, not what, is computed)."""
+    r = resolve(config, dataset, variant)
+    splits = {split: {k: v for k, v in stage_settings(config, dataset, "extract", split, variant).items()
+                      if k != "batch_size"} for split in ("train", "val")}
+    return {"index": index_name(r), **splits}
+
+
+def features_key(config: dict, dataset: str, variant: str = DEFAULT_VARIANT) -> str:
+    """The folder name of a variant's feature stores: `<backbone>_<digest of what produced them>`, so that
+    variants with the same extraction share them and any other extraction gets its own."""
+    return f"{resolve(config, dataset, variant)['backbone']}_{digest(_extraction(config, dataset, variant))}"
+
+
+def baseline_key(config: dict, dataset: str, variant: str = DEFAULT_VARIANT) -> str:
+    """The folder name of a variant's backbone baselines (K-Means and linear probe on the raw features):
+    its features key and the clustering and probe settings, which are all the baselines depend on."""
+    settings = {stage: {k: v for k, v in stage_settings(config, dataset, stage, variant=variant).items() if k != "seed"}
+                for stage in ("cluster", "probe")}
+    return f"{features_key(config, dataset, variant)}_{digest(settings)}"
+
+
+def check_experiments(config: dict, schema: dict | None = None) -> None:
+    """Every variant of every dataset resolves, and the tables name configured datasets and variants."""
+    schema = schema or load_schema()
+    for dataset in config["datasets"]:
+        for variant in variants(config, dataset):
+            resolve(config, dataset, variant, schema)
+        for variant in config["datasets"][dataset].get("main_variants") or []:
+            if variant not in variants(config, dataset):
+                raise ConfigError(f"datasets.{dataset}.main_variants: no variant '{variant}'; add it under "
+                                  f"`datasets.{dataset}.variants` (known: {', '.join(variants(config, dataset))})")
+    for table, names in (config.get("tables") or {}).items():
+        for name in names:
+            if name not in config["datasets"]:
+                raise ConfigError(f"tables.{table} lists '{name}', which is not under `datasets:`")
+
+
+def dataset_settings(config: dict, dataset: str, variant: str = DEFAULT_VARIANT) -> dict[str, Any]:
     """What the `prepare` stage needs: the dataset entry plus the preset values that shape the index."""
-    entry = {k: v for k, v in config["datasets"][dataset].items() if k not in ("overrides", "preset")}
-    resolved = resolve(config, dataset)
+    entry = {k: v for k, v in config["datasets"][dataset].items()
+             if k not in ("overrides", "preset", "seeds", "variants", "main_variants")}
+    resolved = resolve(config, dataset, variant)
     return {**entry, "five_crop": resolved["five_crop"], "crop_ratio": resolved["crop_ratio"]}
 
 
@@ -146,10 +247,13 @@ def backbone_weights(config: dict, backbone: str) -> str | None:
     return (config.get("backbones") or {}).get(backbone, {}).get("weights")
 
 
-def stage_settings(config: dict, dataset: str, stage: str, split: str = "train") -> dict[str, Any]:
+def stage_settings(config: dict, dataset: str, stage: str, split: str = "train", variant: str = DEFAULT_VARIANT,
+                   seed: int | None = None) -> dict[str, Any]:
     """The JSON settings passed to one stage's CLI (only what that stage reads, so that Snakemake's
-    parameter tracking reruns exactly the stages whose settings changed)."""
-    r = resolve(config, dataset)
+    parameter tracking reruns exactly the stages whose settings changed). `seed` is the run's seed (training
+    onward); the extraction keeps the preset's seed (it seeds only random test backbones)."""
+    r = resolve(config, dataset, variant)
+    run_seed = r["seed"] if seed is None else seed
     if stage == "extract":
         train = split == "train"
         return {
@@ -161,15 +265,15 @@ def stage_settings(config: dict, dataset: str, stage: str, split: str = "train")
         }
     if stage == "train":
         return {**r["head"], **r["train"], **{k: v for k, v in r["loss"].items()},
-                "neighbours": r["knn_k"], "seed": r["seed"]}
+                "neighbours": r["knn_k"], "seed": run_seed}
     if stage == "calibrate":
-        return {**stage_settings(config, dataset, "train"), "calibrate": r["calibrate"],
+        return {**stage_settings(config, dataset, "train", variant=variant, seed=seed), "calibrate": r["calibrate"],
                 "calibration": r["calibration"], "kind": config["datasets"][dataset]["kind"],
                 "backbone": r["backbone"]}
     if stage == "cluster":
-        return {**r["cluster"], "seed": r["seed"]}
+        return {**r["cluster"], "seed": run_seed}
     if stage == "probe":
-        return {**r["probe"], "seed": r["seed"]}
+        return {**r["probe"], "seed": run_seed}
     raise ConfigError(f"no settings for stage '{stage}'")
 
 
@@ -210,8 +314,7 @@ def check_files(paths: list[str | Path]) -> dict:
     schema = load_schema()
     config = coerce(config, schema)
     validate(config, schema)
-    for dataset in config["datasets"]:
-        resolve(config, dataset, schema)
+    check_experiments(config, schema)
     return config
 
 

@@ -181,7 +181,7 @@ def five_crop_rows(rows: Sequence[Row], ratio: float, threads: int = 8) -> list[
 COCO_LAYOUT = ("<root>/images/{train2017,val2017}/<id>.jpg, <root>/annotations/{train2017,val2017}/<id>.png "
                "(COCO-Stuff stuffthingmaps) and <root>/curated/{train2017,val2017}/<list>.txt")
 COCO_SPLIT_DIRS = {"train": "train2017", "val": "val2017"}
-COCO_TRAIN_LIST = "Coco164kFull_Stuff_Coarse_7"  # default; the official training list is the non-_7 one
+COCO_TRAIN_LIST = "Coco164kFull_Stuff_Coarse"  # default: the list the official training used (97,702 images)
 COCO_VAL_LIST = "Coco164kFull_Stuff_Coarse_7"  # the 2,175-image IIC val set, always
 # PiCIE commit fc4e7c1 is the last one that carries the full (non-_7) lists; master only has the _7 ones.
 CURATED_URL = ("https://raw.githubusercontent.com/janghyuncho/PiCIE/fc4e7c193c2ba77a6dbf9f24e5e7cf99da9f528a/"
@@ -278,8 +278,8 @@ def _cocostuff_index(settings: Settings) -> tuple[dict[str, list[Row]], Classes]
     The val split always uses `Coco164kFull_Stuff_Coarse_7` (2,175 images).
 
     Settings (besides root, five_crop, crop_ratio):
-    * `train_list` (str, default `Coco164kFull_Stuff_Coarse_7`): curated list of the train split; the
-      official training used `Coco164kFull_Stuff_Coarse` (97,702 images), which the cocostuff preset sets;
+    * `train_list` (str, default `Coco164kFull_Stuff_Coarse`, the 97,702 images the official training used):
+      curated list of the train split (`Coco164kFull_Stuff_Coarse_7`, 49,629 images, is the smaller choice);
     * `curated_url` (str, default `CURATED_URL`): URL template with `{split}` and `{name}` for missing lists;
       empty = never download (missing lists are then an error);
     * `classes_table` (str, default the package's `stego_steps/data/cocostuff27_classes.csv`): fine→coarse table.

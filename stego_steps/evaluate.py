@@ -9,7 +9,7 @@ evaluation labels, and writes:
   `class` it is matched to, empty when unmatched), one column per true class, named;
 - `mapping/{probe}_{crf|raw}.csv`: the cluster → class assignment of each row (`cluster`, `class_id` (−1 when
   unmatched), `class`, `matched_pixels` = pixels of that cluster that carry that class, `cluster_pixels`).
-Cluster probes are matched to classes by one Hungarian assignment over the whole split; the linear probe uses
+Cluster probes are matched to classes by one Hungarian assignment over the whole split; the linear probes use
 the identity. Pixels in unmatched (extra) clusters count as errors.
 
 With `--no-labels` (a dataset without labels) it writes only `clusters.csv`: for every cluster-probe row, the
@@ -31,7 +31,7 @@ from stego_steps import metrics
 from stego_steps.artifacts import write_csv
 from stego_steps.cli import base_parser, parse_stage_args
 from stego_steps.errors import cli
-from stego_steps.head import PROBES, ROWS
+from stego_steps.head import PROBES, ROWS, SUPERVISED_PROBES
 from stego_steps.segmentations import read_predictions
 from stego_steps.store import FeatureStore
 
@@ -45,7 +45,7 @@ def evaluate(labels: np.ndarray, predictions: dict[str, dict[bool, np.ndarray]],
         if probe not in predictions:
             continue
         conf = metrics.confusion(predictions[probe][crf], labels, n_clusters[probe], n_classes)
-        s = metrics.scores(conf, hungarian=probe != "linear")
+        s = metrics.scores(conf, hungarian=probe not in SUPERVISED_PROBES)
         rows.append({"probe": probe, "crf": crf, "pixel_accuracy": float(s["pixel_accuracy"]),
                      "miou": float(s["miou"]), "iou": s["iou"], "assignment": s["assignment"]})
         confusions[f"{probe}_{'crf' if crf else 'raw'}"] = conf

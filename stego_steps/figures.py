@@ -34,7 +34,7 @@ from matplotlib.patches import Patch  # noqa: E402
 from stego_steps.artifacts import atomic_path, write_csv  # noqa: E402
 from stego_steps.cli import base_parser, progress, setup_logging  # noqa: E402
 from stego_steps.errors import cli  # noqa: E402
-from stego_steps.head import ROWS  # noqa: E402
+from stego_steps.head import ROWS, SUPERVISED_PROBES  # noqa: E402
 from stego_steps.loss import TERMS, feature_correlation, negative_perm, random_coords, sample  # noqa: E402
 from stego_steps.segmentations import palette, read_predictions  # noqa: E402
 from stego_steps.store import FeatureStore  # noqa: E402
@@ -44,7 +44,8 @@ log = logging.getLogger(__name__)
 UNLABELLED = np.array([0, 0, 0], np.uint8)  # ignore pixels of the ground truth
 UNMATCHED = np.array([128, 128, 128], np.uint8)  # clusters without a class
 TITLES = {("cluster", False): "cluster", ("cluster", True): "cluster + CRF", ("linear", False): "linear",
-          ("linear", True): "linear + CRF", ("backbone_kmeans", True): "backbone K-Means + CRF"}
+          ("linear", True): "linear + CRF", ("backbone_kmeans", True): "backbone K-Means + CRF",
+          ("backbone_linear", False): "backbone linear", ("backbone_linear", True): "backbone linear + CRF"}
 PANEL_ROWS = (("cluster", False), ("cluster", True), ("linear", True), ("backbone_kmeans", True))
 
 
@@ -111,7 +112,7 @@ def panels(store: FeatureStore, segments: list[Path], mapping_dir: Path | None, 
     cluster_colours = palette(n_clusters)
     any_unmatched = False
     for probe, crf in PANEL_ROWS:
-        if probe not in predictions or (not labelled and probe == "linear"):
+        if probe not in predictions or (not labelled and probe in SUPERVISED_PROBES):
             continue
         maps = predictions[probe][crf][idx]
         if labelled:

@@ -19,9 +19,12 @@ from stego_steps.artifacts import atomic_path
 from stego_steps.errors import UserError
 
 # Every probe of the evaluation: the K-Means of the head's codes, the supervised linear probe (a diagnostic
-# that needs labels) and the K-Means of the raw backbone features (the paper's baseline).
-PROBES = ("cluster", "linear", "backbone_kmeans")
-SUPERVISED_PROBES = ("linear",)
+# that needs labels), and the same two on the raw backbone features (the paper's baselines).
+PROBES = ("cluster", "linear", "backbone_kmeans", "backbone_linear")
+SUPERVISED_PROBES = ("linear", "backbone_linear")
+# The probes of the raw backbone features (the baselines), computed once per feature store and seed and shared
+# by every variant that uses them.
+BASELINE_PROBES = ("backbone_kmeans", "backbone_linear")
 UNSUPERVISED_PROBES = tuple(p for p in PROBES if p not in SUPERVISED_PROBES)
 # (probe, crf) rows of the table, in the order of PROBES; the backbone K-Means baseline is reported under the
 # full protocol (with the CRF) only.
@@ -31,21 +34,32 @@ LogProbs = Callable[[torch.Tensor], torch.Tensor]
 
 
 class SegmentationHead(nn.Module):
-    """`code = conv1x1(drop(f)) + conv1x1(relu(conv1x1(drop(f))))`.
+    """`code = conv1x1(drop(f)) + conv1x1(relu(conv1x1(drop(f))))`; with `nonlinear=False` the linear path
+    alone (the paper's head ablation).
 
     Each branch gets its own Dropout2d mask, as in the official featurizer; dropout is active only in
     training mode.
     """
 
-    def __init__(self, in_dim: int, code_dim: int, dropout: float = 0.1) -> None:
+    def __init__(self, in_dim: int, code_dim: int, dropout: float = 0.1, nonlinear: bool = True) -> None:
         super().__init__()
         self.in_dim, self.code_dim, self.dropout_p = in_dim, code_dim, dropout
         self.drop = nn.Dropout2d(dropout)
         self.linear = nn.Conv2d(in_dim, code_dim, 1)
-        self.nonlinear = nn.Sequential(nn.Conv2d(in_dim, in_dim, 1), nn.ReLU(), nn.Conv2d(in_dim, code_dim, 1))
+        self.nonlinear = (nn.Sequential(nn.Conv2d(in_dim, in_dim, 1), nn.ReLU(), nn.Conv2d(in_dim, code_dim, 1))
+                          if nonlinear else None)
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        return self.linear(self.drop(feats)) + self.nonlinear(self.drop(feats))
+        code = self.linear(self.drop(feats))
+        return code if self.nonlinear is None else code + self.nonlinear(self.drop(feats))
+
+
+class RawFeatures(nn.Identity):
+    """No head: the backbone features themselves as the embedding (the linear-probe baseline)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.code_dim = dim
 
 
 def flip_tta_code(head: nn.Module, feats: torch.Tensor, feats_flipped: torch.Tensor) -> torch.Tensor:
@@ -56,7 +70,7 @@ def flip_tta_code(head: nn.Module, feats: torch.Tensor, feats_flipped: torch.Ten
 def save_head(path: str | Path, head: SegmentationHead, extra: dict) -> None:
     with atomic_path(path) as tmp:
         torch.save({"state_dict": head.state_dict(), "in_dim": head.in_dim, "code_dim": head.code_dim,
-                    "dropout": head.dropout_p, **extra}, tmp)
+                    "dropout": head.dropout_p, "nonlinear": head.nonlinear is not None, **extra}, tmp)
 
 
 def load_head(path: str | Path, device: str = "cpu", backbone_id: str | None = None) -> SegmentationHead:
@@ -68,7 +82,7 @@ def load_head(path: str | Path, device: str = "cpu", backbone_id: str | None = N
         raise UserError(f"head {path} was trained on features of backbone {blob.get('backbone')} "
                          f"({trained_on}), not on the network ({backbone_id}) of the features it is given; "
                          f"delete {path} and rerun so that it is retrained on these features")
-    head = SegmentationHead(blob["in_dim"], blob["code_dim"], blob["dropout"])
+    head = SegmentationHead(blob["in_dim"], blob["code_dim"], blob["dropout"], blob.get("nonlinear", True))
     head.load_state_dict(blob["state_dict"])
     return head.to(device).eval()
 

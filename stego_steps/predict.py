@@ -34,7 +34,9 @@ def predict_codes(store: FeatureStore, head: torch.nn.Module, out: Path, *, batc
             idx = np.arange(start, min(start + batch_size, store.n))
             code = flip_tta_code(head, store.batch(idx).to(device), flips.batch(idx).to(device))
             codes[start:start + len(idx)] = code.cpu().numpy()
-        f.attrs.update(n=store.n, source=str(store.path))
+        # What segmenting new images with this run needs besides the run's own files.
+        f.attrs.update(n=store.n, source=str(store.path),
+                       **{k: store.attrs[k] for k in ("backbone", "res", "class_names") if k in store.attrs})
     flips.close()
 
 

@@ -18,7 +18,7 @@ from torch import nn
 
 from stego_steps.cli import base_parser, parse_stage_args, progress, settings_arg
 from stego_steps.errors import cli
-from stego_steps.head import load_head, save_probe
+from stego_steps.head import RawFeatures, load_head, save_probe
 from stego_steps.store import FeatureStore
 
 log = logging.getLogger(__name__)
@@ -77,14 +77,16 @@ def _all_codes(store: FeatureStore, head: nn.Module, device: str, batch_size: in
 def main(argv: list[str] | None = None) -> None:
     parser = base_parser(__doc__, device=True)
     parser.add_argument("--features", type=Path, required=True, help="train split feature store (.h5)")
-    parser.add_argument("--head", type=Path, required=True)
+    parser.add_argument("--head", type=Path,
+                        help="trained head; without it the probe reads the raw backbone features (the baseline)")
     parser.add_argument("--settings", type=settings_arg, required=True, help="JSON: steps, batch_size, lr, seed")
     parser.add_argument("--out", type=Path, required=True, help="probe weights (.pt)")
     args = parse_stage_args(parser, argv)
     device = args.device
     s = args.settings
     with FeatureStore(args.features, device=device) as store:
-        head = load_head(args.head, device, store.attrs.get("backbone_id"))
+        head = (load_head(args.head, device, store.attrs.get("backbone_id")) if args.head
+                else RawFeatures(store.dim))
         n_classes = int(store.attrs["n_classes"])
         probe, losses = train_probe(store, head, n_classes, steps=s["steps"], batch_size=s["batch_size"],
                                     lr=s["lr"], seed=s["seed"], device=device)

@@ -1,8 +1,8 @@
 """Stage `segment`: per-pixel class maps for the evaluation split, before and after the dense CRF.
 
 For one probe and one shard of images: take the flip-averaged embedding (head code, or backbone features
-for the K-Means baseline), upsample it bilinearly to the label resolution, turn it into log-probabilities —
-`log_softmax(2·cos(x, centroids))` for cluster probes, `log_softmax(linear(x))` for the linear probe — and
+for the baselines), upsample it bilinearly to the label resolution, turn it into log-probabilities —
+`log_softmax(2·cos(x, centroids))` for cluster probes, `log_softmax(linear(x))` for linear probes — and
 write the argmax (`raw`) and the argmax after the CRF (`crf`), with the number of clusters (or classes) K the
 maps range over (attr `n_clusters`).
 """
@@ -23,7 +23,15 @@ from stego_steps.artifacts import atomic_path
 from stego_steps.cli import base_parser, parse_stage_args, progress
 from stego_steps.crf import refine_labels
 from stego_steps.errors import cli
-from stego_steps.head import PROBES, LogProbs, cluster_log_probs, linear_log_probs, load_probe
+from stego_steps.head import (
+    BASELINE_PROBES,
+    PROBES,
+    SUPERVISED_PROBES,
+    LogProbs,
+    cluster_log_probs,
+    linear_log_probs,
+    load_probe,
+)
 from stego_steps.store import FeatureStore, shard_range
 
 log = logging.getLogger(__name__)
@@ -59,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--probe", choices=PROBES, required=True)
     parser.add_argument("--codes", type=Path, help="head codes from `predict` (cluster, linear)")
     parser.add_argument("--centroids", type=Path, help="centroids (cluster, backbone_kmeans)")
-    parser.add_argument("--linear", type=Path, help="linear probe weights (linear)")
+    parser.add_argument("--linear", type=Path, help="linear probe weights (linear, backbone_linear)")
     parser.add_argument("--shard", type=int, default=0)
     parser.add_argument("--n-shards", type=int, default=1)
     parser.add_argument("--crf-timeout", type=float, default=600.0, help="seconds per image before giving up")
@@ -68,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)  # the CRF workers take the job's threads
     with contextlib.ExitStack() as stack:
         store = stack.enter_context(FeatureStore(args.features, max_memory_gb=0))
-        if args.probe == "backbone_kmeans":
+        if args.probe in BASELINE_PROBES:
             flips = stack.enter_context(FeatureStore(args.features, key="feats_flip", max_memory_gb=0))
 
             def embeddings(i: int) -> torch.Tensor:
@@ -78,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
 
             def embeddings(i: int) -> torch.Tensor:
                 return torch.from_numpy(codes[i:i + 1])
-        if args.probe == "linear":
+        if args.probe in SUPERVISED_PROBES:
             probe = load_probe(args.linear)
             to_log_probs, n_clusters = linear_log_probs(probe), probe.out_channels
         else:

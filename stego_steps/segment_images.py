@@ -1,15 +1,15 @@
-"""Segment a folder of new images with a finished run: `python -m stego_steps.segment_images --run results/demo
---images my_photos --out my_photos_segmented [--crf]`.
+"""Segment a folder of new images with a finished run: `python -m stego_steps.segment_images --run
+results/demo/runs/default/seed0 --images my_photos --out my_photos_segmented [--crf]`.
 
-The run folder provides the backbone (name and evaluation resolution, from `features/{bb}/val.h5`), the head
-(`train/{bb}/head.pt`), the cluster centroids (`cluster/{bb}/centroids.npy`) and, where the run had labels, the
-Hungarian cluster → class mapping (`mapping/cluster_{raw,crf}.csv`), the class names (`index/classes.json`) and
-the linear probe (`probe/{bb}/linear.pt`). Pretrained weights that came from a local file in the config are
+The run folder provides the backbone (name and evaluation resolution) and the class names (attributes of the
+evaluation codes `codes.h5`), the head (`head.pt`), the cluster centroids (`centroids.npy`) and, where the run
+had labels, the Hungarian cluster → class mapping (`mapping/cluster_{raw,crf}.csv`) and the linear probe
+(`linear.pt`). Pretrained weights that came from a local file in the config are
 passed again with `--weights`.
 
 For every image `NAME.ext` it writes, at the image's own width and height:
 - `NAME.png`: the label map, 8-bit (16-bit when there are more than 255 ids). With a mapping these are class
-  ids (the row of `classes.json`; 255 = a cluster the matching left without a class); without one (or with
+  ids (the class's row in the run's class list; 255 = a cluster the matching left without a class); without one (or with
   `--cluster-ids`) the cluster ids. With `--probe linear` always class ids.
 - `NAME_overlay.png`: the image blended half and half with the label colours (those of the figures stage;
   `legend.csv` lists id, name and colour);
@@ -75,27 +75,20 @@ class Run:
     mapping: dict[bool, np.ndarray] = field(default_factory=dict)  # crf → class id per cluster (−1: none)
 
 
-def find_run(run_dir: Path, backbone: str | None = None) -> Run:
-    """The files of a finished run under `results/{ds}` (the only backbone trained there unless named)."""
-    trained = sorted(p.parent.name for p in (run_dir / "train").glob("*/head.pt"))
-    if backbone is None:
-        if len(trained) != 1:
-            raise ValueError(f"{run_dir} holds heads of backbones {trained}: name one with --backbone"
-                             if trained else f"{run_dir} has no trained head (train/*/head.pt): finish the run first")
-        backbone = trained[0]
-    need = {"head": run_dir / "train" / backbone / "head.pt", "centroids": run_dir / "cluster" / backbone /
-            "centroids.npy", "features": run_dir / "features" / backbone / "val.h5"}
+def find_run(run_dir: Path) -> Run:
+    """The files of a finished run: `head.pt`, `centroids.npy`, `codes.h5` (which names the backbone, the
+    evaluation resolution and the classes) and, where the run had labels, `linear.pt` and `mapping/`."""
+    need = {name: run_dir / name for name in ("head.pt", "centroids.npy", "codes.h5")}
     missing = [str(p) for p in need.values() if not p.exists()]
     if missing:
-        raise ValueError(f"the run in {run_dir} is not finished: missing {', '.join(missing)}")
-    with h5py.File(need["features"], "r") as f:
-        res = int(f.attrs["res"])
-    run = Run(backbone, res, need["head"], need["centroids"])
-    linear = run_dir / "probe" / backbone / "linear.pt"
+        raise ValueError(f"the run in {run_dir} is not finished: missing {', '.join(missing)}; a run folder is "
+                         "results/<dataset>/runs/<variant>/seed<seed> after its evaluation")
+    with h5py.File(need["codes.h5"], "r") as f:
+        backbone, res = str(f.attrs["backbone"]), int(f.attrs["res"])
+        names = json.loads(f.attrs["class_names"]) if "class_names" in f.attrs else []
+    run = Run(backbone, res, need["head.pt"], need["centroids.npy"], class_names=list(names))
+    linear = run_dir / "linear.pt"
     run.linear = linear if linear.exists() else None
-    classes = run_dir / "index" / "classes.json"
-    if classes.exists():
-        run.class_names = list(json.loads(classes.read_text())["names"])
     for crf in (False, True):
         path = run_dir / "mapping" / f"cluster_{'crf' if crf else 'raw'}.csv"
         if path.exists():
@@ -336,10 +329,10 @@ def output_stems(paths: list[Path]) -> dict[Path, str]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = base_parser(__doc__, device=True)
-    parser.add_argument("--run", type=Path, required=True, help="a finished run's folder, e.g. results/demo")
+    parser.add_argument("--run", type=Path, required=True,
+                        help="a finished run's folder, e.g. results/demo/runs/default/seed0")
     parser.add_argument("--images", type=Path, required=True, help="folder of images (any size, any aspect)")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
-    parser.add_argument("--backbone", help="which trained backbone of the run (default: the only one)")
     parser.add_argument("--weights", help="backbone weights file, when the run's config named one")
     parser.add_argument("--probe", choices=("cluster", "linear"), default="cluster")
     parser.add_argument("--cluster-ids", action="store_true", help="write cluster ids even where a mapping exists")
@@ -349,7 +342,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="windows per backbone batch")
     parser.add_argument("--seed", type=int, default=0, help="seed of `_random` backbones (tests)")
     args = parse_stage_args(parser, argv)
-    run = find_run(args.run, args.backbone)
+    run = find_run(args.run)
     seg = Segmenter(run, weights=args.weights, probe=args.probe, cluster_ids=args.cluster_ids,
                     short_side=args.short_side, overlap=args.overlap, crf=args.crf, device=args.device,
                     seed=args.seed)

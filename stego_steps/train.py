@@ -49,7 +49,7 @@ def train(store: FeatureStore, knn: np.ndarray, settings: dict, *, device: str =
     batch = min(s["batch_size"], store.n)
     torch.manual_seed(s["seed"])  # dropout masks
     g = torch.Generator().manual_seed(s["seed"])  # batches, positives, coordinates, negatives
-    head = SegmentationHead(store.dim, s["code_dim"], s["dropout"]).to(device)
+    head = SegmentationHead(store.dim, s["code_dim"], s["dropout"], s.get("nonlinear", True)).to(device)
     loss_dropout = nn.Dropout2d(s["dropout"])  # third, independent mask: the features the loss sees
     opt = torch.optim.Adam(head.parameters(), lr=s["lr"])
     sampler = BatchSampler(knn, batch, s["neighbours"], g)

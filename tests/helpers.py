@@ -33,6 +33,23 @@ def snakemake(workdir: Path, *args: str | Path, configfile: Path | None = TINY, 
 # feature stores
 
 
+def default_run(workdir: Path, ds: str = "demo", variant: str = "default", seed: int = 0) -> Path:
+    """A run's folder (everything from training onward): results/<ds>/runs/<variant>/seed<seed>."""
+    return workdir / "results" / ds / "runs" / variant / f"seed{seed}"
+
+
+def only_features(workdir: Path, ds: str = "demo") -> Path:
+    """The feature-store folder of a dataset that has exactly one (results/<ds>/features/<backbone>_<digest>)."""
+    (folder,) = [p for p in (workdir / "results" / ds / "features").iterdir() if p.is_dir()]
+    return folder
+
+
+def only_baseline(workdir: Path, ds: str = "demo", seed: int = 0) -> Path:
+    """The baseline folder of a dataset that has exactly one (results/<ds>/baselines/<key>/seed<seed>)."""
+    (folder,) = (workdir / "results" / ds / "baselines").glob(f"*/seed{seed}")
+    return folder
+
+
 def write_store(path: Path, n: int = 24, dim: int = 16, grid: int = 8, res: int = 32, n_classes: int = 3,
                 seed: int = 0, evaluation: bool = False) -> Path:
     """A synthetic feature store in the `extract` layout: each image has a left and a right region whose
@@ -65,6 +82,7 @@ def write_store(path: Path, n: int = 24, dim: int = 16, grid: int = 8, res: int 
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "cocostuff27"
 LIST7 = "Coco164kFull_Stuff_Coarse_7"
+LIST_FULL = "Coco164kFull_Stuff_Coarse"  # the default training list
 
 
 def rgb(h: int, w: int, seed: int) -> np.ndarray:
@@ -95,7 +113,7 @@ def shared_coco() -> Path:
     return SHARED
 
 
-def make_coco(root: Path, train_ids: list[str], val_ids: list[str], train_list: str = LIST7) -> Path:
+def make_coco(root: Path, train_ids: list[str], val_ids: list[str], train_list: str = LIST_FULL) -> Path:
     for split_dir, ids, name in (("train2017", train_ids, train_list), ("val2017", val_ids, LIST7)):
         for k, i in enumerate(ids):
             jpg(root / "images" / split_dir / f"{i}.jpg", rgb(24, 32, k))

@@ -122,3 +122,55 @@ def test_every_key_has_a_description_and_a_line_in_the_config_readme():
         return missing
 
     assert described(schema, "") + [m for d in defs.values() for m in described(d, "")] == []
+
+
+def test_variants_share_features_unless_their_extraction_differs():
+    cfg = copy.deepcopy(CONFIG)
+    cfg["datasets"]["demo"]["variants"] = {"no_sc": {"loss": {"spatial_centering": False}},
+                                           "big": {"train_res": 320}, "batch": {"extract_batch": 4}}
+    C.validate(cfg)
+    C.check_experiments(cfg)
+    assert C.variants(cfg, "demo")[0] == "default" and "ablate_mlp" in C.variants(cfg, "demo")
+    key = C.features_key(cfg, "demo")
+    assert key.startswith("efficientnet_lite0_") and len(key) == len("efficientnet_lite0_") + 8
+    # Head, loss, clustering and extraction batch size do not change what is extracted; resolution and
+    # five-crop do.
+    for same in ("no_sc", "batch", "ablate_mlp", "ablate_knn"):
+        assert C.features_key(cfg, "demo", same) == key, same
+    assert len({key, C.features_key(cfg, "demo", "big"), C.features_key(cfg, "demo", "ablate_five_crop")}) == 3
+    assert C.resolve(cfg, "demo", "no_sc")["loss"]["spatial_centering"] is False
+    assert C.resolve(cfg, "demo", "ablate_random")["loss"]["weights"]["random"] == 0.0
+    assert C.resolve(cfg, "demo", "ablate_mlp")["head"]["nonlinear"] is False
+    assert C.resolve(cfg, "demo", "ablate_five_crop")["five_crop"] is not C.resolve(cfg, "demo")["five_crop"]
+    assert C.index_name(C.resolve(cfg, "demo", "ablate_five_crop")) == "index_five_crop_0.5"
+    assert C.crop_of_index("index_five_crop_0.5") == {"five_crop": True, "crop_ratio": 0.5}
+    # Baselines depend on the features and the clustering / probe settings only, not on the seed.
+    assert C.baseline_key(cfg, "demo", "no_sc") == C.baseline_key(cfg, "demo")
+    cfg["datasets"]["demo"]["variants"]["k"] = {"cluster": {"iterations": 5}}
+    assert C.baseline_key(cfg, "demo", "k") != C.baseline_key(cfg, "demo")
+
+
+def test_seeds_reach_the_stages_from_training_on_but_not_the_extraction():
+    cfg = copy.deepcopy(CONFIG)
+    cfg["datasets"]["demo"]["seeds"] = [3, 4]
+    assert C.seeds(cfg, "demo") == [3, 4]
+    for stage in ("train", "calibrate", "cluster", "probe"):
+        assert C.stage_settings(cfg, "demo", stage, seed=4)["seed"] == 4
+    assert C.stage_settings(cfg, "demo", "extract", seed=4)["seed"] == CONFIG["presets"]["demo"]["seed"]
+    assert C.seeds(CONFIG, "cocostuff") == [CONFIG["presets"]["cocostuff"]["seed"]]
+
+
+@pytest.mark.parametrize("change,named", [
+    (lambda c: c["datasets"]["demo"].update(variants={"default": {}}), "datasets.demo.variants"),
+    (lambda c: c["datasets"]["demo"].update(variants={"ablate_x": {}}), "datasets.demo.variants"),
+    (lambda c: c["datasets"]["demo"].update(variants={"v": {"train": {"stepz": 1}}}), "datasets.demo.variants.v"),
+    (lambda c: c["datasets"]["demo"].update(seeds=[]), "datasets.demo.seeds"),
+    (lambda c: c["datasets"]["demo"].update(main_variants=["nope"]), "datasets.demo.main_variants"),
+    (lambda c: c.update(tables={"main": ["nope"], "ablation": []}), "tables.main"),
+])
+def test_bad_experiments_are_named(change, named):
+    cfg = copy.deepcopy(CONFIG)
+    change(cfg)
+    with pytest.raises(C.ConfigError, match=named.replace(".", r"\.")):
+        C.validate(cfg)
+        C.check_experiments(cfg)

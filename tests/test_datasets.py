@@ -57,6 +57,8 @@ def test_cocostuff_train_list_setting_and_missing_image(tmp_path):
     splits, _ = datasets.build_index("cocostuff", {"root": str(root), "curated_url": "",
                                                    "train_list": "Coco164kFull_Stuff_Coarse"})
     assert [r["id"] for r in splits["train"]] == ["000000000009"]
+    # Without the key: the list the official training used, not the smaller _7 list.
+    assert datasets.build_index("cocostuff", {"root": str(root), "curated_url": ""})[0] == splits
     text(root / "curated" / "val2017" / f"{LIST7}.txt", ["000000000139", "000000000285"])
     with pytest.raises(FileNotFoundError, match="000000000285.jpg"):
         datasets.build_index("cocostuff", {"root": str(root), "curated_url": "",
@@ -67,20 +69,21 @@ def test_cocostuff_missing_list_without_url(tmp_path):
     root = make_coco(tmp_path / "coco", ["000000000009"], ["000000000139"])
     (root / "curated" / "val2017" / f"{LIST7}.txt").unlink()
     with pytest.raises(FileNotFoundError, match=f"val2017/{LIST7}.txt.*curated_url"):
-        datasets.build_index("cocostuff", {"root": str(root), "curated_url": ""})
+        datasets.build_index("cocostuff", {"root": str(root), "curated_url": "", "train_list": LIST7})
 
 
 def test_fetch_curated_lists_file_url(tmp_path, caplog):
     shared = shared_coco()
     url = shared.as_uri() + "/{split}_{name}.txt"
-    paths = datasets.fetch_curated_lists(tmp_path, url)
+    paths = datasets.fetch_curated_lists(tmp_path, url, lists=[("train2017", LIST7), ("val2017", LIST7)])
     assert paths == [tmp_path / "curated" / "train2017" / f"{LIST7}.txt",
                      tmp_path / "curated" / "val2017" / f"{LIST7}.txt"]
     for path, split in zip(paths, ("train2017", "val2017"), strict=True):
         assert path.read_bytes() == (shared / f"{split}_{LIST7}.txt").read_bytes()
     assert len(paths[0].read_text().split()) == 49629 and len(paths[1].read_text().split()) == 2175
     # Present files are not fetched again (a broken URL does not matter).
-    assert datasets.fetch_curated_lists(tmp_path, "file:///nonexistent/{split}/{name}.txt") == paths
+    assert datasets.fetch_curated_lists(tmp_path, "file:///nonexistent/{split}/{name}.txt",
+                                        lists=[("train2017", LIST7), ("val2017", LIST7)]) == paths
 
     # A list without a known checksum is accepted with a warning.
     serve = tmp_path / "serve"

@@ -9,7 +9,7 @@ from pathlib import Path
 import h5py
 import pandas as pd
 import pytest
-from helpers import snakemake
+from helpers import default_run, only_baseline, snakemake
 
 from stego_steps import demo
 
@@ -93,7 +93,7 @@ def test_directory_with_labels_end_to_end(tmp_path):
     assert (table["pixel_accuracy"] > 100 / len(CLASSES)).all()
     per_class = pd.read_csv(base / "per_class_iou.csv")
     assert per_class["class"].iloc[: len(CLASSES)].tolist() == CLASSES
-    plans = base / "plan" / "efficientnet_lite0"
+    (plans,) = (base / "plan").iterdir()
     assert "train       24" in (plans / "train.txt").read_text() and "val          6" in (plans / "val.txt").read_text()
 
 
@@ -103,9 +103,10 @@ def test_directory_without_labels_ends_with_the_cluster_segmentations(tmp_path):
     out = snakemake(workdir, "--cores", "2", configfile=config)
     assert out.returncode == 0, out.stderr[-4000:]
     base = tmp_path / "results" / "mine"
-    assert not (base / "miou.csv").exists() and not (base / "probe").exists()
-    for probe in ("cluster", "backbone_kmeans"):
-        with h5py.File(base / "segment" / "efficientnet_lite0" / f"{probe}.1-of-1.h5", "r") as f:
+    run = default_run(tmp_path, "mine")
+    assert not (base / "miou.csv").exists() and not (run / "linear.pt").exists()
+    for owner, probe in ((run, "cluster"), (only_baseline(tmp_path, "mine"), "backbone_kmeans")):
+        with h5py.File(owner / "segment" / f"{probe}.1-of-1.h5", "r") as f:
             assert f["crf"].shape == (6, 96, 96) and f["raw"].shape == (6, 96, 96)
     table = pd.read_csv(base / "clusters.csv")
     assert set(zip(table["probe"], table["crf"], strict=True)) == {
@@ -114,5 +115,5 @@ def test_directory_without_labels_ends_with_the_cluster_segmentations(tmp_path):
         assert group["cluster"].tolist() == list(range(len(CLASSES)))
         assert group["share"].sum() == pytest.approx(100.0) and group["pixels"].sum() == 6 * 96 * 96
     # Pictures without labels: one colour per cluster, no metrics pictures.
-    assert {p.name for p in (base / "figures").iterdir()} == {"panels.png", "training.png", "correlations.png",
+    assert {p.name for p in (run / "figures").iterdir()} == {"panels.png", "training.png", "correlations.png",
                                                               "correlations.csv"}

@@ -63,8 +63,8 @@ def kill_when(workdir: Path, pattern: str, timeout_s: float = 600) -> str:
 
 @pytest.mark.parametrize("stage, pattern", [
     ("extract", "results/demo/features/*/train/*.h5.partial"),
-    ("train", "results/demo/train/*/head.pt.checkpoint"),
-    ("crf", "logs/demo/segment_*_cluster.*.log"),
+    ("train", "results/demo/runs/default/seed0/head.pt.checkpoint"),
+    ("crf", "logs/demo/runs/default/seed0/segment_cluster.*.log"),
 ])
 def test_a_killed_run_resumes_to_the_uninterrupted_table(tmp_path, uninterrupted, stage, pattern):
     """`stage` names the case; `pattern` is the file whose appearance triggers the kill."""

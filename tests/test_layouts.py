@@ -92,7 +92,7 @@ def _config(kind: str, root: Path, extra: dict, preset: str, five_crop: bool) ->
 
 
 def _run_stages(cfg: dict, ds: str, out: Path, labelled: bool = True) -> None:
-    """prepare → plan → extract → knn → train → cluster → backbone K-Means → (linear probe) → predict →
+    """prepare → plan → extract → knn → train → cluster → backbone K-Means → (linear probes) → predict →
     segment → evaluate, with the arguments the rules pass."""
     idx, feats = out / "index", out / "features"
     prepare.main(["--kind", cfg["datasets"][ds]["kind"], "--settings", json.dumps(C.dataset_settings(cfg, ds)),
@@ -127,6 +127,9 @@ def _run_stages(cfg: dict, ds: str, out: Path, labelled: bool = True) -> None:
         probe.main(["--features", train_h5, "--head", head, "--settings",
                     json.dumps(C.stage_settings(cfg, ds, "probe")), "--out", str(out / "linear.pt"), *cpu])
         probes["linear"] = ["--codes", str(out / "codes.h5"), "--linear", str(out / "linear.pt")]
+        probe.main(["--features", train_h5, "--settings", json.dumps(C.stage_settings(cfg, ds, "probe")),
+                    "--out", str(out / "bb_linear.pt"), *cpu])
+        probes["backbone_linear"] = ["--linear", str(out / "bb_linear.pt")]
     segments = []
     for name, args in probes.items():
         segments.append(str(out / f"{name}.0.h5"))

@@ -1,8 +1,6 @@
 """On a finished tiny demo run: the figures, the Snakemake report and segmenting new images."""
 
 import base64
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
@@ -10,19 +8,10 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import default_run, only_features, snakemake
 from PIL import Image
 
 from stego_steps import segment_images
-
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "tests" / "data" / "tiny_config.yaml"
-BB = "efficientnet_lite0"
-
-
-def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir),
-           "--configfile", str(TINY), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
 
 
 @pytest.fixture(scope="module")
@@ -36,14 +25,16 @@ def run_dir(tmp_path_factory):
 
 @pytest.mark.slow
 def test_the_run_leaves_its_pictures_and_mapping(run_dir):
-    figures = run_dir / "results" / "demo" / "figures"
+    run = default_run(run_dir)
+    figures = run / "figures"
     expected = {"panels.png", "training.png", "correlations.png", "correlations.csv", "per_class_iou.png",
                 *(f"confusion_{p}_{c}.png" for p in ("cluster", "linear") for c in ("raw", "crf")),
-                "confusion_backbone_kmeans_crf.png"}
+                "confusion_backbone_kmeans_crf.png", "confusion_backbone_linear_raw.png",
+                "confusion_backbone_linear_crf.png"}
     assert {p.name for p in figures.iterdir()} == expected
-    names = pd.read_csv(run_dir / "results" / "demo" / "per_class_iou.csv")["class"].unique().tolist()
-    mapping = pd.read_csv(run_dir / "results" / "demo" / "mapping" / "cluster_crf.csv", keep_default_na=False)
-    confusion = pd.read_csv(run_dir / "results" / "demo" / "confusion" / "cluster_crf.csv", keep_default_na=False)
+    names = pd.read_csv(run / "per_class_iou.csv")["class"].unique().tolist()
+    mapping = pd.read_csv(run / "mapping" / "cluster_crf.csv", keep_default_na=False)
+    confusion = pd.read_csv(run / "confusion" / "cluster_crf.csv", keep_default_na=False)
     assert confusion.columns.tolist() == ["cluster", "class", *names]
     assert mapping["class"].tolist() == confusion["class"].tolist()
     matched = mapping[mapping["class_id"] >= 0]
@@ -62,7 +53,7 @@ def test_report_holds_every_picture(run_dir):
     assert out.returncode == 0, out.stderr[-4000:]
     with zipfile.ZipFile(run_dir / "report.zip") as z:
         listed = z.namelist()
-    pictures = sorted((run_dir / "results" / "demo" / "figures").glob("*.png"))
+    pictures = sorted((default_run(run_dir) / "figures").glob("*.png"))
     for picture in pictures:
         assert any(name.endswith(f"/{picture.name}") for name in listed), picture.name
     out = snakemake(run_dir, "--report", "report.html")
@@ -80,8 +71,8 @@ def _labels(path: Path) -> np.ndarray:
 
 @pytest.mark.slow
 def test_segmenting_the_evaluation_crops_gives_the_evaluation_clusters(run_dir, tmp_path):
-    results = run_dir / "results" / "demo"
-    with h5py.File(results / "features" / BB / "val.h5", "r") as f:
+    results = default_run(run_dir)
+    with h5py.File(only_features(run_dir) / "val.h5", "r") as f:
         crops = f["image"][...]
     for i, crop in enumerate(crops):
         Image.fromarray(crop).save(tmp_path / f"{i:03d}.png")
@@ -89,7 +80,7 @@ def test_segmenting_the_evaluation_crops_gives_the_evaluation_clusters(run_dir, 
     # Batch 16 as the extraction (all six crops in one batch): the backbone sees the same tensors.
     segment_images.main(["--run", str(results), "--images", str(tmp_path), "--out", str(out), "--cluster-ids",
                          "--crf", "--batch-size", "16", "--device", "cpu", "--threads", "2"])
-    with h5py.File(results / "segment" / BB / "cluster.1-of-1.h5", "r") as f:
+    with h5py.File(results / "segment" / "cluster.1-of-1.h5", "r") as f:
         raw, crf = f["raw"][...], f["crf"][...]
     for i in range(len(crops)):
         np.testing.assert_array_equal(_labels(out / f"{i:03d}.png"), raw[i])
@@ -125,7 +116,7 @@ def test_images_of_odd_sizes_keep_their_size_and_bad_files_are_counted(run_dir, 
     monkeypatch.setattr("stego_steps.cli.setup_logging", lambda verbose=False: None)  # keep caplog's handler
     out = tmp_path / "out"
     with caplog.at_level("INFO"):
-        segment_images.main(["--run", str(run_dir / "results" / "demo"), "--images", str(folder), "--out",
+        segment_images.main(["--run", str(default_run(run_dir)), "--images", str(folder), "--out",
                              str(out), "--crf", "--batch-size", "4", "--device", "cpu"])
     for name, size in sizes.items():
         for suffix in ("", "_overlay", "_crf", "_crf_overlay"):

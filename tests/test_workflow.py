@@ -5,12 +5,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import snakemake
+from helpers import default_run, only_features, snakemake
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "data" / "tiny_config.yaml"
 STAGES = {"prepare", "plan", "extract", "gather_features", "knn", "calibrate", "train", "cluster", "backbone_kmeans",
-          "linear_probe", "predict", "segment", "evaluate"}
+          "backbone_linear", "linear_probe", "predict", "segment", "evaluate", "dataset_table"}
 
 
 def test_dry_run_lists_every_stage(tmp_path):
@@ -34,16 +34,34 @@ def test_demo_runs_end_to_end(tmp_path):
     assert out.returncode == 0, out.stderr[-4000:]
     table = pd.read_csv(tmp_path / "results" / "demo" / "miou.csv")
     assert list(zip(table["probe"], table["crf"], strict=True)) == [
-        ("cluster", False), ("cluster", True), ("linear", False), ("linear", True), ("backbone_kmeans", True)]
+        ("cluster", False), ("cluster", True), ("linear", False), ("linear", True), ("backbone_kmeans", True),
+        ("backbone_linear", False), ("backbone_linear", True)]
     assert set(table.columns) >= {"dataset", "backbone", "probe", "crf", "pixel_accuracy", "miou", "n_images"}
     assert (table["n_images"] == 6).all() and (table["backbone"] == "efficientnet_lite0").all()
     assert table["pixel_accuracy"].between(0, 100).all() and table["miou"].between(0, 100).all()
-    per_class = pd.read_csv(tmp_path / "results" / "demo" / "per_class_iou.csv")
-    assert len(per_class) == 5 * 6
-    for name in ("train_log.csv", "settings.json", "head.pt", "calibration.json"):
-        assert (tmp_path / "results" / "demo" / "train" / "efficientnet_lite0" / name).exists()
-    steps = pd.read_csv(tmp_path / "results" / "demo" / "train" / "efficientnet_lite0" / "train_log.csv")
+    run = default_run(tmp_path)
+    # results/demo/miou.csv is the default variant's first seed.
+    pd.testing.assert_frame_equal(pd.read_csv(run / "miou.csv"), table)
+    per_class = pd.read_csv(run / "per_class_iou.csv")
+    assert len(per_class) == 7 * 6
+    for name in ("train_log.csv", "settings.json", "head.pt", "calibration.json", "centroids.npy", "linear.pt"):
+        assert (run / name).exists()
+    steps = pd.read_csv(run / "train_log.csv")
     assert len(steps) == 20
+    features = only_features(tmp_path)
+    assert features.name.startswith("efficientnet_lite0_") and (features / "knn7.npy").exists()
+
+    # Another variant or seed of the finished dataset reuses its feature stores and KNN table (and, where its
+    # clustering settings are the same, its baselines): its dry run lists no extraction, KNN or baseline job.
+    for target in ("results/demo/runs/ablate_mlp/seed0/miou.csv", "results/demo/runs/default/seed1/miou.csv"):
+        dry = snakemake(tmp_path, "-n", "--quiet", "rules", "--", target)
+        assert dry.returncode == 0, dry.stderr[-2000:]
+        jobs = set((dry.stdout + dry.stderr).split())
+        assert {"train", "cluster", "evaluate"} <= jobs and not {"prepare", "plan", "extract", "knn"} & jobs, jobs
+        assert ("backbone_kmeans" in jobs) == target.endswith("seed1/miou.csv")
+    # One that changes the extraction (five-crop) gets its own stores.
+    dry = snakemake(tmp_path, "-n", "--quiet", "rules", "--", "results/demo/runs/ablate_five_crop/seed0/miou.csv")
+    assert {"prepare", "extract", "knn"} <= set((dry.stdout + dry.stderr).split())
     # Nothing left to do: a second run is a no-op, also on another device (the tiny config says cpu).
     again = snakemake(tmp_path, "--cores", "2", "-n")
     assert "Nothing to be done" in again.stdout + again.stderr
@@ -56,12 +74,13 @@ def test_demo_runs_end_to_end(tmp_path):
     out = snakemake(tmp_path, "--cores", "2", *changed)
     assert out.returncode == 0, out.stderr[-4000:]
     assert "rule extract:" in out.stderr and "rule evaluate:" in out.stderr
+    assert len([p for p in (tmp_path / "results" / "demo" / "features").iterdir() if p.is_dir()]) == 2
     again = snakemake(tmp_path, "--cores", "2", "-n", *changed)
     assert "Nothing to be done" in again.stdout + again.stderr, again.stdout[-3000:]
 
     # The same configuration gives the same table whatever --cores is: torch's compute threads are fixed by
     # the config, not by the job's share of the cores. Equal by construction, so compared exactly.
-    out = snakemake(tmp_path, "--cores", "1", "--forceall")
+    out = snakemake(tmp_path, "--cores", "1", "--forceall", "results/demo/miou.csv")
     assert out.returncode == 0, out.stderr[-4000:]
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "results" / "demo" / "miou.csv"), table)
 

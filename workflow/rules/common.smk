@@ -15,8 +15,9 @@ from stego_steps import backbones, datasets
 from stego_steps.head import ROWS
 from stego_steps import config as stego_config
 from stego_steps import validate as stego_validate
-from stego_steps.config import ConfigError, backbone_weights, dataset_settings, resolve, stage_settings
-from stego_steps.head import PROBES, UNSUPERVISED_PROBES
+from stego_steps.config import (DEFAULT_VARIANT, ConfigError, backbone_weights, baseline_key, crop_of_index,
+                                dataset_settings, features_key, index_name, resolve, seeds, stage_settings, variants)
+from stego_steps.head import BASELINE_PROBES, PROBES, SUPERVISED_PROBES, UNSUPERVISED_PROBES
 from stego_steps.store import MAX_MEMORY_GB
 from stego_steps.errors import report_failed_jobs
 
@@ -28,12 +29,20 @@ except ConfigError as err:
     raise WorkflowError(str(err))
 validate(config, schema=str(stego_config.SCHEMA))
 
-PRESETS = {}
-for _ds in config["datasets"]:
-    try:
-        PRESETS[_ds] = resolve(config, _ds)
-    except ConfigError as err:
-        raise WorkflowError(f"config/config.yaml: {err}")
+# Every dataset's variants resolved once: RESOLVED[ds][variant] holds the hyper-parameters that every stage of
+# that variant's runs reads. Feature stores and baselines are keyed by what produced them (FEATURES, BASELINES:
+# key → the first variant that needs it), so variants with the same extraction share stores and KNN tables.
+RESOLVED, FEATURES, BASELINES = {}, {}, {}
+try:
+    stego_config.check_experiments(config)
+    for _ds in config["datasets"]:
+        RESOLVED[_ds] = {_v: resolve(config, _ds, _v) for _v in variants(config, _ds)}
+        for _v in RESOLVED[_ds]:
+            FEATURES.setdefault((_ds, features_key(config, _ds, _v)), _v)
+            BASELINES.setdefault((_ds, baseline_key(config, _ds, _v)), _v)
+except ConfigError as err:
+    raise WorkflowError(f"config/config.yaml: {err}")
+PRESETS = {ds: by_variant[DEFAULT_VARIANT] for ds, by_variant in RESOLVED.items()}
 for _ds in config["run"]:
     if _ds not in config["datasets"]:
         raise WorkflowError(f"config/config.yaml: run lists '{_ds}', which is not under `datasets:`")
@@ -77,14 +86,67 @@ scattergather:
 
 wildcard_constraints:
     ds=r"[A-Za-z0-9_\-]+",
-    bb=r"[A-Za-z0-9_]+",
     split=r"train|val",
     probe="|".join(PROBES),
     scatteritem=r"\d+-of-\d+",
+    seed=r"\d+",
+    k=r"\d+",
+    idx=r"index(_five_crop_[0-9.]+)?",
+    variant="|".join(sorted({re.escape(v) for by_variant in RESOLVED.values() for v in by_variant})),
+    fkey="|".join(sorted({re.escape(key) for _, key in FEATURES})),
+    bkey="|".join(sorted({re.escape(key) for _, key in BASELINES})),
+    # who a segmentation belongs to: a run (variant and seed) or a baseline (features, settings and seed)
+    owner=r"(runs|baselines)/[A-Za-z0-9_.\-]+/seed\d+",
 
 
-def backbone_of(ds):
-    return PRESETS[ds]["backbone"]
+# Paths. A run is one variant of a dataset trained with one seed; everything from training onward is its own.
+def run_dir(ds, variant, seed):
+    return f"results/{ds}/runs/{variant}/seed{seed}"
+
+
+def run_of(wildcards):
+    return run_dir(wildcards.ds, wildcards.variant, wildcards.seed)
+
+
+def default_run(ds):
+    """The run behind results/{ds}/miou.csv, the figures and segment_images: the default variant, first seed."""
+    return run_dir(ds, DEFAULT_VARIANT, seeds(config, ds)[0])
+
+
+def features_dir(ds, variant):
+    return f"results/{ds}/features/{features_key(config, ds, variant)}"
+
+
+def baseline_dir(ds, variant, seed):
+    return f"results/{ds}/baselines/{baseline_key(config, ds, variant)}/seed{seed}"
+
+
+def variant_of(wildcards):
+    """The variant whose settings a job uses: its own, or the first one that needs its features or baseline."""
+    if "variant" in wildcards.keys():
+        return wildcards.variant
+    if "fkey" in wildcards.keys():
+        return FEATURES[(wildcards.ds, wildcards.fkey)]
+    return BASELINES[(wildcards.ds, wildcards.bkey)]
+
+
+def run_features(split):
+    """Input function → the feature store of the job's variant."""
+    return lambda w: f"{features_dir(w.ds, w.variant)}/{split}.h5"
+
+
+def baseline_features(wildcards):
+    """The training store of a baseline (shared by every variant with the same features and settings)."""
+    return f"{features_dir(wildcards.ds, BASELINES[(wildcards.ds, wildcards.bkey)])}/train.h5"
+
+
+def run_knn(wildcards):
+    return f"{features_dir(wildcards.ds, wildcards.variant)}/knn{RESOLVED[wildcards.ds][wildcards.variant]['knn_k']}.npy"
+
+
+def index_of(wildcards):
+    """The sample index that the job's features come from (five-crop rows or whole images)."""
+    return f"results/{wildcards.ds}/{index_name(RESOLVED[wildcards.ds][variant_of(wildcards)])}"
 
 
 def labelled(ds):
@@ -111,6 +173,10 @@ def final_target(ds):
     return f"results/{ds}/miou.csv" if labelled(ds) else f"results/{ds}/clusters.csv"
 
 
+def run_table(ds, variant, seed):
+    return f"{run_dir(ds, variant, seed)}/{'miou' if labelled(ds) else 'clusters'}.csv"
+
+
 def require_labels(ds, what):
     if not labelled(ds):
         raise WorkflowError(f"dataset '{ds}' has no labels, so {what} cannot be computed; its result is "
@@ -118,10 +184,12 @@ def require_labels(ds, what):
 
 
 def settings(stage):
-    """Input function → the JSON settings of a stage for the job's dataset (and split)."""
+    """Input function → the JSON settings of a stage for the job's dataset, variant, seed (and split)."""
 
     def get(wildcards):
-        return json.dumps(stage_settings(config, wildcards.ds, stage, wildcards.get("split", "train")))
+        seed = int(wildcards.seed) if "seed" in wildcards.keys() else None
+        return json.dumps(stage_settings(config, wildcards.ds, stage, wildcards.get("split", "train"),
+                                         variant_of(wildcards), seed))
 
     return get
 
@@ -130,11 +198,12 @@ def backbone_weights_input(wildcards):
     """The weights file of the job's backbone as an input (none for timm-cache or random weights).
 
     Checked while the DAG is built, so missing weights stop the run before any job starts."""
-    path = backbone_weights(config, wildcards.bb)
+    backbone = RESOLVED[wildcards.ds][variant_of(wildcards)]["backbone"]
+    path = backbone_weights(config, backbone)
     try:
-        backbones.check_weights(wildcards.bb, path)
+        backbones.check_weights(backbone, path)
     except (ValueError, RuntimeError, FileNotFoundError) as err:
-        message = f"backbone '{wildcards.bb}' (dataset '{wildcards.ds}'): {err}"
+        message = f"backbone '{backbone}' (dataset '{wildcards.ds}'): {err}"
         if not workflow.dryrun:
             raise WorkflowError(message)
         # A dry run still shows the whole DAG with the preset values, and says what a real run needs.
@@ -145,7 +214,8 @@ def backbone_weights_input(wildcards):
 
 def plan_settings(wildcards):
     """The very settings of the split's extraction: a plan re-runs exactly when its extraction must."""
-    return json.dumps({wildcards.split: stage_settings(config, wildcards.ds, "extract", wildcards.split)})
+    return json.dumps({wildcards.split: stage_settings(config, wildcards.ds, "extract", wildcards.split,
+                                                       variant_of(wildcards))})
 
 
 # The folders the demo datasets' scenes are rendered into (rule render_demo), and their datasets.
@@ -190,7 +260,8 @@ def curated_url(wildcards):
 
 
 def prepare_settings(wildcards):
-    return json.dumps(dataset_settings(config, wildcards.ds))
+    """The dataset entry, with the five-crop choice that the index folder's name encodes."""
+    return json.dumps({**dataset_settings(config, wildcards.ds), **crop_of_index(wildcards.idx)})
 
 
 def dataset_manifest(wildcards):
@@ -200,38 +271,50 @@ def dataset_manifest(wildcards):
 
 
 def segment_inputs(wildcards):
-    """What the segment stage of a probe reads besides the evaluation features."""
-    base = f"results/{wildcards.ds}"
-    bb = wildcards.bb
-    if wildcards.probe == "linear":
-        require_labels(wildcards.ds, "the linear probe")
-    return {
-        "cluster": {"codes": f"{base}/predict/{bb}/codes.h5", "centroids": f"{base}/cluster/{bb}/centroids.npy"},
-        "linear": {"codes": f"{base}/predict/{bb}/codes.h5", "linear": f"{base}/probe/{bb}/linear.pt"},
-        "backbone_kmeans": {"centroids": f"{base}/cluster/{bb}/backbone_centroids.npy"},
-    }[wildcards.probe]
+    """What the segment stage of a probe reads: the evaluation features, and the run's codes with its
+    centroids or linear probe, or the baseline's centroids or linear probe."""
+    kind, name, seed = wildcards.owner.split("/")
+    base = f"results/{wildcards.ds}/{wildcards.owner}"
+    if (wildcards.probe in BASELINE_PROBES) != (kind == "baselines"):
+        raise WorkflowError(f"no {wildcards.probe} segmentation under {base}: the backbone_* probes belong to "
+                            "results/<dataset>/baselines/, the others to results/<dataset>/runs/")
+    if wildcards.probe in SUPERVISED_PROBES:
+        require_labels(wildcards.ds, f"the {wildcards.probe} probe")
+    variant = name if kind == "runs" else BASELINES[(wildcards.ds, name)]
+    inputs = {"features": f"{features_dir(wildcards.ds, variant)}/val.h5"}
+    if kind == "runs":
+        inputs["codes"] = f"{base}/codes.h5"
+    inputs.update({"cluster": {"centroids": f"{base}/centroids.npy"}, "linear": {"linear": f"{base}/linear.pt"},
+                   "backbone_kmeans": {"centroids": f"{base}/kmeans.npy"},
+                   "backbone_linear": {"linear": f"{base}/linear.pt"}}[wildcards.probe])
+    return inputs
 
 
 def segment_args(wildcards, input):
     return " ".join(f"--{name} {path}" for name, path in input.items() if name != "features")
 
 
+def run_segments(ds, variant, seed, probes):
+    """Segment shards of a run's probes and of its baselines."""
+    paths = []
+    for probe in probes:
+        owner = baseline_dir(ds, variant, seed) if probe in BASELINE_PROBES else run_dir(ds, variant, seed)
+        paths += gather.segment(f"{owner}/segment/{probe}.{{scatteritem}}.h5")
+    return paths
+
+
 def evaluate_inputs(wildcards):
     require_labels(wildcards.ds, "the labelled metrics (miou.csv)")
-    return _evaluation_inputs(wildcards.ds, PROBES)
+    return _evaluation_inputs(wildcards, PROBES)
 
 
 def evaluate_unlabelled_inputs(wildcards):
-    return _evaluation_inputs(wildcards.ds, UNSUPERVISED_PROBES)
+    return _evaluation_inputs(wildcards, UNSUPERVISED_PROBES)
 
 
-def _evaluation_inputs(ds, probes):
-    base, bb = f"results/{ds}", backbone_of(ds)
-    return {
-        "features": f"{base}/features/{bb}/val.h5",
-        "segments": [path for probe in probes
-                     for path in gather.segment(f"{base}/segment/{bb}/{probe}.{{scatteritem}}.h5")],
-    }
+def _evaluation_inputs(wildcards, probes):
+    ds, variant, seed = wildcards.ds, wildcards.variant, wildcards.seed
+    return {"features": f"{features_dir(ds, variant)}/val.h5", "segments": run_segments(ds, variant, seed, probes)}
 
 
 def per_attempt(amount):
@@ -289,9 +372,9 @@ def segment_runtime(wildcards, input, attempt):
 
 
 # Pictures (workflow/rules/figures.smk)
-def figure_targets(ds):
-    """Every picture of dataset `ds`: the metrics pictures only where it has labels."""
-    base = f"results/{ds}/figures"
+def figure_targets(ds, variant=DEFAULT_VARIANT, seed=None):
+    """Every picture of a run (by default the dataset's default run): the metrics pictures only with labels."""
+    base = f"{default_run(ds) if seed is None else run_dir(ds, variant, seed)}/figures"
     files = [f"{base}/panels.png", f"{base}/training.png", f"{base}/correlations.png"]
     if labelled(ds):
         files.extend(f"{base}/confusion_{probe}_{'crf' if crf else 'raw'}.png" for probe, crf in ROWS)
@@ -300,15 +383,10 @@ def figure_targets(ds):
 
 
 def panel_inputs(wildcards):
-    ds, bb = wildcards.ds, backbone_of(wildcards.ds)
-    probes = PROBES if labelled(ds) else UNSUPERVISED_PROBES
-    inputs = {
-        "features": f"results/{ds}/features/{bb}/val.h5",
-        "segments": [path for probe in probes
-                     for path in gather.segment(f"results/{ds}/segment/{bb}/{probe}.{{scatteritem}}.h5")],
-    }
-    if labelled(ds):
-        inputs["mapping"] = f"results/{ds}/mapping"
+    probes = PROBES if labelled(wildcards.ds) else UNSUPERVISED_PROBES
+    inputs = _evaluation_inputs(wildcards, probes)
+    if labelled(wildcards.ds):
+        inputs["mapping"] = f"{run_of(wildcards)}/mapping"
     return inputs
 
 
@@ -316,25 +394,50 @@ def panel_args(wildcards, input):
     return f"--mapping {input.mapping}" if "mapping" in input.keys() else ""
 
 
-# New images (workflow/rules/segment_images.smk)
+# New images (workflow/rules/segment_images.smk), segmented with the dataset's default run
 def segment_images_inputs(wildcards):
     if wildcards.name not in config["segment_images"]:
         raise WorkflowError(f"no folder named '{wildcards.name}' under `segment_images:` in the config; add "
                             f"`segment_images: {{{wildcards.name}: path/to/images}}` (or pass it with --config)")
-    ds, bb = wildcards.ds, backbone_of(wildcards.ds)
-    base = f"results/{ds}"
-    inputs = {
-        "features": f"{base}/features/{bb}/val.h5",
-        "head": f"{base}/train/{bb}/head.pt",
-        "centroids": f"{base}/cluster/{bb}/centroids.npy",
-        "classes": f"{base}/index/classes.json",
-    }
-    if labelled(ds):
-        inputs.update(mapping=f"{base}/mapping", linear=f"{base}/probe/{bb}/linear.pt")
+    run = default_run(wildcards.ds)
+    inputs = {"head": f"{run}/head.pt", "centroids": f"{run}/centroids.npy", "codes": f"{run}/codes.h5"}
+    if labelled(wildcards.ds):
+        inputs.update(mapping=f"{run}/mapping", linear=f"{run}/linear.pt")
     return inputs
 
 
 def segment_images_args(wildcards):
-    bb = backbone_of(wildcards.ds)
-    weights = backbone_weights(config, bb)
-    return f"--backbone {bb} --weights {weights}" if weights else f"--backbone {bb}"
+    weights = backbone_weights(config, PRESETS[wildcards.ds]["backbone"])
+    return f"--weights {weights}" if weights else ""
+
+
+# Experiment tables (workflow/rules/tables.smk)
+def table_runs(ds, variant_names):
+    """(dataset, variant, seed, kind, backbone) of every run of the given variants, and its miou.csv."""
+    return [{"dataset": ds, "variant": v, "seed": seed, "kind": config["datasets"][ds]["kind"],
+             "backbone": RESOLVED[ds][v]["backbone"], "path": run_table(ds, v, seed)}
+            for v in variant_names for seed in seeds(config, ds)]
+
+
+def main_table_runs():
+    for ds in config["tables"]["main"]:
+        require_labels(ds, "results/tables/main")
+    return [run for ds in config["tables"]["main"]
+            for run in table_runs(ds, config["datasets"][ds].get("main_variants") or [DEFAULT_VARIANT])]
+
+
+def ablation_runs(wildcards):
+    require_labels(wildcards.ds, f"results/tables/ablation_{wildcards.ds}")
+    runs = table_runs(wildcards.ds, [v for v in RESOLVED[wildcards.ds] if v == DEFAULT_VARIANT or v.startswith("ablate_")])
+    for run in runs:
+        r = RESOLVED[wildcards.ds][run["variant"]]
+        run["axes"] = {"mlp": r["head"]["nonlinear"], "zero_clamp": r["loss"]["zero_clamp"],
+                       "five_crop": r["five_crop"], "spatial_centering": r["loss"]["spatial_centering"],
+                       **{term: r["loss"]["weights"][term] != 0 for term in ("self", "knn", "random")}}
+    return runs
+
+
+def table_targets():
+    """Every configured experiment table (CSV and Markdown)."""
+    names = (["main"] if config["tables"]["main"] else []) + [f"ablation_{ds}" for ds in config["tables"]["ablation"]]
+    return [f"results/tables/{name}.{ext}" for name in names for ext in ("csv", "md")]

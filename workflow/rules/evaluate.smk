@@ -1,16 +1,16 @@
 rule predict:
     """Codes of the evaluation images, averaged with those of their mirror images (flip TTA)."""
     input:
-        features="results/{ds}/features/{bb}/val.h5",
-        head="results/{ds}/train/{bb}/head.pt",
+        features=run_features("val"),
+        head=f"{RUN}/head.pt",
     output:
-        "results/{ds}/predict/{bb}/codes.h5",
+        f"{RUN}/codes.h5",
     params:
         torch_threads=TORCH_THREADS,
     log:
-        "logs/{ds}/predict_{bb}.log",
+        "logs/{ds}/{variant}/seed{seed}/predict.log",
     benchmark:
-        "benchmarks/{ds}/predict/{bb}.tsv"
+        "benchmarks/{ds}/{variant}/seed{seed}/predict.tsv"
     threads: 2
     resources:
         device=DEVICE,
@@ -26,20 +26,20 @@ rule predict:
 
 
 rule segment:
-    """Class maps of one shard of evaluation images for one probe, before and after the dense CRF."""
+    """Class maps of one shard of evaluation images for one probe of a run or a baseline, before and after the
+    dense CRF."""
     input:
         unpack(segment_inputs),
-        features="results/{ds}/features/{bb}/val.h5",
     output:
-        "results/{ds}/segment/{bb}/{probe}.{scatteritem}.h5",
+        "results/{ds}/{owner}/segment/{probe}.{scatteritem}.h5",
     params:
         args=segment_args,
         shard=shard_index,
         n_shards=shard_count,
     log:
-        "logs/{ds}/segment_{bb}_{probe}.{scatteritem}.log",
+        "logs/{ds}/{owner}/segment_{probe}.{scatteritem}.log",
     benchmark:
-        "benchmarks/{ds}/segment/{bb}_{probe}.{scatteritem}.tsv"
+        "benchmarks/{ds}/{owner}/segment_{probe}.{scatteritem}.tsv"
     threads: 2
     resources:
         mem_mb=per_attempt(4000),
@@ -56,22 +56,24 @@ rule evaluate:
     input:
         unpack(evaluate_inputs),
     output:
-        table=report("results/{ds}/miou.csv", caption="../report/miou.rst", category="{ds}",
-                     subcategory="metrics", labels={"figure": "accuracy and mIoU"}),
-        per_class=report("results/{ds}/per_class_iou.csv", caption="../report/per_class_table.rst",
-                         category="{ds}", subcategory="metrics", labels={"figure": "per-class IoU (table)"}),
-        crf_effect=report("results/{ds}/crf_effect.csv", caption="../report/crf_effect.rst", category="{ds}",
-                          subcategory="metrics", labels={"figure": "per-class IoU change by the CRF"}),
-        confusion=directory("results/{ds}/confusion"),
-        mapping=report(directory("results/{ds}/mapping"), patterns=["{row}.csv"],
-                       caption="../report/mapping.rst", category="{ds}", subcategory="mappings",
-                       labels={"figure": "cluster → class, {row}"}),
+        table=report(f"{RUN}/miou.csv", caption="../report/miou.rst", category="{ds}",
+                     subcategory="{variant}, seed {seed}: metrics", labels={"figure": "accuracy and mIoU"}),
+        per_class=report(f"{RUN}/per_class_iou.csv", caption="../report/per_class_table.rst",
+                         category="{ds}", subcategory="{variant}, seed {seed}: metrics",
+                         labels={"figure": "per-class IoU (table)"}),
+        crf_effect=report(f"{RUN}/crf_effect.csv", caption="../report/crf_effect.rst", category="{ds}",
+                          subcategory="{variant}, seed {seed}: metrics",
+                          labels={"figure": "per-class IoU change by the CRF"}),
+        confusion=directory(f"{RUN}/confusion"),
+        mapping=report(directory(f"{RUN}/mapping"), patterns=["{row}.csv"],
+                       caption="../report/mapping.rst", category="{ds}",
+                       subcategory="{variant}, seed {seed}: mappings", labels={"figure": "cluster → class, {row}"}),
     params:
         out_dir=subpath(output.table, parent=True),
     log:
-        "logs/{ds}/evaluate.log",
+        "logs/{ds}/{variant}/seed{seed}/evaluate.log",
     benchmark:
-        "benchmarks/{ds}/evaluate/all.tsv"
+        "benchmarks/{ds}/{variant}/seed{seed}/evaluate.tsv"
     threads: 1
     resources:
         mem_mb=per_attempt(8000),
@@ -88,14 +90,14 @@ rule evaluate_unlabelled:
     input:
         unpack(evaluate_unlabelled_inputs),
     output:
-        report("results/{ds}/clusters.csv", caption="../report/clusters.rst", category="{ds}",
-               subcategory="metrics", labels={"figure": "cluster pixel shares"}),
+        report(f"{RUN}/clusters.csv", caption="../report/clusters.rst", category="{ds}",
+               subcategory="{variant}, seed {seed}: metrics", labels={"figure": "cluster pixel shares"}),
     params:
         out_dir=subpath(output[0], parent=True),
     log:
-        "logs/{ds}/evaluate_unlabelled.log",
+        "logs/{ds}/{variant}/seed{seed}/evaluate_unlabelled.log",
     benchmark:
-        "benchmarks/{ds}/evaluate/unlabelled.tsv"
+        "benchmarks/{ds}/{variant}/seed{seed}/evaluate_unlabelled.tsv"
     threads: 1
     resources:
         mem_mb=per_attempt(4000),
@@ -105,3 +107,23 @@ rule evaluate_unlabelled:
     shell:
         "python -m stego_steps.evaluate --no-labels --features {input.features} --segments {input.segments}"
         " --dataset {wildcards.ds} --out-dir {params.out_dir} 2> {log}"
+
+
+rule dataset_table:
+    """results/{ds}/miou.csv (or clusters.csv without labels): the table of the dataset's default run (the
+    default variant, first seed), where the README's first command ends."""
+    input:
+        lambda w: f"{default_run(w.ds)}/{w.table}.csv",
+    output:
+        "results/{ds}/{table}.csv",
+    wildcard_constraints:
+        table="miou|clusters",
+    log:
+        "logs/{ds}/dataset_table_{table}.log",
+    localrule: True
+    threads: 1
+    resources:
+        mem_mb=100,
+        runtime=5,
+    shell:
+        "cp {input} {output} 2> {log}"

@@ -1,22 +1,25 @@
 rule extract:
-    """Frozen backbone features of one shard of a split → HDF5 (float16 patch features, pooled descriptors)."""
+    """Frozen backbone features of one shard of a split → HDF5 (float16 patch features, pooled descriptors).
+
+    Stores live under features/<backbone>_<digest of the extraction settings>: every variant with the same
+    extraction shares them."""
     input:
-        index="results/{ds}/index/{split}.csv",
-        classes="results/{ds}/index/classes.json",
+        index=lambda w: f"{index_of(w)}/{w.split}.csv",
+        classes=lambda w: f"{index_of(w)}/classes.json",
         # The split's disk check runs first.
-        plan="results/{ds}/plan/{bb}/{split}.txt",
+        plan="results/{ds}/plan/{fkey}/{split}.txt",
         weights=backbone_weights_input,
     output:
-        "results/{ds}/features/{bb}/{split}/{scatteritem}.h5",
+        "results/{ds}/features/{fkey}/{split}/{scatteritem}.h5",
     params:
         torch_threads=TORCH_THREADS,
         settings=settings("extract"),
         shard=shard_index,
         n_shards=shard_count,
     log:
-        "logs/{ds}/extract_{bb}_{split}.{scatteritem}.log",
+        "logs/{ds}/extract_{fkey}_{split}.{scatteritem}.log",
     benchmark:
-        "benchmarks/{ds}/extract/{bb}_{split}.{scatteritem}.tsv"
+        "benchmarks/{ds}/extract/{fkey}_{split}.{scatteritem}.tsv"
     threads: 2
     resources:
         device=DEVICE,
@@ -35,13 +38,13 @@ rule extract:
 rule gather_features:
     """One feature store per split: HDF5 virtual datasets over the shards (nothing is copied)."""
     input:
-        gather.extract("results/{{ds}}/features/{{bb}}/{{split}}/{scatteritem}.h5"),
+        gather.extract("results/{{ds}}/features/{{fkey}}/{{split}}/{scatteritem}.h5"),
     output:
-        "results/{ds}/features/{bb}/{split}.h5",
+        "results/{ds}/features/{fkey}/{split}.h5",
     log:
-        "logs/{ds}/gather_features_{bb}_{split}.log",
+        "logs/{ds}/gather_features_{fkey}_{split}.log",
     benchmark:
-        "benchmarks/{ds}/gather_features/{bb}_{split}.tsv"
+        "benchmarks/{ds}/gather_features/{fkey}_{split}.tsv"
     localrule: True
     threads: 1
     resources:
@@ -56,16 +59,15 @@ rule gather_features:
 rule knn:
     """Cosine top-k neighbours of the pooled training descriptors (FAISS), self first."""
     input:
-        "results/{ds}/features/{bb}/train.h5",
+        "results/{ds}/features/{fkey}/train.h5",
     output:
-        "results/{ds}/knn/{bb}/train.npy",
+        "results/{ds}/features/{fkey}/knn{k}.npy",
     params:
         torch_threads=TORCH_THREADS,
-        k=lookup(dpath="{ds}/knn_k", within=PRESETS),
     log:
-        "logs/{ds}/knn_{bb}.log",
+        "logs/{ds}/knn_{fkey}_{k}.log",
     benchmark:
-        "benchmarks/{ds}/knn/{bb}.tsv"
+        "benchmarks/{ds}/knn/{fkey}_{k}.tsv"
     threads: 2
     resources:
         device=DEVICE,
@@ -74,5 +76,5 @@ rule knn:
     conda:
         "../envs/stego.yaml"
     shell:
-        "python -m stego_steps.knn --features {input} --k {params.k} --device {resources.device} --out {output}"
+        "python -m stego_steps.knn --features {input} --k {wildcards.k} --device {resources.device} --out {output}"
         " --threads {threads} --torch-threads {params.torch_threads} 2> {log}"

@@ -1,8 +1,8 @@
-# Pictures of a finished run under results/{ds}/figures/ (also shown in `snakemake --report report.html`).
+# Pictures of a finished run under <run>/figures/ (also shown in `snakemake --report report.html`).
 
 
 rule figures:
-    """All pictures of the datasets under `run:` (target rule)."""
+    """All pictures of the default runs of the datasets under `run:` (target rule)."""
     input:
         [figure_targets(ds) for ds in config["run"]],
 
@@ -13,7 +13,7 @@ rule figure_panels:
         unpack(panel_inputs),
     output:
         report(
-            "results/{ds}/figures/panels.png",
+            f"{RUN}/figures/panels.png",
             caption="../report/panels.rst",
             category="{ds}",
             subcategory="segmentations",
@@ -23,7 +23,7 @@ rule figure_panels:
         n_images=config["figures"]["panel_images"],
         extra=panel_args,
     log:
-        "logs/{ds}/figure_panels.log",
+        "logs/{ds}/{variant}/seed{seed}/figure_panels.log",
     threads: 1
     resources:
         mem_mb=2000,
@@ -38,12 +38,12 @@ rule figure_panels:
 rule figure_metrics:
     """Confusion heat maps of every evaluated row and per-class IoU bars."""
     input:
-        confusion="results/{ds}/confusion",
-        per_class="results/{ds}/per_class_iou.csv",
+        confusion=f"{RUN}/confusion",
+        per_class=f"{RUN}/per_class_iou.csv",
     output:
         confusion=[
             report(
-                f"results/{{ds}}/figures/confusion_{probe}_{'crf' if crf else 'raw'}.png",
+                f"{RUN}/figures/confusion_{probe}_{'crf' if crf else 'raw'}.png",
                 caption="../report/confusion.rst",
                 category="{ds}",
                 subcategory="metrics",
@@ -52,7 +52,7 @@ rule figure_metrics:
             for probe, crf in ROWS
         ],
         iou=report(
-            "results/{ds}/figures/per_class_iou.png",
+            f"{RUN}/figures/per_class_iou.png",
             caption="../report/per_class_iou.rst",
             category="{ds}",
             subcategory="metrics",
@@ -61,7 +61,7 @@ rule figure_metrics:
     params:
         out_dir=subpath(output.iou, parent=True),
     log:
-        "logs/{ds}/figure_metrics.log",
+        "logs/{ds}/{variant}/seed{seed}/figure_metrics.log",
     threads: 1
     resources:
         mem_mb=2000,
@@ -76,17 +76,17 @@ rule figure_metrics:
 rule figure_training:
     """Training curves: the total loss and each term."""
     input:
-        lambda w: f"results/{w.ds}/train/{backbone_of(w.ds)}/train_log.csv",
+        f"{RUN}/train_log.csv",
     output:
         report(
-            "results/{ds}/figures/training.png",
+            f"{RUN}/figures/training.png",
             caption="../report/training.rst",
             category="{ds}",
             subcategory="training",
             labels={"figure": "training curves"},
         ),
     log:
-        "logs/{ds}/figure_training.log",
+        "logs/{ds}/{variant}/seed{seed}/figure_training.log",
     threads: 1
     resources:
         mem_mb=1000,
@@ -100,19 +100,19 @@ rule figure_training:
 rule figure_correlations:
     """Histograms of the feature correlations that each loss term compares with its shift."""
     input:
-        features=lambda w: f"results/{w.ds}/features/{backbone_of(w.ds)}/train.h5",
-        knn=lambda w: f"results/{w.ds}/knn/{backbone_of(w.ds)}/train.npy",
-        resolved=lambda w: f"results/{w.ds}/train/{backbone_of(w.ds)}/settings.json",
+        features=run_features("train"),
+        knn=run_knn,
+        resolved=f"{RUN}/settings.json",
     output:
         png=report(
-            "results/{ds}/figures/correlations.png",
+            f"{RUN}/figures/correlations.png",
             caption="../report/correlations.rst",
             category="{ds}",
             subcategory="training",
             labels={"figure": "loss correlations"},
         ),
         csv=report(
-            "results/{ds}/figures/correlations.csv",
+            f"{RUN}/figures/correlations.csv",
             caption="../report/correlations_table.rst",
             category="{ds}",
             subcategory="training",
@@ -121,9 +121,9 @@ rule figure_correlations:
     params:
         batches=config["figures"]["correlation_batches"],
     log:
-        "logs/{ds}/figure_correlations.log",
+        "logs/{ds}/{variant}/seed{seed}/figure_correlations.log",
     benchmark:
-        "benchmarks/{ds}/figures/correlations.tsv"
+        "benchmarks/{ds}/{variant}/seed{seed}/figure_correlations.tsv"
     threads: 1
     resources:
         mem_mb=in_memory_mb,

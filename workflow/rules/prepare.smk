@@ -45,13 +45,14 @@ rule curated_list:
 
 
 rule prepare:
-    """Index the samples of each split and write the class table."""
+    """Index the samples of each split and write the class table (`index_five_crop_<ratio>`: training rows are
+    the five crops of each image)."""
     input:
         unpack(data_files),
     output:
-        train="results/{ds}/index/train.csv",
-        val="results/{ds}/index/val.csv",
-        classes="results/{ds}/index/classes.json",
+        train="results/{ds}/{idx}/train.csv",
+        val="results/{ds}/{idx}/val.csv",
+        classes="results/{ds}/{idx}/classes.json",
     params:
         kind=lookup(dpath="datasets/{ds}/kind", within=config),
         settings=prepare_settings,
@@ -59,9 +60,9 @@ rule prepare:
         # Names, sizes and times of the dataset's files: a change re-runs prepare (and what depends on it).
         manifest=dataset_manifest,
     log:
-        "logs/{ds}/prepare.log",
+        "logs/{ds}/prepare_{idx}.log",
     benchmark:
-        "benchmarks/{ds}/prepare/all.tsv"
+        "benchmarks/{ds}/prepare/{idx}.tsv"
     threads: 4  # reading every image and label once to check them
     resources:
         mem_mb=per_attempt(2000),
@@ -76,17 +77,17 @@ rule prepare:
 rule plan:
     """Samples and bytes of a split's feature store; refuses to start extracting when the disk cannot hold it."""
     input:
-        index="results/{ds}/index/{split}.csv",
+        index=lambda w: f"{index_of(w)}/{w.split}.csv",
     output:
-        "results/{ds}/plan/{bb}/{split}.txt",
+        "results/{ds}/plan/{fkey}/{split}.txt",
     params:
         settings=plan_settings,
-        store_dir="results/{ds}/features/{bb}",
-        title="plan: dataset {ds}, backbone {bb}, split {split}",
+        store_dir="results/{ds}/features/{fkey}",
+        title="plan: dataset {ds}, features {fkey}, split {split}",
     log:
-        "logs/{ds}/plan_{bb}_{split}.log",
+        "logs/{ds}/plan_{fkey}_{split}.log",
     benchmark:
-        "benchmarks/{ds}/plan/{bb}_{split}.tsv"
+        "benchmarks/{ds}/plan/{fkey}_{split}.tsv"
     threads: 1
     resources:
         mem_mb=per_attempt(1000),

@@ -1,5 +1,5 @@
-# Segment a folder of new images with a finished run: name the folder under `segment_images:` in the config,
-# then `snakemake --cores 2 results/{ds}/segmented/{name}`.
+# Segment a folder of new images with a dataset's default run: name the folder under `segment_images:` in the
+# config, then `snakemake --cores 2 results/{ds}/segmented/{name}`.
 
 
 rule segment_images:
@@ -9,7 +9,7 @@ rule segment_images:
     output:
         directory("results/{ds}/segmented/{name}"),
     params:
-        run=lambda w: f"results/{w.ds}",
+        run=lambda w: default_run(w.ds),
         images=lambda w: config["segment_images"][w.name],
         args=segment_images_args,
         torch_threads=TORCH_THREADS,

@@ -1,17 +1,23 @@
+# One run = one variant of a dataset trained with one seed: results/{ds}/runs/{variant}/seed{seed}/.
+RUN = "results/{ds}/runs/{variant}/seed{seed}"
+# The backbone baselines depend only on the features and the clustering and probe settings: shared by variants.
+BASELINE = "results/{ds}/baselines/{bkey}/seed{seed}"
+
+
 rule calibrate:
     """Label-free loss shifts from the feature-correlation statistics of the training set (reads no labels)."""
     input:
-        features="results/{ds}/features/{bb}/train.h5",
-        knn="results/{ds}/knn/{bb}/train.npy",
+        features=run_features("train"),
+        knn=run_knn,
     output:
-        "results/{ds}/train/{bb}/calibration.json",
+        f"{RUN}/calibration.json",
     params:
         torch_threads=TORCH_THREADS,
         settings=settings("calibrate"),
     log:
-        "logs/{ds}/calibrate_{bb}.log",
+        "logs/{ds}/{variant}/seed{seed}/calibrate.log",
     benchmark:
-        "benchmarks/{ds}/calibrate/{bb}.tsv"
+        "benchmarks/{ds}/{variant}/seed{seed}/calibrate.tsv"
     threads: 2
     resources:
         mem_mb=in_memory_mb,
@@ -27,20 +33,20 @@ rule calibrate:
 rule train:
     """The segmentation head, trained with the STEGO correlation loss on cached features."""
     input:
-        features="results/{ds}/features/{bb}/train.h5",
-        knn="results/{ds}/knn/{bb}/train.npy",
-        calibration="results/{ds}/train/{bb}/calibration.json",
+        features=run_features("train"),
+        knn=run_knn,
+        calibration=f"{RUN}/calibration.json",
     output:
-        head="results/{ds}/train/{bb}/head.pt",
-        log_csv="results/{ds}/train/{bb}/train_log.csv",
-        resolved="results/{ds}/train/{bb}/settings.json",
+        head=f"{RUN}/head.pt",
+        log_csv=f"{RUN}/train_log.csv",
+        resolved=f"{RUN}/settings.json",
     params:
         torch_threads=TORCH_THREADS,
         settings=settings("train"),
     log:
-        "logs/{ds}/train_{bb}.log",
+        "logs/{ds}/{variant}/seed{seed}/train.log",
     benchmark:
-        "benchmarks/{ds}/train/{bb}.tsv"
+        "benchmarks/{ds}/{variant}/seed{seed}/train.tsv"
     threads: 2
     resources:
         device=DEVICE,
@@ -59,17 +65,17 @@ rule train:
 rule cluster:
     """Minibatch spherical K-Means on the head's codes of the training set."""
     input:
-        features="results/{ds}/features/{bb}/train.h5",
-        head="results/{ds}/train/{bb}/head.pt",
+        features=run_features("train"),
+        head=f"{RUN}/head.pt",
     output:
-        "results/{ds}/cluster/{bb}/centroids.npy",
+        f"{RUN}/centroids.npy",
     params:
         torch_threads=TORCH_THREADS,
         settings=settings("cluster"),
     log:
-        "logs/{ds}/cluster_{bb}.log",
+        "logs/{ds}/{variant}/seed{seed}/cluster.log",
     benchmark:
-        "benchmarks/{ds}/cluster/{bb}.tsv"
+        "benchmarks/{ds}/{variant}/seed{seed}/cluster.tsv"
     threads: 2
     resources:
         device=DEVICE,
@@ -83,19 +89,47 @@ rule cluster:
         " --torch-threads {params.torch_threads} 2> {log}"
 
 
+rule linear_probe:
+    """Supervised linear probe on the final codes (a diagnostic, uses the training labels)."""
+    input:
+        features=run_features("train"),
+        head=f"{RUN}/head.pt",
+    output:
+        f"{RUN}/linear.pt",
+    params:
+        torch_threads=TORCH_THREADS,
+        settings=settings("probe"),
+    log:
+        "logs/{ds}/{variant}/seed{seed}/linear_probe.log",
+    benchmark:
+        "benchmarks/{ds}/{variant}/seed{seed}/linear_probe.tsv"
+    threads: 2
+    resources:
+        device=DEVICE,
+        gpu=GPU,
+        mem_mb=in_memory_mb,
+        runtime=per_attempt(240),
+    conda:
+        "../envs/stego.yaml"
+    shell:
+        "python -m stego_steps.probe --features {input.features} --head {input.head}"
+        " --settings {params.settings:q} --device {resources.device} --out {output} --threads {threads}"
+        " --torch-threads {params.torch_threads} 2> {log}"
+
+
 rule backbone_kmeans:
     """The paper's baseline: the same K-Means directly on the backbone features."""
     input:
-        features="results/{ds}/features/{bb}/train.h5",
+        features=baseline_features,
     output:
-        "results/{ds}/cluster/{bb}/backbone_centroids.npy",
+        f"{BASELINE}/kmeans.npy",
     params:
         torch_threads=TORCH_THREADS,
         settings=settings("cluster"),
     log:
-        "logs/{ds}/backbone_kmeans_{bb}.log",
+        "logs/{ds}/baselines/{bkey}/seed{seed}/backbone_kmeans.log",
     benchmark:
-        "benchmarks/{ds}/backbone_kmeans/{bb}.tsv"
+        "benchmarks/{ds}/baselines/{bkey}/seed{seed}/backbone_kmeans.tsv"
     threads: 2
     resources:
         device=DEVICE,
@@ -109,20 +143,19 @@ rule backbone_kmeans:
         " --torch-threads {params.torch_threads} 2> {log}"
 
 
-rule linear_probe:
-    """Supervised linear probe on the final codes (a diagnostic, uses the training labels)."""
+rule backbone_linear:
+    """The paper's other baseline: the same linear probe directly on the backbone features (uses labels)."""
     input:
-        features="results/{ds}/features/{bb}/train.h5",
-        head="results/{ds}/train/{bb}/head.pt",
+        features=baseline_features,
     output:
-        "results/{ds}/probe/{bb}/linear.pt",
+        f"{BASELINE}/linear.pt",
     params:
         torch_threads=TORCH_THREADS,
         settings=settings("probe"),
     log:
-        "logs/{ds}/linear_probe_{bb}.log",
+        "logs/{ds}/baselines/{bkey}/seed{seed}/backbone_linear.log",
     benchmark:
-        "benchmarks/{ds}/linear_probe/{bb}.tsv"
+        "benchmarks/{ds}/baselines/{bkey}/seed{seed}/backbone_linear.tsv"
     threads: 2
     resources:
         device=DEVICE,
@@ -132,6 +165,6 @@ rule linear_probe:
     conda:
         "../envs/stego.yaml"
     shell:
-        "python -m stego_steps.probe --features {input.features} --head {input.head}"
-        " --settings {params.settings:q} --device {resources.device} --out {output} --threads {threads}"
+        "python -m stego_steps.probe --features {input.features} --settings {params.settings:q}"
+        " --device {resources.device} --out {output} --threads {threads}"
         " --torch-threads {params.torch_threads} 2> {log}"

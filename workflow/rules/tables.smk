@@ -1,0 +1,57 @@
+# The experiment tables: `snakemake --cores N tables` (or one of results/tables/main.md, ablation_<ds>.md)
+# builds every run they need; runs shared with other tables or variants are built once.
+
+
+rule tables:
+    """Every table named under `tables:` in the config (target rule)."""
+    input:
+        table_targets(),
+
+
+rule table_main:
+    """Per dataset and variant (backbone): the cluster and linear rows with and without the CRF and the
+    backbone baselines, mean ± std over the seeds, beside the paper's numbers."""
+    input:
+        lambda w: [run["path"] for run in main_table_runs()],
+    output:
+        csv="results/tables/main.csv",
+        md=report("results/tables/main.md", caption="../report/table_main.rst", category="tables",
+                  labels={"figure": "main table"}),
+    params:
+        runs=lambda w: json.dumps(main_table_runs()),
+    log:
+        "logs/tables/main.log",
+    localrule: True
+    threads: 1
+    resources:
+        mem_mb=per_attempt(1000),
+        runtime=per_attempt(10),
+    conda:
+        "../envs/stego.yaml"
+    shell:
+        "python -m stego_steps.tables main --runs {params.runs:q} --out-csv {output.csv} --out-md {output.md}"
+        " 2> {log}"
+
+
+rule table_ablation:
+    """One row per ablation of the dataset's preset (each switches one component), ✓/✗ per component."""
+    input:
+        lambda w: [run["path"] for run in ablation_runs(w)],
+    output:
+        csv="results/tables/ablation_{ds}.csv",
+        md=report("results/tables/ablation_{ds}.md", caption="../report/table_ablation.rst", category="tables",
+                  labels={"figure": "ablation, {ds}"}),
+    params:
+        runs=lambda w: json.dumps(ablation_runs(w)),
+    log:
+        "logs/tables/ablation_{ds}.log",
+    localrule: True
+    threads: 1
+    resources:
+        mem_mb=per_attempt(1000),
+        runtime=per_attempt(10),
+    conda:
+        "../envs/stego.yaml"
+    shell:
+        "python -m stego_steps.tables ablation --runs {params.runs:q} --out-csv {output.csv}"
+        " --out-md {output.md} 2> {log}"

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stego_steps.artifacts import atomic_path, write_json, write_npy
+from stego_steps.backbones import backbone_id
 from stego_steps.errors import UserError, cli
 from stego_steps.head import SegmentationHead, save_head, save_probe
 
@@ -281,8 +282,6 @@ def write_artifacts(imported: Imported, out_dir: str | Path, *, weights: str | N
     backbone.pth) and `seed` the dataset's seed: together with the backbone name they make the `backbone_id`
     that the extract stage stamps on feature stores, and the head is refused by stores with another one.
     """
-    from stego_steps.extract import backbone_id  # pulls in the data pipeline; only needed here
-
     out_dir = Path(out_dir)
     paths = {key: out_dir / name for key, name in OUTPUTS.items()}
     weights = weights or str(paths["backbone"])

@@ -12,9 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from stego_steps import checkpoint
-from stego_steps.backbones import build_backbone
+from stego_steps.backbones import backbone_id, build_backbone
 from stego_steps.errors import UserError, cli
-from stego_steps.extract import backbone_id
 from stego_steps.head import cluster_log_probs, linear_log_probs, load_head, load_probe
 
 C, D, K, EXTRA = 384, 70, 3, 2  # ViT-S width, potsdam's code dim, 3 classes, 2 extra clusters

@@ -28,6 +28,7 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/segment_images.smk"
 include: "workflow/rules/tables.smk"
+include: "workflow/rules/downloads.smk"
 
 
 # A failed job's own message (its `ERROR:` lines, or the last line of its log) is shown here, not only in its log.

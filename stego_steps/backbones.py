@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stego_steps.artifacts import fingerprint
+
 log = logging.getLogger("stego_steps")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -148,6 +150,12 @@ def backbone_info(name: str) -> dict[str, Any]:
     info = dataclasses.asdict(spec)
     info["hf_hub_id"] = spec.hf_hub_id
     return info
+
+
+def backbone_id(backbone: str, weights: str | None, seed: int) -> str:
+    """Which network computed a store's features (name, weights file, seed of random variants): the heads,
+    centroids and probes trained on one store must only ever meet features of the same network."""
+    return fingerprint(backbone, weights, seed)[:16]
 
 
 # ----------------------------------------------------------------------------------------------------------

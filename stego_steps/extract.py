@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from stego_steps import __version__, images, store
 from stego_steps.artifacts import fingerprint
-from stego_steps.backbones import FeatureExtractor, build_backbone
+from stego_steps.backbones import FeatureExtractor, backbone_id, build_backbone
 from stego_steps.cli import base_parser, parse_stage_args, progress, settings_arg
 from stego_steps.devices import select_device
 from stego_steps.errors import cli
@@ -51,12 +51,6 @@ class IndexDataset(Dataset):
             raw = images.apply_lut(images.read_label(row["label"]), self.lut)
             item["label"] = torch.from_numpy(images.transform_label(raw, self.res, box))
         return item
-
-
-def backbone_id(backbone: str, weights: str | None, seed: int) -> str:
-    """Which network computed a store's features (name, weights file, seed of random variants): the heads,
-    centroids and probes trained on one store must only ever meet features of the same network."""
-    return fingerprint(backbone, weights, seed)[:16]
 
 
 def to_float(batch_uint8: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "stego_steps"
 # The stage modules: each is one step of the workflow with a `main()` CLI.
 STAGES = {"prepare", "plan", "extract", "knn", "calibrate", "train", "cluster", "probe", "predict", "segment",
-          "evaluate", "figures", "segment_images", "tables"}
+          "evaluate", "figures", "segment_images", "tables", "download", "checkpoint"}
 
 
 def package_imports(path: Path) -> set[str]:

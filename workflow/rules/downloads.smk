@@ -1,0 +1,76 @@
+# Downloads into resources/: `snakemake resources/<path>` fetches a file of the table of known resources
+# (stego_steps/data/resources.yaml, with the config's `downloads:` merged over it), checksum-verified;
+# `snakemake resources/<folder>` unpacks an archive whose entry names that folder under `extract`; a folder
+# with `instructions` (data behind a login) stops with them while it is missing.
+from stego_steps import download as stego_download
+
+try:
+    RESOURCES = stego_download.load_table(config.get("downloads"))
+except ValueError as err:
+    raise WorkflowError(f"config/config.yaml: {err}")
+DOWNLOADABLE = sorted(path for path, entry in RESOURCES.items() if entry.get("url"))
+BY_HAND = sorted(path for path, entry in RESOURCES.items() if not entry.get("url"))
+ARCHIVE_OF = {entry["extract"]: path for path, entry in RESOURCES.items() if entry.get("url") and entry.get("extract")}
+
+
+rule download:
+    """A file of the table of known resources, checksum-verified; a partial download never takes its name."""
+    output:
+        "resources/{resource}",
+    params:
+        args=lambda wildcards: stego_download.cli_args(RESOURCES[wildcards.resource]),
+    wildcard_constraints:
+        resource=stego_download.path_pattern(DOWNLOADABLE),
+    log:
+        "logs/download/{resource}.log",
+    localrule: True
+    threads: 1
+    resources:
+        mem_mb=per_attempt(500),
+        runtime=per_attempt(24 * 60),
+    conda:
+        "../envs/stego.yaml"
+    shell:
+        "python -m stego_steps.download {params.args} --out {output:q} 2> {log}"
+
+
+rule unpack_resource:
+    """A downloaded archive, unpacked into its folder under resources/."""
+    input:
+        lambda wildcards: f"resources/{ARCHIVE_OF[wildcards.folder]}",
+    output:
+        directory("resources/{folder}"),
+    wildcard_constraints:
+        folder=stego_download.path_pattern(ARCHIVE_OF),
+    log:
+        "logs/download/unpack/{folder}.log",
+    localrule: True
+    threads: 1
+    resources:
+        mem_mb=per_attempt(1000),
+        runtime=per_attempt(6 * 60),
+    conda:
+        "../envs/stego.yaml"
+    shell:
+        "python -m stego_steps.download --out {input:q} --extract-to {output:q} 2> {log}"
+
+
+rule resource_by_hand:
+    """Data that needs an account: stops with where to download it and where to put it while it is missing."""
+    output:
+        directory("resources/{manual}"),
+    params:
+        instructions=lambda wildcards: RESOURCES[wildcards.manual]["instructions"],
+    wildcard_constraints:
+        manual=stego_download.path_pattern(BY_HAND),
+    log:
+        "logs/download/manual/{manual}.log",
+    localrule: True
+    threads: 1
+    resources:
+        mem_mb=per_attempt(500),
+        runtime=per_attempt(10),
+    conda:
+        "../envs/stego.yaml"
+    shell:
+        "python -m stego_steps.download --out {output:q} --instructions {params.instructions:q} 2> {log}"

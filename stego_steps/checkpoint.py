@@ -274,6 +274,20 @@ def convert(state: dict[str, torch.Tensor], hparams: dict[str, Any] | None = Non
     return Imported(name, backbone_state, head.eval(), clusters, linear.eval(), hparams)
 
 
+def check_same_backbone(state: dict[str, torch.Tensor], weights: str | Path, source: str) -> None:
+    """Refuse a checkpoint whose backbone tensors differ from the weights file the features come from."""
+    from stego_steps.backbones import read_state_dict
+
+    reference = read_state_dict(weights)
+    missing = sorted(set(state) - set(reference))
+    differ = [k for k in sorted(set(state) & set(reference))
+              if state[k].shape != reference[k].shape or not torch.equal(state[k].float(), reference[k].float())]
+    if missing or differ:
+        raise UserError(f"the backbone of {source} is not the one in {weights} (keys missing there: "
+                        f"{missing[:5]}, tensors that differ: {differ[:5]}); point the backbone's `weights` in "
+                        "the config at the DINO file the checkpoint was trained on")
+
+
 def write_artifacts(imported: Imported, out_dir: str | Path, *, weights: str | None = None, seed: int = 0,
                     source: str = "") -> dict[str, Path]:
     """Write backbone.pth, head.pt, centroids.npy, linear.pt and hyper_parameters.json into `out_dir`.
@@ -284,9 +298,15 @@ def write_artifacts(imported: Imported, out_dir: str | Path, *, weights: str | N
     """
     out_dir = Path(out_dir)
     paths = {key: out_dir / name for key, name in OUTPUTS.items()}
-    weights = weights or str(paths["backbone"])
-    with atomic_path(paths["backbone"]) as tmp:
-        torch.save(imported.backbone_state, tmp)
+    if weights and Path(weights).is_file():
+        # The released models were trained on the frozen official DINO weights: features extracted with that
+        # file are the ones the head expects, so no copy of the backbone is written.
+        check_same_backbone(imported.backbone_state, weights, source)
+        del paths["backbone"]
+    else:
+        weights = weights or str(paths["backbone"])
+        with atomic_path(paths["backbone"]) as tmp:
+            torch.save(imported.backbone_state, tmp)
     meta = {"backbone": imported.backbone, "backbone_id": backbone_id(imported.backbone, weights, seed),
             "backbone_weights": weights, "source": source, "settings": imported.hyper_parameters}
     save_head(paths["head"], imported.head, meta)

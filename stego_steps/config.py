@@ -30,6 +30,7 @@ HINTS = {
 # Preset keys that may be left out (with these values): label-free calibration of the loss shifts.
 PRESET_DEFAULTS: dict[str, Any] = {
     "head": {"nonlinear": True},
+    "checkpoint": None,
     "calibrate": "auto",
     "calibration": {"quantiles": {"self": 0.5, "knn": 0.5, "random": 0.9}, "batches": 24,
                     "values_per_batch": 20000},
@@ -167,6 +168,11 @@ def resolve(config: dict, dataset: str, variant: str = DEFAULT_VARIANT, schema: 
         raise ConfigError(f"dataset '{dataset}' has no variant '{variant}'; its variants: {DEFAULT_VARIANT}, "
                           f"{', '.join(sorted(variants))} (add it under `datasets.{dataset}.variants`)")
     return deep_merge(resolved, variants[variant])
+
+
+def imported(config: dict, dataset: str, variant: str) -> bool:
+    """Whether a variant's runs evaluate a released checkpoint instead of training."""
+    return resolve(config, dataset, variant)["checkpoint"] is not None
 
 
 def variants(config: dict, dataset: str) -> list[str]:

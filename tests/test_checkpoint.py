@@ -185,3 +185,20 @@ def test_missing_and_foreign_files(tmp_path):
     (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="download it again"):
         checkpoint.read_checkpoint(tmp_path / "junk.ckpt")
+
+
+def test_an_existing_weights_file_must_hold_the_checkpoints_backbone(ckpt, imported, tmp_path):
+    path, _ = ckpt
+    # The file the features come from holds the same tensors: nothing but the head and probes is written.
+    same = tmp_path / "dino.pth"
+    torch.save(torch.load(imported / "backbone.pth", weights_only=True), same)
+    out = tmp_path / "with_weights"
+    checkpoint.main(["--ckpt", str(path), "--out-dir", str(out), "--weights", str(same)])
+    assert sorted(p.name for p in out.iterdir()) == ["centroids.npy", "head.pt", "hyper_parameters.json",
+                                                      "linear.pt"]
+    # Another network's file is refused with the keys that differ.
+    other = {k: v + 1 if k == "norm.weight" else v for k, v in torch.load(same, weights_only=True).items()}
+    torch.save(other, tmp_path / "other.pth")
+    with pytest.raises(UserError, match=r"not the one in .*other\.pth.*\['norm\.weight'\]"):
+        checkpoint.main(["--ckpt", str(path), "--out-dir", str(tmp_path / "o"), "--weights",
+                         str(tmp_path / "other.pth")])

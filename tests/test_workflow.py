@@ -85,16 +85,38 @@ def test_demo_runs_end_to_end(tmp_path):
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "results" / "demo" / "miou.csv"), table)
 
 
-def test_missing_weights_stop_the_run_before_any_job(tmp_path):
-    out = snakemake(tmp_path, "--cores", "1", "results/cocostuff/miou.csv")
+def test_offline_missing_resources_stop_the_run_before_any_job(tmp_path):
+    # The tiny config says `offline: true`: the COCO images are not downloaded, and the run says from where.
+    out = snakemake(tmp_path, "--cores", "1", "results/cocostuff/index/train.csv")
     assert out.returncode != 0
-    assert "no pretrained weights for backbone 'dino_vitb8'" in out.stderr and "weights:" in out.stderr
+    assert "resources/cocostuff/images/train2017 is missing" in out.stderr
+    assert "http://images.cocodataset.org/zips/train2017.zip" in out.stderr
+    # Data in place (a root outside resources/), weights missing: stopped while the DAG is built, too.
+    own_data = ["--config", 'datasets={"cocostuff": {"root": "data/cocostuff"}}']
+    out = snakemake(tmp_path, "--cores", "1", "results/cocostuff/miou.csv", *own_data)
+    assert out.returncode != 0
+    assert "weights file for backbone 'dino_vitb8' not found: resources/dino/dino_vitbase8_pretrain.pth" in out.stderr
+    assert "offline: false" in out.stderr
     assert not (tmp_path / "results").exists()
     # A dry run still shows the DAG, with the preset's values, and the warning.
-    dry = snakemake(tmp_path, "-n", "-p", "results/cocostuff/miou.csv")
+    dry = snakemake(tmp_path, "-n", "-p", "results/cocostuff/miou.csv", *own_data)
     assert dry.returncode == 0, dry.stderr[-2000:]
     text = dry.stdout + dry.stderr
     assert "a real run would stop here" in text and '"jpeg_quality": 75' in text and '"code_dim": 90' in text
+
+
+def test_online_the_dag_downloads_weights_data_and_the_released_checkpoint(tmp_path):
+    """Only the DAG: nothing is fetched in a dry run."""
+    dry = snakemake(tmp_path, "-n", "--quiet", "rules", "--config", "offline=false", "--",
+                    "results/cocostuff/miou.csv", "results/cocostuff/runs/released/seed0/miou.csv")
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    jobs = (dry.stdout + dry.stderr).split()
+    assert {"download", "unpack_resource", "import_checkpoint", "train", "evaluate"} <= set(jobs)
+    dry = snakemake(tmp_path, "-n", "-p", "--config", "offline=false", "--", "results/cocostuff/miou.csv")
+    text = dry.stdout + dry.stderr
+    for url in ("dl.fbaipublicfiles.com/dino/dino_vitbase8_pretrain", "images.cocodataset.org/zips/val2017.zip",
+                "stuffthingmaps_trainval2017.zip"):
+        assert url in text, url
 
 
 def test_the_device_reaches_every_model_stage_as_a_resource(tmp_path):

@@ -43,6 +43,9 @@ try:
 except ConfigError as err:
     raise WorkflowError(f"config/config.yaml: {err}")
 PRESETS = {ds: by_variant[DEFAULT_VARIANT] for ds, by_variant in RESOLVED.items()}
+# Variants that train a head, and those that import a released checkpoint's head and probes instead.
+TRAINED = sorted({v for by_variant in RESOLVED.values() for v, r in by_variant.items() if not r["checkpoint"]})
+IMPORTED = sorted({v for by_variant in RESOLVED.values() for v, r in by_variant.items() if r["checkpoint"]})
 for _ds in config["run"]:
     if _ds not in config["datasets"]:
         raise WorkflowError(f"config/config.yaml: run lists '{_ds}', which is not under `datasets:`")
@@ -140,6 +143,23 @@ def baseline_features(wildcards):
     return f"{features_dir(wildcards.ds, BASELINES[(wildcards.ds, wildcards.bkey)])}/train.h5"
 
 
+def checkpoint_input(wildcards):
+    """The released checkpoint of an imported variant: present, or one that the `download` rule fetches."""
+    path = RESOLVED[wildcards.ds][wildcards.variant]["checkpoint"]
+    if not os.path.exists(path) and not downloadable(path):
+        raise WorkflowError(f"dataset '{wildcards.ds}', variant '{wildcards.variant}': the checkpoint {path} does "
+                            "not exist" + (" and `offline` is true" if config["offline"] else "")
+                            + "; put the official .ckpt file there or fix `checkpoint:` in the config")
+    return path
+
+
+def import_args(wildcards):
+    """The backbone weights and seed that the feature stores record: the imported head must match them."""
+    r = RESOLVED[wildcards.ds][wildcards.variant]
+    weights = backbone_weights(config, r["backbone"])
+    return (f"--weights {weights} " if weights else "") + f"--seed {r['seed']}"
+
+
 def run_knn(wildcards):
     return f"{features_dir(wildcards.ds, wildcards.variant)}/knn{RESOLVED[wildcards.ds][wildcards.variant]['knn_k']}.npy"
 
@@ -194,16 +214,31 @@ def settings(stage):
     return get
 
 
+def downloadable(path):
+    """Whether Snakemake may fetch `path` (a file or folder of the table of known resources under resources/)."""
+    from stego_steps import download as stego_download
+
+    table = stego_download.load_table(config.get("downloads"))
+    name = os.path.relpath(path, "resources")
+    return not config["offline"] and not name.startswith("..") and (
+        table.get(name, {}).get("url") is not None or any(e.get("extract") == name for e in table.values()))
+
+
 def backbone_weights_input(wildcards):
     """The weights file of the job's backbone as an input (none for timm-cache or random weights).
 
-    Checked while the DAG is built, so missing weights stop the run before any job starts."""
+    Checked while the DAG is built, so missing weights stop the run before any job starts, unless the file is
+    one that the `download` rule fetches into resources/ (and `offline` is false)."""
     backbone = RESOLVED[wildcards.ds][variant_of(wildcards)]["backbone"]
     path = backbone_weights(config, backbone)
+    if path and not os.path.exists(path) and downloadable(path):
+        return [path]
     try:
         backbones.check_weights(backbone, path)
     except (ValueError, RuntimeError, FileNotFoundError) as err:
         message = f"backbone '{backbone}' (dataset '{wildcards.ds}'): {err}"
+        if path and os.path.relpath(path, "resources").startswith("dino") and config["offline"]:
+            message += f"; with network access set `offline: false` and Snakemake downloads it to {path}"
         if not workflow.dryrun:
             raise WorkflowError(message)
         # A dry run still shows the whole DAG with the preset values, and says what a real run needs.
@@ -230,10 +265,33 @@ def data_files(wildcards):
         files = {"classes_table": entry.get("classes_table") or str(datasets.COCO_CLASSES_TABLE)}
         if entry["root"] in COCO_ROOTS:
             files["curated_lists"] = curated_lists(wildcards.ds)
-        return files
+        return {**files, "resources": dataset_resources(wildcards.ds)}
     if entry["kind"] == "demo":
         return {"scenes": entry["root"]}
-    return {}
+    return {"resources": dataset_resources(wildcards.ds)}
+
+
+def dataset_resources(ds):
+    """The folders under a dataset's root that Snakemake downloads and unpacks (a root under resources/, e.g.
+    resources/cocostuff: the COCO images and the COCO-Stuff label maps). Folders that need an account stop the
+    run here, before any job, with where to get them and where to put them."""
+    from stego_steps import download as stego_download
+
+    root = os.path.normpath(config["datasets"][ds]["root"])
+    if os.path.relpath(root, "resources").startswith(".."):
+        return []
+    folders = []
+    for name, entry in stego_download.load_table(config.get("downloads")).items():
+        folder = entry.get("extract") or (name if entry.get("instructions") else None)
+        path = os.path.join("resources", folder) if folder else None
+        if path is None or not (path == root or path.startswith(root + os.sep)) or os.path.exists(path):
+            continue
+        if entry.get("instructions") or config["offline"]:
+            how = entry.get("instructions") or (f"download {entry['url']} and unpack it into {path}, or set "
+                                                "`offline: false` and Snakemake does it")
+            raise WorkflowError(f"dataset '{ds}': {path} is missing; {how}")
+        folders.append(path)
+    return folders
 
 
 def demo_settings(wildcards):
@@ -412,11 +470,16 @@ def segment_images_args(wildcards):
 
 
 # Experiment tables (workflow/rules/tables.smk)
+def run_seeds(ds, variant):
+    """The seeds of a variant's runs: one for an imported checkpoint (nothing of it depends on the seed)."""
+    return seeds(config, ds)[:1] if RESOLVED[ds][variant]["checkpoint"] else seeds(config, ds)
+
+
 def table_runs(ds, variant_names):
     """(dataset, variant, seed, kind, backbone) of every run of the given variants, and its miou.csv."""
     return [{"dataset": ds, "variant": v, "seed": seed, "kind": config["datasets"][ds]["kind"],
              "backbone": RESOLVED[ds][v]["backbone"], "path": run_table(ds, v, seed)}
-            for v in variant_names for seed in seeds(config, ds)]
+            for v in variant_names for seed in run_seeds(ds, v)]
 
 
 def main_table_runs():

@@ -2,6 +2,9 @@
 RUN = "results/{ds}/runs/{variant}/seed{seed}"
 # The backbone baselines depend only on the features and the clustering and probe settings: shared by variants.
 BASELINE = "results/{ds}/baselines/{bkey}/seed{seed}"
+# Variants that train (the rules below) or import a released checkpoint (rule import_checkpoint).
+TRAINED_VARIANT = "|".join(re.escape(v) for v in TRAINED) or "(?!)"
+IMPORTED_VARIANT = "|".join(re.escape(v) for v in IMPORTED) or "(?!)"
 
 
 rule calibrate:
@@ -14,6 +17,8 @@ rule calibrate:
     params:
         torch_threads=TORCH_THREADS,
         settings=settings("calibrate"),
+    wildcard_constraints:
+        variant=TRAINED_VARIANT,
     log:
         "logs/{ds}/{variant}/seed{seed}/calibrate.log",
     benchmark:
@@ -43,6 +48,8 @@ rule train:
     params:
         torch_threads=TORCH_THREADS,
         settings=settings("train"),
+    wildcard_constraints:
+        variant=TRAINED_VARIANT,
     log:
         "logs/{ds}/{variant}/seed{seed}/train.log",
     benchmark:
@@ -72,6 +79,8 @@ rule cluster:
     params:
         torch_threads=TORCH_THREADS,
         settings=settings("cluster"),
+    wildcard_constraints:
+        variant=TRAINED_VARIANT,
     log:
         "logs/{ds}/{variant}/seed{seed}/cluster.log",
     benchmark:
@@ -99,6 +108,8 @@ rule linear_probe:
     params:
         torch_threads=TORCH_THREADS,
         settings=settings("probe"),
+    wildcard_constraints:
+        variant=TRAINED_VARIANT,
     log:
         "logs/{ds}/{variant}/seed{seed}/linear_probe.log",
     benchmark:
@@ -168,3 +179,30 @@ rule backbone_linear:
         "python -m stego_steps.probe --features {input.features} --settings {params.settings:q}"
         " --device {resources.device} --out {output} --threads {threads}"
         " --torch-threads {params.torch_threads} 2> {log}"
+
+
+rule import_checkpoint:
+    """A released STEGO checkpoint's head, cluster centroids and linear probe, in this workflow's formats; its
+    backbone must be the DINO weights file that the variant's features come from."""
+    input:
+        ckpt=checkpoint_input,
+        weights=backbone_weights_input,
+    output:
+        head=f"{RUN}/head.pt",
+        centroids=f"{RUN}/centroids.npy",
+        linear=f"{RUN}/linear.pt",
+    params:
+        args=import_args,
+        out_dir=subpath(output.head, parent=True),
+    wildcard_constraints:
+        variant=IMPORTED_VARIANT,
+    log:
+        "logs/{ds}/{variant}/seed{seed}/import_checkpoint.log",
+    threads: 1
+    resources:
+        mem_mb=per_attempt(4000),
+        runtime=per_attempt(30),
+    conda:
+        "../envs/stego.yaml"
+    shell:
+        "python -m stego_steps.checkpoint --ckpt {input.ckpt} --out-dir {params.out_dir} {params.args} 2> {log}"

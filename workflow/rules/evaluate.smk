@@ -125,5 +125,7 @@ rule dataset_table:
     resources:
         mem_mb=100,
         runtime=5,
+    conda:
+        "../envs/stego.yaml"
     shell:
         "cp {input} {output} 2> {log}"

@@ -273,3 +273,18 @@ def test_hard_every_class_in_small_splits_and_deterministic(tmp_path: Path) -> N
         assert _files(rows) == _files(again[split])
     assert demo.rendered_rows(tmp_path / "a", counts, height=48, width=64, seed=0, style="hard") == index
     assert demo.rendered_rows(tmp_path / "a", counts, height=48, width=64, seed=0) is None
+
+
+def test_adapter_uses_the_generator_style(tmp_path: Path) -> None:
+    from stego_steps import datasets
+
+    generator = {"n_train": 2, "n_val": 1, "height": 32, "width": 48, "seed": 0}
+    easy_rows, easy = datasets.build_index("demo", {"root": str(tmp_path / "easy"), "generator": generator})
+    hard_rows, hard = datasets.build_index("demo", {"root": str(tmp_path / "hard"),
+                                                    "generator": {**generator, "style": "hard"}})
+    assert easy["names"] == list(CLASS_NAMES) and hard["names"] == list(demo.class_names("hard"))
+    assert hard["lut"][: len(hard["names"])] == list(range(len(hard["names"])))
+    assert set(hard["lut"][len(hard["names"]):]) == {-1}
+    assert [len(hard_rows[s]) for s in ("train", "val")] == [2, 1]
+    with Image.open(easy_rows["train"][0]["image"]) as a, Image.open(hard_rows["train"][0]["image"]) as b:
+        assert not np.array_equal(np.asarray(a), np.asarray(b))

@@ -47,7 +47,8 @@ def render_demo(settings: Settings) -> dict[str, list[Row]]:
 
     gen = settings["generator"]
     return demo.write_demo(Path(settings["root"]), {"train": gen["n_train"], "val": gen["n_val"]},
-                           height=gen["height"], width=gen["width"], seed=gen["seed"])
+                           height=gen["height"], width=gen["width"], seed=gen["seed"],
+                           style=gen.get("style", "easy"))
 
 
 def _demo_index(settings: Settings) -> tuple[dict[str, list[Row]], dict]:
@@ -56,14 +57,16 @@ def _demo_index(settings: Settings) -> tuple[dict[str, list[Row]], dict]:
     from stego_steps import demo
 
     gen = settings["generator"]
+    style = gen.get("style", "easy")
     rows = demo.rendered_rows(Path(settings["root"]), {"train": gen["n_train"], "val": gen["n_val"]},
-                              height=gen["height"], width=gen["width"], seed=gen["seed"])
+                              height=gen["height"], width=gen["width"], seed=gen["seed"], style=style)
     if rows is None:
         log.info("rendering the demo scenes into %s", settings["root"])
         rows = render_demo(settings)
     # Demo labels are stored as class ids with 255 = unlabeled.
-    lut = list(range(len(demo.CLASS_NAMES))) + [-1] * (256 - len(demo.CLASS_NAMES))
-    return rows, {"names": list(demo.CLASS_NAMES), "lut": lut}
+    names = demo.class_names(style)
+    lut = list(range(len(names))) + [-1] * (256 - len(names))
+    return rows, {"names": list(names), "lut": lut}
 
 
 # ---------------------------------------------------------------------------------------------------------

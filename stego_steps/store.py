@@ -240,9 +240,19 @@ def _check_sources(f: h5py.File, path: Path) -> None:
 
 
 def _gather(data: h5py.Dataset, index: np.ndarray) -> np.ndarray:
-    """h5py fancy indexing needs increasing unique indices: read sorted, then restore the order."""
-    unique, inverse = np.unique(index, return_inverse=True)
-    return data[unique][inverse]
+    """Rows at arbitrary indices: each run of consecutive sorted indices is read as one slice, then the order
+    is restored. (h5py's fancy indexing builds a selection point by point; for 16 chunked feature rows it took
+    180 ms where 16 slices take under 1 ms.)"""
+    unique, inverse = np.unique(np.asarray(index).reshape(-1), return_inverse=True)
+    if len(unique) == 0:
+        return data[unique][inverse]
+    breaks = np.flatnonzero(np.diff(unique) != 1) + 1
+    starts = np.concatenate([[0], breaks])
+    stops = np.concatenate([breaks, [len(unique)]])
+    out = np.empty((len(unique), *data.shape[1:]), data.dtype)
+    for a, b in zip(starts, stops, strict=True):
+        out[a:b] = data[int(unique[a]):int(unique[b - 1]) + 1]
+    return out[inverse]
 
 
 def gather(shards: list[Path], out: Path) -> None:

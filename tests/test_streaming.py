@@ -106,3 +106,15 @@ def test_the_memory_budget_comes_from_the_environment(tmp_path, monkeypatch):
     monkeypatch.delenv("STEGO_MAX_MEMORY_GB")
     with FeatureStore(path) as store:
         assert store.in_memory
+
+
+def test_reads_at_any_indices_equal_numpy_indexing(tmp_path):
+    path = write_store(tmp_path / "train.h5", n=30)
+    rng = np.random.default_rng(0)
+    with FeatureStore(path, max_memory_gb=0) as store:
+        whole = store.read("feats")
+        # Repeats, runs of consecutive rows, any order, a single row, no row.
+        for index in ([5], [], [3, 4, 5, 9, 3, 29, 0], rng.integers(0, 30, 40), rng.permutation(30)):
+            index = np.asarray(index, dtype=int)
+            np.testing.assert_array_equal(store.read("feats", index), whole[index])
+            np.testing.assert_array_equal(store.raw(index)[0].numpy(), whole[index])

@@ -3,11 +3,11 @@ resumption, and the same training loop as from memory."""
 
 import numpy as np
 import torch
+from helpers import write_store
 
 from stego_steps import knn, train
 from stego_steps.batches import StreamingBatches
 from stego_steps.store import FeatureStore
-from tests.helpers import write_store
 
 SETTINGS = {
     "code_dim": 6, "dropout": 0.1, "batch_size": 4, "steps": 12, "lr": 5e-4, "checkpoint_every": 5,

@@ -17,15 +17,7 @@ from torch import nn
 
 from stego_steps.artifacts import atomic_path
 from stego_steps.errors import UserError
-
-# Every probe of the evaluation: the K-Means of the head's codes, the supervised linear probe (a diagnostic
-# that needs labels) and the K-Means of the raw backbone features (the paper's baseline).
-PROBES = ("cluster", "linear", "backbone_kmeans")
-SUPERVISED_PROBES = ("linear",)
-UNSUPERVISED_PROBES = tuple(p for p in PROBES if p not in SUPERVISED_PROBES)
-# (probe, crf) rows of the table, in the order of PROBES; the backbone K-Means baseline is reported under the
-# full protocol (with the CRF) only.
-ROWS = tuple((probe, crf) for probe in PROBES for crf in (False, True) if crf or probe != "backbone_kmeans")
+from stego_steps.protocol import PROBES, ROWS, SUPERVISED_PROBES, UNSUPERVISED_PROBES  # noqa: F401 (re-exported)
 
 LogProbs = Callable[[torch.Tensor], torch.Tensor]
 

@@ -23,13 +23,16 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
-import torch
 
 from stego_steps.artifacts import atomic_path
 from stego_steps.errors import UserError
+
+if TYPE_CHECKING:  # torch is imported where used: stages that read stores without a model start faster
+    import torch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +79,8 @@ def quantize(feats: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     absolute channel maps to ±127. The scale is rounded to float16 before the codes are computed, so that
     codes × stored scale is the reconstruction (error at most half a level, 0.4% of the token's largest
     channel)."""
+    import torch
+
     amax = feats.float().abs().amax(dim=1, keepdim=True)
     scale = (amax / 127.0).clamp_min(1e-8).half()
     q = torch.round(feats.float() / scale.float()).clamp_(-127, 127).to(torch.int8)
@@ -119,6 +124,8 @@ class FeatureStore:
 
     def __init__(self, path: str | Path, key: str = "feats", max_memory_gb: float | None = None,
                  device: str | torch.device = "cpu") -> None:
+        import torch
+
         self.path, self.device = Path(path), torch.device(device)
         try:
             self._file = h5py.File(self.path, "r")
@@ -186,6 +193,8 @@ class FeatureStore:
 
     def batch(self, index: np.ndarray | torch.Tensor) -> torch.Tensor:
         """float32 [len(index), C, h, w] on the store's device."""
+        import torch
+
         index = np.asarray(index)
         if self._memory is not None:
             at = torch.from_numpy(index).to(self.device)
@@ -195,12 +204,16 @@ class FeatureStore:
 
     def raw(self, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The stored values (and int8 scales) at sample indices, read from disk, as CPU tensors."""
+        import torch
+
         index = np.asarray(index)
         scale = None if self._scale is None else torch.from_numpy(_gather(self._scale, index))
         return torch.from_numpy(_gather(self._data, index)), scale
 
     def raw_rows(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The stored values (and int8 scales) of the contiguous rows start..stop: one read of whole chunks."""
+        import torch
+
         scale = None if self._scale is None else torch.from_numpy(self._scale[start:stop])
         return torch.from_numpy(self._data[start:stop]), scale
 

@@ -106,3 +106,9 @@ def test_the_plan_counts_the_compact_store():
     assert q.parts["feats"] * 2 == f16.parts["feats"]
     assert q.parts["feats_scale"] == f16.parts["feats"] / 384  # one float16 per token of 384 channels
     assert q.bytes == f16.bytes - f16.parts["feats"] / 2 + q.parts["feats_scale"]
+
+
+def test_vit_attention_runs_in_the_fused_kernel():
+    # timm's Attention calls F.scaled_dot_product_attention when `fused_attn` is set (its default).
+    net = build_backbone(BACKBONE, seed=0)
+    assert all(block.attn.fused_attn for block in net.model.blocks)

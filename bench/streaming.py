@@ -59,14 +59,21 @@ class DirectDisk(FeatureStore):
         return True  # take train's non-streaming loop; batches come from `batch`, i.e. from disk
 
 
-def run(path: Path, knn: np.ndarray, mode: str, steps: int) -> float:
+def run(path: Path, knn: np.ndarray, mode: str, steps: int, device: str) -> float:
     budget = {"memory": 1000.0, "stream": 1e-4, "disk, no prefetch": 0.0}[mode]
     cls = DirectDisk if mode == "disk, no prefetch" else FeatureStore
-    with cls(path, max_memory_gb=budget) as store:
-        train.train(store, knn, {**SETTINGS, "steps": 3}, device="cpu")  # warm-up
+    with cls(path, max_memory_gb=budget, device=device) as store:
+        train.train(store, knn, {**SETTINGS, "steps": 3}, device=device)  # warm-up
+        sync(device)
         start = time.perf_counter()
-        train.train(store, knn, {**SETTINGS, "steps": steps}, device="cpu")
+        train.train(store, knn, {**SETTINGS, "steps": steps}, device=device)
+        sync(device)
         return steps / (time.perf_counter() - start)
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
 
 
 def main() -> None:
@@ -79,9 +86,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--work", type=Path, default=Path("results/bench"))
     parser.add_argument("--threads", type=int, default=2, help="torch compute threads")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    SETTINGS["batch_size"] = args.batch
     args.work.mkdir(parents=True, exist_ok=True)
     path = args.work / f"streaming_{args.dtype}.h5"
     write_store(path, args.n, args.dim, args.grid, args.dtype)
@@ -91,18 +101,19 @@ def main() -> None:
     rates: dict[str, list[float]] = {m: [] for m in modes}
     for _ in range(args.rounds):
         for mode in modes:
-            rates[mode].append(run(path, knn, mode, args.steps))
+            rates[mode].append(run(path, knn, mode, args.steps, args.device))
     with FeatureStore(path, max_memory_gb=1e-4) as s:
         size_mb = s.nbytes / 2**20
-        stream = train.StreamingBatches(s, knn, 16, 7, 0)
+        stream = train.StreamingBatches(s, knn, args.batch, 7, 0)
         pool, block = stream.pool_rows, stream.block_rows
         stream.close()
     rows = [{"mode": m, "steps_per_s": float(np.median(r)), "runs": " ".join(f"{v:.2f}" for v in r),
              "ratio_to_memory": float(np.median(r) / np.median(rates["memory"]))} for m, r in rates.items()]
     table = pd.DataFrame(rows)
     print(f"store: {args.n} samples × {args.dim} × {args.grid}² {args.dtype} = {size_mb:.0f} MB; stream budget "
-          f"1e-4 GB → pools of {pool} samples in blocks of {block}; batch 16, {args.steps} steps × {args.rounds} "
-          f"rounds; torch threads {torch.get_num_threads()}; load {os.getloadavg()[0]:.2f}")
+          f"1e-4 GB → pools of {pool} samples in blocks of {block}; batch {args.batch}, {args.steps} steps × "
+          f"{args.rounds} rounds on {args.device}; torch threads {torch.get_num_threads()}; "
+          f"load {os.getloadavg()[0]:.2f}")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     table.assign(n=args.n, dim=args.dim, grid=args.grid, dtype=args.dtype).to_csv(
         args.work / f"streaming_{args.dtype}.csv", index=False)
@@ -110,7 +121,7 @@ def main() -> None:
         prof = cProfile.Profile()
         with FeatureStore(path, max_memory_gb=1e-4) as store:
             prof.enable()
-            train.train(store, knn, {**SETTINGS, "steps": args.steps}, device="cpu")
+            train.train(store, knn, {**SETTINGS, "steps": args.steps}, device=args.device)
             prof.disable()
         prof.dump_stats(args.work / "streaming.prof")
         pstats.Stats(prof).sort_stats("tottime").print_stats(15)

@@ -45,7 +45,7 @@ class StreamingBatches:
 
     def __init__(self, store, knn: np.ndarray, batch_size: int, neighbours: int, seed: int, *,
                  pool_rows: int | None = None, blocks_per_pool: int = 16, prefetch: int = 4,
-                 start_step: int = 0, pin_memory: bool = False) -> None:
+                 start_step: int = 0, device: str | torch.device = "cpu") -> None:
         self.store, self.knn = store, np.asarray(knn)
         self.batch_size, self.seed = batch_size, seed
         self.neighbours = min(neighbours, self.knn.shape[1] - 1)
@@ -64,7 +64,10 @@ class StreamingBatches:
         self.batches_per_epoch = n // batch_size
         if self.batches_per_epoch < 1:
             raise ValueError(f"batch size {batch_size} is larger than the store ({n} samples)")
-        self.step, self.pin_memory = start_step, pin_memory
+        # On a GPU the stored values (half the bytes of float32) travel from pinned memory and are decoded
+        # there; on the CPU the reader thread decodes them.
+        self.step, self.device = start_step, torch.device(device)
+        self.on_gpu = self.device.type == "cuda"
         self._queue: queue.Queue = queue.Queue(maxsize=max(prefetch, 1))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="stream-batches", daemon=True)
@@ -100,11 +103,12 @@ class StreamingBatches:
               positives: np.ndarray) -> bool:
         from stego_steps.store import decode
 
-        f = decode(values, scales)
-        f_pos = decode(*self.store.raw(positives))
-        if self.pin_memory:
-            f, f_pos = f.pin_memory(), f_pos.pin_memory()
-        item = (anchors, positives, f, f_pos)
+        pos_values, pos_scales = self.store.raw(positives)
+        if self.on_gpu:
+            pin = lambda t: None if t is None else t.contiguous().pin_memory()  # noqa: E731
+            item = (anchors, positives, (pin(values), pin(scales)), (pin(pos_values), pin(pos_scales)))
+        else:
+            item = (anchors, positives, decode(values, scales), decode(pos_values, pos_scales))
         while not self._stop.is_set():
             try:
                 self._queue.put(item, timeout=0.1)
@@ -160,11 +164,18 @@ class StreamingBatches:
     # -- the consumer --
 
     def next(self) -> tuple[np.ndarray, np.ndarray, torch.Tensor, torch.Tensor]:
-        """(anchor ids, positive ids, anchor features, positive features) of the next step."""
+        """(anchor ids, positive ids, anchor features, positive features) of the next step, the features float32
+        on the stream's device."""
+        from stego_steps.store import decode
+
         item = self._queue.get()
         if isinstance(item, BaseException):
             raise item
         self.step += 1
+        if self.on_gpu:
+            move = lambda t: None if t is None else t.to(self.device, non_blocking=True)  # noqa: E731
+            anchors, positives, (v, sc), (pv, psc) = item
+            return anchors, positives, decode(move(v), move(sc)), decode(move(pv), move(psc))
         return item
 
     def close(self) -> None:

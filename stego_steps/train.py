@@ -77,8 +77,7 @@ def train(store: FeatureStore, knn: np.ndarray, settings: dict, *, device: str =
     stream = None
     if streaming:
         # The batch sequence of a stream depends on (seed, step) only: a resumed run continues it.
-        stream = StreamingBatches(store, knn, batch, s["neighbours"], s["seed"], start_step=start,
-                                  pin_memory=torch.device(device).type == "cuda")
+        stream = StreamingBatches(store, knn, batch, s["neighbours"], s["seed"], start_step=start, device=device)
         log.info("streaming %s (%.1f GB > budget %.1f GB): pools of %d samples in blocks of %d",
                  store.path, store.nbytes / 2**30, store.budget_gb, stream.pool_rows, stream.block_rows)
     head.train()
@@ -90,7 +89,6 @@ def train(store: FeatureStore, knn: np.ndarray, settings: dict, *, device: str =
                 f, f_pos = store.batch(anchors).to(device), store.batch(positives).to(device)
             else:
                 anchors, positives, f, f_pos = stream.next()
-                f, f_pos = f.to(device, non_blocking=True), f_pos.to(device, non_blocking=True)
             code, code_pos = head(f), head(f_pos)
             n = len(anchors)
             out = stego_loss(

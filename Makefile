@@ -33,7 +33,11 @@ lint: setup
 test: lint
 	$(BIN)/python -m pytest -p no:cacheprovider -q
 
+# The CPU benchmarks side by side (tables on stdout, CSV under results/bench/): training streamed from disk vs
+# from memory, extraction vs the bare backbone forward, then every stage of the demo. On a GPU: bash bench/gpu.sh
 bench: setup
+	$(BIN)/python bench/streaming.py
+	$(BIN)/python bench/extract.py
 	$(BIN)/python bench/stages.py
 
 clean:

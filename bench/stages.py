@@ -58,6 +58,9 @@ def main() -> None:
     print(f"workdir: {workdir}")
     print(table.to_string(float_format=lambda v: f"{v:.1f}"))
     print(f"sum of job wall times: {table['wall_s'].sum():.1f} s; snakemake wall time this call: {elapsed:.1f} s")
+    out = Path("results/bench")
+    out.mkdir(parents=True, exist_ok=True)
+    table.assign(snakemake_wall_s=elapsed).to_csv(out / "stages.csv")
 
 
 if __name__ == "__main__":

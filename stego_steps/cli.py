@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -95,12 +96,18 @@ def base_parser(description: str, *, device: bool = False) -> argparse.ArgumentP
 
 
 def parse_stage_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
-    """Parse a stage's CLI, set up logging, fix torch's compute threads and resolve `--device`."""
-    import torch
+    """Parse a stage's CLI, set up logging, fix torch's compute threads and resolve `--device`.
 
+    Stages without a model do not import torch (it takes seconds): when torch is not imported yet, its thread
+    count is set through OMP_NUM_THREADS, which torch reads when it is imported."""
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
-    torch.set_num_threads(args.torch_threads)
+    if "torch" in sys.modules or hasattr(args, "device"):
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
+    else:
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.torch_threads)
     if hasattr(args, "device"):
         args.device = select_device(args.device)
     return args

@@ -27,10 +27,13 @@ HINTS = {
                                              "in label-value order (their number is the number of clusters)"),
 }
 
-# Preset keys that may be left out (with these values): label-free calibration of the loss shifts.
+# Preset keys that may be left out (with these values): label-free calibration of the loss shifts, how
+# patch features are stored, the extraction's arithmetic.
 PRESET_DEFAULTS: dict[str, Any] = {
     "head": {"nonlinear": True},
     "checkpoint": None,
+    "store_dtype": "float16",
+    "precision": "float32",
     "calibrate": "auto",
     "calibration": {"quantiles": {"self": 0.5, "knn": 0.5, "random": 0.9}, "batches": 24,
                     "values_per_batch": 20000},
@@ -268,6 +271,7 @@ def stage_settings(config: dict, dataset: str, stage: str, split: str = "train",
             # The official five-crops were stored as JPEG; evaluation images never were.
             "jpeg_quality": r["jpeg_quality"] if (train and r["five_crop"]) else None,
             "batch_size": r["extract_batch"], "seed": r["seed"],
+            "store_dtype": r["store_dtype"], "precision": r["precision"],
         }
     if stage == "train":
         return {**r["head"], **r["train"], **{k: v for k, v in r["loss"].items()},

@@ -31,7 +31,7 @@ from stego_steps import metrics
 from stego_steps.artifacts import write_csv
 from stego_steps.cli import base_parser, parse_stage_args
 from stego_steps.errors import cli
-from stego_steps.head import PROBES, ROWS, SUPERVISED_PROBES
+from stego_steps.protocol import PROBES, ROWS, SUPERVISED_PROBES
 from stego_steps.segmentations import read_predictions
 from stego_steps.store import FeatureStore
 

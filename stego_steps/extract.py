@@ -1,7 +1,10 @@
 """Stage `extract`: run the frozen backbone once over a split and cache its features in HDF5.
 
 The store's layout is defined in `stego_steps.store`. The caching is lossless for training because the
-backbone is frozen and no augmentation reaches the loss. Writing goes to `{out}.partial` with a progress counter;
+backbone is frozen and no augmentation reaches the loss (up to the store's rounding: float16, or int8 codes
+with a per-token scale). `precision: bfloat16` runs the backbone under bfloat16 autocast; images are decoded
+and resized in DataLoader workers (pinned memory on a GPU) and a writer thread writes to HDF5 while the next
+batch is computed. Writing goes to `{out}.partial` with a progress counter;
 a killed run resumes from it. Large splits are extracted in shards (contiguous slices of the index, one job
 each) and gathered into one store (`python -m stego_steps.extract gather`).
 """
@@ -11,6 +14,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import h5py
@@ -58,14 +64,54 @@ def to_float(batch_uint8: torch.Tensor) -> torch.Tensor:
     return batch_uint8.permute(0, 3, 1, 2).float().div_(255.0)
 
 
+PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
 @torch.no_grad()
-def features_of(backbone: FeatureExtractor, batch: torch.Tensor, device: str) -> torch.Tensor:
-    return backbone(batch.to(device)).float().cpu()
+def features_of(backbone: FeatureExtractor, batch: torch.Tensor, device: str, precision: str = "float32"
+                ) -> torch.Tensor:
+    """float32 features [B,C,h,w] on the CPU; `precision` bfloat16 runs the forward under autocast (matrix
+    products and attention in bfloat16, norms and softmax in float32)."""
+    dtype = PRECISIONS[precision]
+    with torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype != torch.float32):
+        return backbone(batch.to(device, non_blocking=True)).float().cpu()
+
+
+class Writer:
+    """Writes batches to the open store in a background thread, so that HDF5 writes (and int8 rounding)
+    overlap the next forward pass. At most `depth` batches wait; an error in the thread is raised by the next
+    `put` or by `close`."""
+
+    def __init__(self, write: Callable[..., None], depth: int = 2) -> None:
+        self._write, self._queue = write, queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._write(*item)
+                except BaseException as err:  # raised in the main thread
+                    self._error = err
+
+    def put(self, *item: object) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(item)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
 
 
 def extract(index: pd.DataFrame, classes: dict, out: Path, *, backbone: str, weights: str | None, res: int,
             evaluation: bool, jpeg_quality: int | None = None, batch_size: int = 16, workers: int = 0,
-            device: str = "auto", seed: int = 0, split: str = "", shard: int = 0, n_shards: int = 1) -> None:
+            device: str = "auto", seed: int = 0, split: str = "", shard: int = 0, n_shards: int = 1,
+            store_dtype: str = "float16", precision: str = "float32") -> None:
     """Write the feature store of one split, or of one shard of it (resuming a partial one written from the
     same inputs)."""
     with_labels = bool((index["label"] != "").all())  # of the whole split: an empty shard has the same datasets
@@ -79,8 +125,8 @@ def extract(index: pd.DataFrame, classes: dict, out: Path, *, backbone: str, wei
     grid = res // net.stride
     # Batch composition and compute threads change the features' last bits, so they are part of the key.
     settings = dict(backbone=backbone, weights=weights, res=res, evaluation=evaluation,
-                    jpeg_quality=jpeg_quality, seed=seed, batch_size=batch_size,
-                    torch_threads=torch.get_num_threads() if device == "cpu" else None)
+                    jpeg_quality=jpeg_quality, seed=seed, batch_size=batch_size, store_dtype=store_dtype,
+                    precision=precision, torch_threads=torch.get_num_threads() if device == "cpu" else None)
     key = fingerprint(index.to_csv(index=False), settings)
     partial = out.with_name(out.name + ".partial")
     n = len(index)
@@ -96,7 +142,8 @@ def extract(index: pd.DataFrame, classes: dict, out: Path, *, backbone: str, wei
     out.parent.mkdir(parents=True, exist_ok=True)
     with h5py.File(partial, "a") as f:
         if "feats" not in f:
-            store.create(f, store.layout(n, net.dim, grid, res, evaluation=evaluation, labelled=with_labels))
+            store.create(f, store.layout(n, net.dim, grid, res, evaluation=evaluation, labelled=with_labels,
+                                         dtype=store_dtype))
             f.attrs.update(fingerprint=key, done=0, backbone=backbone, res=res, stride=net.stride, split=split,
                            n_classes=len(classes["names"]), class_names=json.dumps(classes["names"]),
                            start=rows.start, stop=rows.stop, backbone_id=backbone_id(backbone, weights, seed),
@@ -107,20 +154,31 @@ def extract(index: pd.DataFrame, classes: dict, out: Path, *, backbone: str, wei
         if done:
             log.info("resuming %s at sample %d of %d", partial, done, n)
         data = IndexDataset(index.iloc[done:], res, classes.get("lut"), jpeg_quality, with_labels)
-        loader = DataLoader(data, batch_size=batch_size, num_workers=workers, shuffle=False)
-        for batch in progress(loader, desc=f"extract {split}", total=len(loader)):
-            imgs = to_float(batch["image"])
-            feats = features_of(net, imgs, device)
-            stop = done + len(imgs)
-            f["feats"][done:stop] = feats.half().numpy()
-            f["pooled"][done:stop] = feats.mean(dim=(2, 3)).numpy()
+        cuda = torch.device(device).type == "cuda"
+        loader = DataLoader(data, batch_size=batch_size, num_workers=workers, shuffle=False, pin_memory=cuda)
+
+        def write(start: int, feats: torch.Tensor, flips: torch.Tensor | None, batch: dict) -> None:
+            stop = start + len(feats)
+            store.write_features(f, "feats", start, feats)
+            f["pooled"][start:stop] = feats.mean(dim=(2, 3)).numpy()
             if with_labels:
-                f["label"][done:stop] = batch["label"].numpy()
-            if evaluation:
-                f["feats_flip"][done:stop] = features_of(net, imgs.flip(-1), device).half().numpy()
-                f["image"][done:stop] = batch["image"].numpy()
-            f.attrs["done"] = done = stop
+                f["label"][start:stop] = batch["label"].numpy()
+            if flips is not None:
+                store.write_features(f, "feats_flip", start, flips)
+                f["image"][start:stop] = batch["image"].numpy()
+            f.attrs["done"] = stop
             f.flush()
+
+        writer = Writer(write)
+        try:
+            for batch in progress(loader, desc=f"extract {split}", total=len(loader)):
+                imgs = to_float(batch["image"])
+                feats = features_of(net, imgs, device, precision)
+                flips = features_of(net, imgs.flip(-1), device, precision) if evaluation else None
+                writer.put(done, feats, flips, batch)
+                done += len(imgs)
+        finally:
+            writer.close()
     os.replace(partial, out)
     log.info("wrote %s: %d samples, %d×%d×%d features", out, n, net.dim, grid, grid)
 

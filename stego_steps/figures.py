@@ -34,8 +34,8 @@ from matplotlib.patches import Patch  # noqa: E402
 from stego_steps.artifacts import atomic_path, write_csv  # noqa: E402
 from stego_steps.cli import base_parser, progress, setup_logging  # noqa: E402
 from stego_steps.errors import cli  # noqa: E402
-from stego_steps.head import ROWS, SUPERVISED_PROBES  # noqa: E402
 from stego_steps.loss import TERMS, feature_correlation, negative_perm, random_coords, sample  # noqa: E402
+from stego_steps.protocol import ROWS, SUPERVISED_PROBES  # noqa: E402
 from stego_steps.segmentations import palette, read_predictions  # noqa: E402
 from stego_steps.store import FeatureStore  # noqa: E402
 

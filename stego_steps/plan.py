@@ -45,6 +45,7 @@ class SplitPlan:
     channels: int
     evaluation: bool
     labelled: bool
+    dtype: str = "float16"
 
     @property
     def grid(self) -> int:
@@ -54,7 +55,7 @@ class SplitPlan:
     def parts(self) -> dict[str, int]:
         """Bytes of every dataset of the store."""
         arrays = store.layout(self.samples, self.channels, self.grid, self.res, evaluation=self.evaluation,
-                              labelled=self.labelled)
+                              labelled=self.labelled, dtype=self.dtype)
         return {name: a.nbytes for name, a in arrays.items()}
 
     @property
@@ -76,7 +77,8 @@ def split_plan(split: str, samples: int, labelled: bool, settings: Mapping[str, 
         raise ValueError(f"{split}: resolution {res} is not a multiple of backbone {settings['backbone']}'s "
                          f"stride {stride}; pick a multiple in the preset (train_res / eval_res)")
     return SplitPlan(split=split, samples=samples, res=res, stride=stride, channels=int(info["dim"]),
-                     evaluation=bool(settings["evaluation"]), labelled=labelled)
+                     evaluation=bool(settings["evaluation"]), labelled=labelled,
+                     dtype=settings.get("store_dtype", "float16"))
 
 
 def make_plan(indexes: Mapping[str, str | Path], settings: Mapping[str, Mapping[str, Any]]) -> list[SplitPlan]:
@@ -125,15 +127,15 @@ def human(n: float) -> str:
 def format_plan(plans: list[SplitPlan], *, title: str, store_dir: str | Path, measured: Path, free: int,
                 reclaimable: int = 0, margin: float = MARGIN) -> str:
     """The human-readable table: one line per split, the total and the free disk."""
-    header = ("split", "samples", "resolution", "grid", "channels", "bytes", "")
+    header = ("split", "samples", "resolution", "grid", "channels", "features", "bytes", "")
     lines = [header]
     for p in plans:
         lines.append((p.split, f"{p.samples:,}", f"{p.res}×{p.res}", f"{p.grid}×{p.grid}", str(p.channels),
-                      f"{p.bytes:,}", f"({human(p.bytes)})"))
+                      p.dtype, f"{p.bytes:,}", f"({human(p.bytes)})"))
     total = sum(p.bytes for p in plans)
-    lines.append(("total", f"{sum(p.samples for p in plans):,}", "", "", "", f"{total:,}", f"({human(total)})"))
+    lines.append(("total", f"{sum(p.samples for p in plans):,}", "", "", "", "", f"{total:,}", f"({human(total)})"))
     widths = [max(len(row[k]) for row in lines) for k in range(len(header))]
-    aligned = ["  ".join(cell.rjust(w) if k in (1, 4, 5) else cell.ljust(w)
+    aligned = ["  ".join(cell.rjust(w) if k in (1, 4, 6) else cell.ljust(w)
                          for k, (cell, w) in enumerate(zip(row, widths, strict=True))).rstrip()
                for row in lines]
     rule = "-" * max(len(line) for line in aligned)

@@ -3,6 +3,10 @@
 One step = one batch of anchors, each paired with a positive drawn uniformly from its KNN ranks 1..k and
 with random negatives from the same batch. Adam without weight decay, no schedule. Writes the head, a per-step
 CSV log and the resolved settings; a checkpoint every `checkpoint_every` steps lets a killed run resume.
+
+A store that fits the memory budget (`store.memory_budget_gb()`) is held in memory and its anchors drawn by a
+global shuffle; a larger one is streamed (`batches.StreamingBatches`: whole chunks read in a background
+thread, shuffled within and across pools of chunks, the positives' features read ahead).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import torch
 from torch import nn
 
 from stego_steps.artifacts import atomic_path, fingerprint, write_csv, write_json
-from stego_steps.batches import BatchSampler
+from stego_steps.batches import BatchSampler, StreamingBatches
 from stego_steps.cli import base_parser, parse_stage_args, progress, settings_arg
 from stego_steps.devices import select_device
 from stego_steps.errors import cli
@@ -52,13 +56,14 @@ def train(store: FeatureStore, knn: np.ndarray, settings: dict, *, device: str =
     head = SegmentationHead(store.dim, s["code_dim"], s["dropout"], s.get("nonlinear", True)).to(device)
     loss_dropout = nn.Dropout2d(s["dropout"])  # third, independent mask: the features the loss sees
     opt = torch.optim.Adam(head.parameters(), lr=s["lr"])
+    streaming = not store.in_memory
     sampler = BatchSampler(knn, batch, s["neighbours"], g)
     rows: list[dict] = []
     start = 0
     key = checkpoint_key(s, store, knn)
     if checkpoint is not None and checkpoint.exists():
         state = torch.load(checkpoint, map_location=device, weights_only=False)
-        if state["fingerprint"] == key:
+        if state["fingerprint"] == key and state.get("streaming", False) == streaming:
             head.load_state_dict(state["head"])
             opt.load_state_dict(state["opt"])
             g.set_state(state["generator"])
@@ -69,37 +74,49 @@ def train(store: FeatureStore, knn: np.ndarray, settings: dict, *, device: str =
             log.info("resuming training at step %d from %s", start, checkpoint)
         else:
             log.warning("ignoring %s: it was made from other settings, features or neighbours", checkpoint)
+    stream = None
+    if streaming:
+        # The batch sequence of a stream depends on (seed, step) only: a resumed run continues it.
+        stream = StreamingBatches(store, knn, batch, s["neighbours"], s["seed"], start_step=start, device=device)
+        log.info("streaming %s (%.1f GB > budget %.1f GB): pools of %d samples in blocks of %d",
+                 store.path, store.nbytes / 2**30, store.budget_gb, stream.pool_rows, stream.block_rows)
     head.train()
-    for step in progress(range(start, s["steps"]), desc="train", initial=start, total=s["steps"]):
-        t0 = time.perf_counter()
-        anchors, positives = sampler.next()
-        f = store.batch(anchors).to(device)
-        f_pos = store.batch(positives).to(device)
-        code, code_pos = head(f), head(f_pos)
-        n = len(anchors)
-        out = stego_loss(
-            loss_dropout(f), code, loss_dropout(f_pos), code_pos,
-            coords1=random_coords(n, s["samples"], g).to(device),
-            coords2=random_coords(n, s["samples"], g).to(device),
-            perms=[negative_perm(n, g).to(device) for _ in range(s["negatives"])],
-            weights=s["weights"], shifts=s["shifts"],
-            spatial_centering=s["spatial_centering"], zero_clamp=s["zero_clamp"],
-        )
-        opt.zero_grad(set_to_none=True)
-        out["total"].backward()
-        opt.step()
-        rows.append({"step": step + 1, **{k: out[k].item() for k in (*TERMS, "total")},
-                     "seconds": time.perf_counter() - t0})
-        if (step + 1) % max(s["steps"] // 10, 1) == 0:
-            log.info("step %d/%d loss %.4f (self %.4f knn %.4f random %.4f)", step + 1, s["steps"],
-                     *(rows[-1][k] for k in ("total", *TERMS)))
-        if checkpoint is not None and (step + 1) % s["checkpoint_every"] == 0 and step + 1 < s["steps"]:
-            with atomic_path(checkpoint) as tmp:
-                torch.save({"fingerprint": key, "head": head.state_dict(), "opt": opt.state_dict(),
-                            "generator": g.get_state(), "torch_rng": torch.get_rng_state(),
-                            "cuda_rng": torch.cuda.get_rng_state(device)
-                            if torch.device(device).type == "cuda" else None,
-                            "order": sampler.order, "rows": rows, "step": step + 1}, tmp)
+    try:
+        for step in progress(range(start, s["steps"]), desc="train", initial=start, total=s["steps"]):
+            t0 = time.perf_counter()
+            if stream is None:
+                anchors, positives = sampler.next()
+                f, f_pos = store.batch(anchors).to(device), store.batch(positives).to(device)
+            else:
+                anchors, positives, f, f_pos = stream.next()
+            code, code_pos = head(f), head(f_pos)
+            n = len(anchors)
+            out = stego_loss(
+                loss_dropout(f), code, loss_dropout(f_pos), code_pos,
+                coords1=random_coords(n, s["samples"], g).to(device),
+                coords2=random_coords(n, s["samples"], g).to(device),
+                perms=[negative_perm(n, g).to(device) for _ in range(s["negatives"])],
+                weights=s["weights"], shifts=s["shifts"],
+                spatial_centering=s["spatial_centering"], zero_clamp=s["zero_clamp"],
+            )
+            opt.zero_grad(set_to_none=True)
+            out["total"].backward()
+            opt.step()
+            rows.append({"step": step + 1, **{k: out[k].item() for k in (*TERMS, "total")},
+                         "seconds": time.perf_counter() - t0})
+            if (step + 1) % max(s["steps"] // 10, 1) == 0:
+                log.info("step %d/%d loss %.4f (self %.4f knn %.4f random %.4f)", step + 1, s["steps"],
+                         *(rows[-1][k] for k in ("total", *TERMS)))
+            if checkpoint is not None and (step + 1) % s["checkpoint_every"] == 0 and step + 1 < s["steps"]:
+                with atomic_path(checkpoint) as tmp:
+                    torch.save({"fingerprint": key, "head": head.state_dict(), "opt": opt.state_dict(),
+                                "generator": g.get_state(), "torch_rng": torch.get_rng_state(),
+                                "cuda_rng": torch.cuda.get_rng_state(device)
+                                if torch.device(device).type == "cuda" else None,
+                                "order": sampler.order, "rows": rows, "step": step + 1, "streaming": streaming}, tmp)
+    finally:
+        if stream is not None:
+            stream.close()
     return head.eval(), pd.DataFrame(rows)
 
 

@@ -55,3 +55,13 @@ def test_no_module_shadows_the_standard_library():
     import sys
 
     assert {p.stem for p in PACKAGE.glob("*.py")} & set(sys.stdlib_module_names) == set()
+
+
+def test_stages_without_a_model_start_without_torch():
+    # Importing torch takes seconds per job; these stages read stores and predictions only.
+    import subprocess
+    import sys
+
+    for stage in ("prepare", "evaluate"):
+        code = f"import sys, stego_steps.{stage}; assert 'torch' not in sys.modules, '{stage} imports torch'"
+        subprocess.run([sys.executable, "-c", code], check=True, cwd=PACKAGE.parent)

@@ -12,12 +12,11 @@ import h5py
 from snakemake.utils import validate
 
 from stego_steps import backbones, datasets
-from stego_steps.head import ROWS
 from stego_steps import config as stego_config
 from stego_steps import validate as stego_validate
 from stego_steps.config import (DEFAULT_VARIANT, ConfigError, backbone_weights, baseline_key, crop_of_index,
                                 dataset_settings, features_key, index_name, resolve, seeds, stage_settings, variants)
-from stego_steps.head import BASELINE_PROBES, PROBES, SUPERVISED_PROBES, UNSUPERVISED_PROBES
+from stego_steps.protocol import BASELINE_PROBES, PROBES, ROWS, SUPERVISED_PROBES, UNSUPERVISED_PROBES
 from stego_steps.store import MAX_MEMORY_GB
 from stego_steps.errors import report_failed_jobs
 
@@ -62,8 +61,14 @@ for _ds, _entry in config["datasets"].items():
 
 # Jobs call `python -m stego_steps.<stage>`: the interpreter that runs Snakemake (the project's environment)
 # comes first on PATH, unless --sdm conda puts the rule's environment in front of it.
+# OpenMP threads that wait for work sleep instead of spinning: when jobs share cores (2 jobs of 2 threads on a
+# 2-core machine), spinning threads starve the others (training measured 2× slower under load). The thread
+# counts, and so the results, are unchanged.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 envvars:
     "PATH",
+    "OMP_WAIT_POLICY",
 
 
 os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")

@@ -1,0 +1,16 @@
+"""The probes of the evaluation and the rows of its table (a module without torch, for the stages that only
+read predictions)."""
+
+from __future__ import annotations
+
+# Every probe of the evaluation: the K-Means of the head's codes, the supervised linear probe (a diagnostic
+# that needs labels), and the same two on the raw backbone features (the paper's baselines).
+PROBES = ("cluster", "linear", "backbone_kmeans", "backbone_linear")
+SUPERVISED_PROBES = ("linear", "backbone_linear")
+# The probes of the raw backbone features (the baselines), computed once per feature store and seed and shared
+# by every variant that uses them.
+BASELINE_PROBES = ("backbone_kmeans", "backbone_linear")
+UNSUPERVISED_PROBES = tuple(p for p in PROBES if p not in SUPERVISED_PROBES)
+# (probe, crf) rows of the table, in the order of PROBES; the backbone K-Means baseline is reported under the
+# full protocol (with the CRF) only.
+ROWS = tuple((probe, crf) for probe in PROBES for crf in (False, True) if crf or probe != "backbone_kmeans")

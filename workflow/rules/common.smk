@@ -59,8 +59,6 @@ for _ds, _entry in config["datasets"].items():
     if _problem:
         raise WorkflowError(_problem)
 
-# Jobs call `python -m stego_steps.<stage>`: the interpreter that runs Snakemake (the project's environment)
-# comes first on PATH, unless --sdm conda puts the rule's environment in front of it.
 # OpenMP threads that wait for work sleep instead of spinning: when jobs share cores (2 jobs of 2 threads on a
 # 2-core machine), spinning threads starve the others (training measured 2× slower under load). The thread
 # counts, and so the results, are unchanged.
@@ -71,6 +69,8 @@ envvars:
     "OMP_WAIT_POLICY",
 
 
+# Jobs call `python -m stego_steps.<stage>`: the interpreter that runs Snakemake (the project's environment)
+# comes first on PATH, unless --sdm conda puts the rule's environment in front of it.
 os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
 # The device of every model stage (extract, knn, train, cluster, backbone_kmeans, linear_probe, predict)
 # reaches the job as the resource `device` (`--device {resources.device}`), never as a param: Snakemake reruns

@@ -91,7 +91,7 @@ def _rotated():
     ("datasets:\n  mine:\n    overrides: {backbone: vit_huge}\n",
      "dataset 'mine' (preset 'demo' and its overrides), key backbone: unknown backbone 'vit_huge'; valid names:"),
     ("datasets:\n  mine:\n    preset: nope\n",
-     "datasets.mine.preset: unknown preset 'nope'; known presets: cityscapes, cocostuff, demo, potsdam"),
+     "datasets.mine.preset: unknown preset 'nope'; known presets: cityscapes, cocostuff, demo, demo_hard, potsdam"),
     ("datasets:\n  mine:\n    overrides: {train: {steps: many}}\n",
      "datasets.mine.overrides.train.steps: 'many' is not of type 'integer'"),
     ("datasets:\n  other:\n    kind: directory\n    preset: demo\n    root: data/mine\n",

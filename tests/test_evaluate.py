@@ -14,14 +14,17 @@ def test_evaluate_rows_for_a_permuted_perfect_clustering():
     perfect = perm[np.clip(labels, 0, None)].astype(np.uint8)
     preds = {"cluster": {False: perfect, True: perfect},
              "linear": {False: np.clip(labels, 0, None), True: np.zeros_like(perfect)},
-             "backbone_kmeans": {False: perfect, True: perfect}}
-    rows, conf = evaluate.evaluate(labels, preds, {"cluster": 3, "linear": 3, "backbone_kmeans": 3}, 3)
+             "backbone_kmeans": {False: perfect, True: perfect},
+             "backbone_linear": {False: perfect, True: np.clip(labels, 0, None)}}
+    rows, conf = evaluate.evaluate(labels, preds, {probe: 3 for probe in preds}, 3)
     assert [(r["probe"], r["crf"]) for r in rows] == list(evaluate.ROWS)
     by = {(r["probe"], r["crf"]): r for r in rows}
     assert by["cluster", True]["miou"] == pytest.approx(100.0)
     assert by["linear", False]["miou"] == pytest.approx(100.0)  # identity mapping, no Hungarian
     valid = labels >= 0
     assert by["linear", True]["pixel_accuracy"] == pytest.approx(100.0 * (labels[valid] == 0).mean())
+    # Linear probes (also on the raw features) are not matched: a permuted map scores below 100.
+    assert by["backbone_linear", False]["miou"] < 100.0 and by["backbone_linear", True]["miou"] == pytest.approx(100.0)
     assert conf["cluster_crf"].sum() == valid.sum()
 
 

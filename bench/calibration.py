@@ -3,7 +3,7 @@ with calibrated shifts, and of an oracle (a small shift grid chosen with the eva
 only), each with and without the CRF, over several seeds.
 
 Runs in-process on the cached stores of a dataset that the workflow has already extracted
-(`results/{ds}/features/{bb}/{train,val}.h5` and `results/{ds}/knn/{bb}/train.npy`):
+(`results/{ds}/features/<backbone>_<digest>/{train,val}.h5` and `knn<k>.npy` beside them):
 
     python bench/calibration.py --dataset demo --steps 200 --seeds 0 1 2 --out bench/calibration_demo.csv
 
@@ -26,7 +26,7 @@ from stego_steps import metrics
 from stego_steps.calibrate import calibrate
 from stego_steps.cli import setup_logging
 from stego_steps.cluster import spherical_kmeans
-from stego_steps.config import load_schema, resolve, stage_settings
+from stego_steps.config import features_key, load_schema, resolve, stage_settings
 from stego_steps.head import flip_tta_code
 from stego_steps.segment import cluster_log_probs, segment
 from stego_steps.store import FeatureStore
@@ -105,25 +105,24 @@ def main() -> None:
     config = yaml.safe_load(a.config.read_text())
     load_schema()
     r = resolve(config, a.dataset)
-    bb = r["backbone"]
-    base = a.results / a.dataset
+    features = a.results / a.dataset / "features" / features_key(config, a.dataset)
     cal_settings = stage_settings(config, a.dataset, "calibrate")
     cal_settings["calibrate"] = True
     train_settings = {**stage_settings(config, a.dataset, "train"), "steps": a.steps}
-    knn = np.load(base / "knn" / bb / "train.npy")
+    knn = np.load(features / f"knn{r['knn_k']}.npy")
     pos, neg = a.grid.split(":")
     grid = [(float(x), float(y)) for x in pos.split(",") for y in neg.split(",")]
     rows = []
     if a.calibration:  # the artifact of an earlier run (same seed and settings: the same shifts)
         calibration = json.loads(a.calibration.read_text())
     else:
-        with FeatureStore(base / "features" / bb / "train.h5", max_memory_gb=0) as tr_probe:
+        with FeatureStore(features / "train.h5", max_memory_gb=0) as tr_probe:
             calibration = calibrate(tr_probe, knn, cal_settings)
         (a.out.with_suffix(".calibration.json")).write_text(json.dumps(calibration, indent=1))
     log.info("calibrated shifts %s", calibration["shifts"])
-    with FeatureStore(base / "features" / bb / "train.h5") as tr, \
-            FeatureStore(base / "features" / bb / "val.h5", max_memory_gb=0) as val, \
-            FeatureStore(base / "features" / bb / "val.h5", key="feats_flip", max_memory_gb=0) as flips:
+    with FeatureStore(features / "train.h5") as tr, \
+            FeatureStore(features / "val.h5", max_memory_gb=0) as val, \
+            FeatureStore(features / "val.h5", key="feats_flip", max_memory_gb=0) as flips:
         n_classes = len(val.class_names)
         cl = {**r["cluster"], **({"n_init": a.n_init} if a.n_init else {})}
 

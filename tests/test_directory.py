@@ -85,7 +85,8 @@ def test_directory_with_labels_end_to_end(tmp_path):
     base = tmp_path / "results" / "mine"
     table = pd.read_csv(base / "miou.csv")
     assert list(zip(table["probe"], table["crf"], strict=True)) == [
-        ("cluster", False), ("cluster", True), ("linear", False), ("linear", True), ("backbone_kmeans", True)]
+        ("cluster", False), ("cluster", True), ("linear", False), ("linear", True), ("backbone_kmeans", True),
+        ("backbone_linear", False), ("backbone_linear", True)]
     assert (table["dataset"] == "mine").all() and (table["backbone"] == "efficientnet_lite0").all()
     assert (table["n_images"] == 6).all()
     assert table["pixel_accuracy"].between(0, 100).all() and table["miou"].between(0, 100).all()

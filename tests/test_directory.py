@@ -92,7 +92,7 @@ def test_directory_with_labels_end_to_end(tmp_path):
     assert table["pixel_accuracy"].between(0, 100).all() and table["miou"].between(0, 100).all()
     # The demo scenes are easy for a pretrained backbone: better than chance (1/6 of the pixels) everywhere.
     assert (table["pixel_accuracy"] > 100 / len(CLASSES)).all()
-    per_class = pd.read_csv(base / "per_class_iou.csv")
+    per_class = pd.read_csv(default_run(tmp_path, "mine") / "per_class_iou.csv")
     assert per_class["class"].iloc[: len(CLASSES)].tolist() == CLASSES
     (plans,) = (base / "plan").iterdir()
     assert "train       24" in (plans / "train.txt").read_text() and "val          6" in (plans / "val.txt").read_text()

@@ -31,12 +31,27 @@ def run_demo(workdir: Path, configfile: Path | None, cores: int) -> float:
     return time.perf_counter() - start
 
 
+ORDER = ["render_demo", "prepare", "plan", "extract", "gather_features", "knn", "calibrate", "train", "cluster",
+         "backbone_kmeans", "backbone_linear", "linear_probe", "predict", "segment", "evaluate", "figure_panels",
+         "figure_metrics", "figure_training", "figure_correlations"]
+
+
+def stage_of(tsv: Path) -> str:
+    """The rule of a benchmark file: a run's and a baseline's files are named after their rule
+    (`<run>/train.tsv`, `<baseline>/segment_backbone_kmeans.1-of-1.tsv`), the others sit in a folder named after
+    it (`extract/<features>_train.1-of-1.tsv`, `render_demo/<root>.tsv`)."""
+    stem = tsv.name.split(".")[0]
+    for stage in sorted(ORDER, key=len, reverse=True):
+        if stem == stage or (stage == "segment" and stem.startswith("segment_")):
+            return stage
+    return next((part for part in reversed(tsv.parts) if part in ORDER), tsv.parent.name)
+
+
 def stage_table(workdir: Path) -> pd.DataFrame:
     rows = []
     for tsv in sorted((workdir / "benchmarks").rglob("*.tsv")):
         bench = pd.read_csv(tsv, sep="\t")
-        # benchmarks/<dataset>/<stage>/<job>.tsv
-        rows.append({"dataset": tsv.parent.parent.name, "stage": tsv.parent.name, "job": tsv.stem,
+        rows.append({"stage": stage_of(tsv), "job": str(tsv.relative_to(workdir / "benchmarks")),
                      "wall_s": bench["s"].iloc[-1], "max_rss_mb": bench["max_rss"].iloc[-1]})
     return pd.DataFrame(rows)
 
@@ -50,11 +65,9 @@ def main() -> None:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="stego-bench-"))
     elapsed = run_demo(workdir, args.configfile, args.cores)
     jobs = stage_table(workdir)
-    order = ["prepare", "plan", "extract", "gather_features", "knn", "calibrate", "train", "cluster", "backbone_kmeans",
-             "linear_probe", "predict", "segment", "evaluate"]
     table = (jobs.groupby("stage").agg(jobs=("job", "count"), wall_s=("wall_s", "sum"),
                                        max_rss_mb=("max_rss_mb", "max"))
-             .reindex([s for s in order if s in set(jobs["stage"])]))
+             .reindex([s for s in ORDER if s in set(jobs["stage"])]))
     print(f"workdir: {workdir}")
     print(table.to_string(float_format=lambda v: f"{v:.1f}"))
     print(f"sum of job wall times: {table['wall_s'].sum():.1f} s; snakemake wall time this call: {elapsed:.1f} s")

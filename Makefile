@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
-# The demo's tables and its pictures (results/demo/figures/).
+# The demo's table and its pictures (results/demo/runs/default/seed0/figures/).
 demo: setup
 	$(BIN)/snakemake --cores $(CORES) results/demo/miou.csv figures
 	@cat results/demo/miou.csv

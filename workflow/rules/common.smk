@@ -31,14 +31,17 @@ validate(config, schema=str(stego_config.SCHEMA))
 # Every dataset's variants resolved once: RESOLVED[ds][variant] holds the hyper-parameters that every stage of
 # that variant's runs reads. Feature stores and baselines are keyed by what produced them (FEATURES, BASELINES:
 # key → the first variant that needs it), so variants with the same extraction share stores and KNN tables.
-RESOLVED, FEATURES, BASELINES = {}, {}, {}
+# FEATURE_KEY / BASELINE_KEY[ds][variant] name those folders, computed here once rather than per job.
+RESOLVED, FEATURES, BASELINES, FEATURE_KEY, BASELINE_KEY = {}, {}, {}, {}, {}
 try:
     stego_config.check_experiments(config)
     for _ds in config["datasets"]:
         RESOLVED[_ds] = {_v: resolve(config, _ds, _v) for _v in variants(config, _ds)}
+        FEATURE_KEY[_ds] = {_v: features_key(config, _ds, _v) for _v in RESOLVED[_ds]}
+        BASELINE_KEY[_ds] = {_v: baseline_key(config, _ds, _v) for _v in RESOLVED[_ds]}
         for _v in RESOLVED[_ds]:
-            FEATURES.setdefault((_ds, features_key(config, _ds, _v)), _v)
-            BASELINES.setdefault((_ds, baseline_key(config, _ds, _v)), _v)
+            FEATURES.setdefault((_ds, FEATURE_KEY[_ds][_v]), _v)
+            BASELINES.setdefault((_ds, BASELINE_KEY[_ds][_v]), _v)
 except ConfigError as err:
     raise WorkflowError(f"config/config.yaml: {err}")
 PRESETS = {ds: by_variant[DEFAULT_VARIANT] for ds, by_variant in RESOLVED.items()}
@@ -122,11 +125,11 @@ def default_run(ds):
 
 
 def features_dir(ds, variant):
-    return f"results/{ds}/features/{features_key(config, ds, variant)}"
+    return f"results/{ds}/features/{FEATURE_KEY[ds][variant]}"
 
 
 def baseline_dir(ds, variant, seed):
-    return f"results/{ds}/baselines/{baseline_key(config, ds, variant)}/seed{seed}"
+    return f"results/{ds}/baselines/{BASELINE_KEY[ds][variant]}/seed{seed}"
 
 
 def variant_of(wildcards):
@@ -220,13 +223,10 @@ def settings(stage):
 
 
 def downloadable(path):
-    """Whether Snakemake may fetch `path` (a file or folder of the table of known resources under resources/)."""
-    from stego_steps import download as stego_download
-
-    table = stego_download.load_table(config.get("downloads"))
+    """Whether Snakemake may fetch `path`: a file or an unpacked folder of the table of known resources (loaded by
+    workflow/rules/downloads.smk), unless `offline` is true."""
     name = os.path.relpath(path, "resources")
-    return not config["offline"] and not name.startswith("..") and (
-        table.get(name, {}).get("url") is not None or any(e.get("extract") == name for e in table.values()))
+    return not config["offline"] and (name in DOWNLOADABLE or name in ARCHIVE_OF)
 
 
 def backbone_weights_input(wildcards):
@@ -280,13 +280,11 @@ def dataset_resources(ds):
     """The folders under a dataset's root that Snakemake downloads and unpacks (a root under resources/, e.g.
     resources/cocostuff: the COCO images and the COCO-Stuff label maps). Folders that need an account stop the
     run here, before any job, with where to get them and where to put them."""
-    from stego_steps import download as stego_download
-
     root = os.path.normpath(config["datasets"][ds]["root"])
     if os.path.relpath(root, "resources").startswith(".."):
         return []
     folders = []
-    for name, entry in stego_download.load_table(config.get("downloads")).items():
+    for name, entry in RESOURCES.items():
         folder = entry.get("extract") or (name if entry.get("instructions") else None)
         path = os.path.join("resources", folder) if folder else None
         if path is None or not (path == root or path.startswith(root + os.sep)) or os.path.exists(path):

@@ -4,8 +4,7 @@ The dense CRF runs on the CPU, one image per worker process (one thread each). T
 images (a finished run's cluster log-probabilities on its evaluation store) with 1, 2, … workers, the worker
 counts alternating round by round, and prints the median rate and the speed-up over one worker:
 
-    python bench/crf_scaling.py --run results/demo/runs/default/seed0 \
-        --features results/demo/features/<key>/val.h5
+    python bench/crf_scaling.py --run results/demo/runs/default/seed0
 
 `workers = 1` runs the CRFs in the stage's own process (no pool); more workers start a spawned pool per round,
 whose start-up is counted (it is what a segment job pays); `first_result_s` is the time to refine one image
@@ -36,12 +35,16 @@ from stego_steps.store import FeatureStore
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, required=True, help="a finished run (codes.h5, centroids.npy)")
-    parser.add_argument("--features", type=Path, required=True, help="the run's evaluation store (val.h5)")
+    parser.add_argument("--features", type=Path,
+                        help="the run's evaluation store (default: val.h5 beside the store it trained on)")
     parser.add_argument("--images", type=int, default=32, help="images refined per measurement")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--out", type=Path, default=Path("results/bench/crf_scaling.csv"))
     args = parser.parse_args()
+    if args.features is None:  # a run folder is <workdir>/results/<ds>/runs/<variant>/seed<s>
+        trained_on = json.loads((args.run / "settings.json").read_text())["features"]
+        args.features = args.run.resolve().parents[4] / Path(trained_on).with_name("val.h5")
     torch.set_num_threads(1)
     to_log_probs = cluster_log_probs(np.load(args.run / "centroids.npy"))
     with h5py.File(args.run / "codes.h5", "r") as f:

@@ -174,3 +174,12 @@ def test_bad_experiments_are_named(change, named):
     with pytest.raises(C.ConfigError, match=named.replace(".", r"\.")):
         C.validate(cfg)
         C.check_experiments(cfg)
+
+
+def test_camvid_config_is_valid_and_compares_calibrated_with_fixed_shifts():
+    extra = yaml.safe_load((Path(__file__).parents[1] / "config" / "camvid.yaml").read_text())
+    cfg = C.deep_merge(CONFIG, extra)
+    C.validate(cfg)
+    assert C.resolve(cfg, "camvid")["calibrate"] == "auto"
+    assert C.resolve(cfg, "camvid", "preset_shifts")["calibrate"] is False
+    assert len(cfg["datasets"]["camvid"]["class_names"]) == 11 and cfg["datasets"]["camvid"]["ignore_label"] == 11

@@ -44,7 +44,8 @@ log = logging.getLogger(__name__)
 UNLABELLED = np.array([0, 0, 0], np.uint8)  # ignore pixels of the ground truth
 UNMATCHED = np.array([128, 128, 128], np.uint8)  # clusters without a class
 TITLES = {("cluster", False): "cluster", ("cluster", True): "cluster + CRF", ("linear", False): "linear",
-          ("linear", True): "linear + CRF", ("backbone_kmeans", True): "backbone K-Means + CRF",
+          ("linear", True): "linear + CRF", ("backbone_kmeans", False): "backbone K-Means",
+          ("backbone_kmeans", True): "backbone K-Means + CRF",
           ("backbone_linear", False): "backbone linear", ("backbone_linear", True): "backbone linear + CRF"}
 PANEL_ROWS = (("cluster", False), ("cluster", True), ("linear", True), ("backbone_kmeans", True))
 

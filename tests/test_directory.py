@@ -85,8 +85,8 @@ def test_directory_with_labels_end_to_end(tmp_path):
     base = tmp_path / "results" / "mine"
     table = pd.read_csv(base / "miou.csv")
     assert list(zip(table["probe"], table["crf"], strict=True)) == [
-        ("cluster", False), ("cluster", True), ("linear", False), ("linear", True), ("backbone_kmeans", True),
-        ("backbone_linear", False), ("backbone_linear", True)]
+        ("cluster", False), ("cluster", True), ("linear", False), ("linear", True), ("backbone_kmeans", False),
+        ("backbone_kmeans", True), ("backbone_linear", False), ("backbone_linear", True)]
     assert (table["dataset"] == "mine").all() and (table["backbone"] == "efficientnet_lite0").all()
     assert (table["n_images"] == 6).all()
     assert table["pixel_accuracy"].between(0, 100).all() and table["miou"].between(0, 100).all()
@@ -111,7 +111,7 @@ def test_directory_without_labels_ends_with_the_cluster_segmentations(tmp_path):
             assert f["crf"].shape == (6, 96, 96) and f["raw"].shape == (6, 96, 96)
     table = pd.read_csv(base / "clusters.csv")
     assert set(zip(table["probe"], table["crf"], strict=True)) == {
-        ("cluster", False), ("cluster", True), ("backbone_kmeans", True)}
+        ("cluster", False), ("cluster", True), ("backbone_kmeans", False), ("backbone_kmeans", True)}
     for _, group in table.groupby(["probe", "crf"]):
         assert group["cluster"].tolist() == list(range(len(CLASSES)))
         assert group["share"].sum() == pytest.approx(100.0) and group["pixels"].sum() == 6 * 96 * 96

@@ -52,5 +52,5 @@ def test_installed_package_runs_the_demo_from_another_directory(tmp_path):
     out = snakemake(results, "--cores", "2", snakefile=workflow / "Snakefile", python=python, cwd=elsewhere)
     assert out.returncode == 0, out.stderr[-3000:]
     table = pd.read_csv(results / "results" / "demo" / "miou.csv")
-    assert len(table) == 7 and table["miou"].between(0, 100).all()
+    assert len(table) == 8 and table["miou"].between(0, 100).all()
     assert not any(elsewhere.iterdir())

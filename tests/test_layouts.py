@@ -190,7 +190,7 @@ def test_directory_without_labels_ends_with_cluster_shares(tmp_path):
     table = pd.read_csv(out / "clusters.csv")
     assert list(table.columns) == ["dataset", "backbone", "probe", "crf", "cluster", "pixels", "share", "images",
                                    "n_images"]
-    rows = [("cluster", False), ("cluster", True), ("backbone_kmeans", True)]
+    rows = [("cluster", False), ("cluster", True), ("backbone_kmeans", False), ("backbone_kmeans", True)]
     assert list(dict.fromkeys(zip(table["probe"], table["crf"], strict=True))) == rows
     for _, group in table.groupby(["probe", "crf"]):
         assert group["cluster"].tolist() == [0, 1, 2]

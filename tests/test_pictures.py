@@ -29,7 +29,8 @@ def test_the_run_leaves_its_pictures_and_mapping(run_dir):
     figures = run / "figures"
     expected = {"panels.png", "training.png", "correlations.png", "correlations.csv", "per_class_iou.png",
                 *(f"confusion_{p}_{c}.png" for p in ("cluster", "linear") for c in ("raw", "crf")),
-                "confusion_backbone_kmeans_crf.png", "confusion_backbone_linear_raw.png",
+                "confusion_backbone_kmeans_raw.png", "confusion_backbone_kmeans_crf.png",
+                "confusion_backbone_linear_raw.png",
                 "confusion_backbone_linear_crf.png"}
     assert {p.name for p in figures.iterdir()} == expected
     names = pd.read_csv(run / "per_class_iou.csv")["class"].unique().tolist()

@@ -34,8 +34,8 @@ def test_demo_runs_end_to_end(tmp_path):
     assert out.returncode == 0, out.stderr[-4000:]
     table = pd.read_csv(tmp_path / "results" / "demo" / "miou.csv")
     assert list(zip(table["probe"], table["crf"], strict=True)) == [
-        ("cluster", False), ("cluster", True), ("linear", False), ("linear", True), ("backbone_kmeans", True),
-        ("backbone_linear", False), ("backbone_linear", True)]
+        ("cluster", False), ("cluster", True), ("linear", False), ("linear", True), ("backbone_kmeans", False),
+        ("backbone_kmeans", True), ("backbone_linear", False), ("backbone_linear", True)]
     assert set(table.columns) >= {"dataset", "backbone", "probe", "crf", "pixel_accuracy", "miou", "n_images"}
     assert (table["n_images"] == 6).all() and (table["backbone"] == "efficientnet_lite0").all()
     assert table["pixel_accuracy"].between(0, 100).all() and table["miou"].between(0, 100).all()

@@ -7,6 +7,8 @@ import pandas as pd
 import pytest
 from helpers import default_run, only_features, snakemake
 
+from stego_steps.protocol import ROWS
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "data" / "tiny_config.yaml"
 STAGES = {"prepare", "plan", "extract", "gather_features", "knn", "calibrate", "train", "cluster", "backbone_kmeans",
@@ -43,7 +45,7 @@ def test_demo_runs_end_to_end(tmp_path):
     # results/demo/miou.csv is the default variant's first seed.
     pd.testing.assert_frame_equal(pd.read_csv(run / "miou.csv"), table)
     per_class = pd.read_csv(run / "per_class_iou.csv")
-    assert len(per_class) == 7 * 6
+    assert len(per_class) == len(ROWS) * 6
     for name in ("train_log.csv", "settings.json", "head.pt", "calibration.json", "centroids.npy", "linear.pt"):
         assert (run / name).exists()
     steps = pd.read_csv(run / "train_log.csv")

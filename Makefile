@@ -35,7 +35,8 @@ test: lint
 
 # The CPU benchmarks side by side (tables on stdout, CSV under results/bench/): training streamed from disk vs
 # from memory, extraction vs the bare backbone forward, the exact KNN search, every stage of the demo, the CRF
-# from 1 worker to all cores, stage times on 100/400/1,600 demo images, and the COCO-Stuff estimate from the measured rates. On a GPU: bash bench/gpu.sh
+# from 1 worker to all cores, stage times on 100/400/1,600 demo images, and the COCO-Stuff estimate from the
+# measured rates. On a GPU: bash bench/gpu.sh
 bench: setup
 	$(BIN)/python bench/streaming.py
 	$(BIN)/python bench/extract.py

@@ -6,6 +6,11 @@ Runs in-process on the cached stores of a dataset that the workflow has already 
 (`results/{ds}/features/<backbone>_<digest>/{train,val}.h5` and `knn<k>.npy` beside them):
 
     python bench/calibration.py --dataset demo --steps 200 --seeds 0 1 2 --out bench/calibration_demo.csv
+    python bench/calibration.py ... --quantiles 0.5,0.5,0.9 0.8,0.8,0.99   # candidate calibrations (self,knn,random)
+
+`--quantiles` trains a head per candidate set of quantiles (each calibrated without labels); score them on a
+validation split that is not the one you report (e.g. CamVid's val, `scripts/camvid.py --val-split val`) to
+choose the default quantiles without touching the test labels.
 
 The calibration itself reads the training features and KNN table only; the evaluation labels are read after
 every setting has been fixed, to score it. Only the oracle rows use them to choose (a grid, best mean mIoU).
@@ -88,6 +93,8 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--grid", default="0.0,0.1,0.2,0.3:0.3,0.5,0.76",
                    help="oracle grid: self=knn shifts : random shifts")
+    p.add_argument("--quantiles", nargs="*", default=[], metavar="SELF,KNN,RANDOM",
+                   help="candidate calibrations: shifts at these quantiles of each term's correlations (label-free)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--n-init", type=int, default=None, help="K-Means restarts (default: the preset's)")
     p.add_argument("--out", type=Path, required=True)
@@ -136,10 +143,16 @@ def main() -> None:
 
         settings = {"preset": r["loss"]["shifts"], "calibrated": calibration["shifts"]}
         settings.update({f"grid_{s:g}_{n:g}": {"self": s, "knn": s, "random": n} for s, n in grid})
+        for q in a.quantiles:  # the calibration at other quantiles: still reads no labels
+            qs = dict(zip(("self", "knn", "random"), [float(v) for v in q.split(",")], strict=True))
+            with FeatureStore(features / "train.h5", max_memory_gb=0) as tr_probe:
+                cal = calibrate(tr_probe, knn, {**cal_settings, "calibration": {**cal_settings["calibration"],
+                                                                                  "quantiles": qs}})
+            settings[f"q_{qs['self']:g}_{qs['knn']:g}_{qs['random']:g}"] = cal["shifts"]
         labels = val.read("label")  # read only to score settings that are already fixed
         # The baseline, the preset and the calibration for every seed first; then the oracle grid.
         runs = [(seed, name) for seed in a.seeds for name in ("backbone_kmeans", "preset", "calibrated")]
-        runs += [(seed, name) for name in settings if name.startswith("grid") for seed in a.seeds]
+        runs += [(seed, name) for name in settings if name.startswith(("grid", "q_")) for seed in a.seeds]
         runs = [(seed, name) for seed, name in runs if not a.only or name in a.only]
         for seed, name in runs:
             if name == "backbone_kmeans":

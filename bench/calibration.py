@@ -63,7 +63,7 @@ def summarize(rows: pd.DataFrame) -> str:
     """Markdown table: mean ± std over seeds of each setting without and with the CRF; the oracle is the fixed
     setting (preset or grid) with the best mean mIoU with the CRF, chosen with the evaluation labels."""
     def cell(v: pd.Series) -> str:
-        return f"{v.mean():.1f} ± {v.std(ddof=0):.1f}"
+        return f"{v.mean():.1f} ± {v.std(ddof=1):.1f}"  # sample std, as in the tables
 
     shown = [("raw-feature K-Means", "backbone_kmeans"), ("head, preset shifts", "preset"),
              ("head, calibrated shifts", "calibrated")]

@@ -23,8 +23,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def run_demo(workdir: Path, configfile: Path | None, cores: int, targets: tuple[str, ...] = ()) -> float:
     """Run the workflow (its default target, or `targets`) in `workdir`; returns the wall time in seconds."""
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir), "--cores",
-           str(cores), "--quiet", "rules", *targets]
+    # Targets first: --quiet and --configfile take several values and would swallow them.
+    cmd = [sys.executable, "-m", "snakemake", *targets, "-s", str(ROOT / "Snakefile"), "-d", str(workdir),
+           "--cores", str(cores), "--quiet", "rules"]
     if configfile:
         cmd += ["--configfile", str(configfile)]
     start = time.perf_counter()

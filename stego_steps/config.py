@@ -35,7 +35,7 @@ PRESET_DEFAULTS: dict[str, Any] = {
     "store_dtype": "float16",
     "precision": "float32",
     "calibrate": "auto",
-    "calibration": {"quantiles": {"self": 0.5, "knn": 0.5, "random": 0.9}, "batches": 24,
+    "calibration": {"quantiles": {"self": 0.7, "knn": 0.7, "random": 0.95}, "batches": 24,
                     "values_per_batch": 20000},
 }
 

@@ -67,6 +67,9 @@ def summarize(rows: pd.DataFrame) -> str:
 
     shown = [("raw-feature K-Means", "backbone_kmeans"), ("head, preset shifts", "preset"),
              ("head, calibrated shifts", "calibrated")]
+    shown += [(f"head, calibrated at quantiles {n[2:].replace('_', ' / ')}", n)
+              for n in rows["setting"].unique() if n.startswith("q_")]
+    shown = [(label, name) for label, name in shown if (rows["setting"] == name).any()]
     fixed = rows[rows["setting"].str.startswith("grid") | (rows["setting"] == "preset")]
     if fixed["setting"].str.startswith("grid").any():
         oracle = fixed.groupby("setting")["crf"].mean().idxmax()
@@ -75,7 +78,7 @@ def summarize(rows: pd.DataFrame) -> str:
     for label, name in shown:
         r = rows[rows["setting"] == name]
         lines.append(f"| {r['dataset'].iloc[0]} | {label} | {len(r)} | {cell(r['raw'])} | {cell(r['crf'])} |")
-    if len(shown) > 3:
+    if fixed["setting"].str.startswith("grid").any():
         lines += ["", "| grid setting (self = knn, random) | seeds | without CRF | with CRF |", "|---|---|---|---|"]
         for name, r in fixed.groupby("setting", sort=False):
             lines.append(f"| {name} | {len(r)} | {cell(r['raw'])} | {cell(r['crf'])} |")

@@ -35,11 +35,10 @@ def growth_table(walls: dict[int, pd.Series]) -> pd.DataFrame:
     """Stages × sizes of wall seconds, with the largest size's time over the smallest's."""
     table = pd.DataFrame(walls)
     table = table.reindex([s for s in ORDER if s in table.index] + [s for s in table.index if s not in ORDER])
+    table.loc["total"] = table.sum()
     small, large = min(walls), max(walls)
     table[f"×{large}/{small}"] = table[large] / table[small]
-    total = table[[*walls]].sum().to_frame("total").T
-    total[f"×{large}/{small}"] = total[large] / total[small]
-    return pd.concat([table, total])
+    return table
 
 
 def main() -> None:

@@ -30,12 +30,12 @@ import torch
 from stego_steps import metrics
 from stego_steps.calibrate import calibrate
 from stego_steps.cli import setup_logging
-from stego_steps.cluster import spherical_kmeans
-from stego_steps.config import features_key, load_schema, resolve, stage_settings
+from stego_steps.config import features_key, index_name, load_schema, resolve, stage_settings
 from stego_steps.head import flip_tta_code
+from stego_steps.kmeans import spherical_kmeans
 from stego_steps.segment import cluster_log_probs, segment
 from stego_steps.store import FeatureStore
-from stego_steps.train import train
+from stego_steps.training import train
 
 log = logging.getLogger("bench.calibration")
 
@@ -47,11 +47,37 @@ def evaluate_embeddings(embed, val: FeatureStore, flips: FeatureStore, centroids
         codes = [flip_tta_code(embed, val.batch([i]), flips.batch([i])) for i in range(val.n)]
     raw, crf = segment(lambda i: codes[i], val.dataset("image"), range(val.n), cluster_log_probs(centroids),
                        crf_workers=workers)
-    out = {}
+    out = {"crf_agree": float((raw == crf).mean()),  # label-free: how much the CRF changes the clusters
+           "size_entropy": float(_entropy(np.bincount(raw.reshape(-1), minlength=len(centroids))))}
     for name, pred in (("raw", raw), ("crf", crf)):
         s = metrics.scores(metrics.confusion(pred, labels, len(centroids), n_classes))
         out[name] = float(s["miou"])  # already in percent
     return out
+
+
+def _entropy(counts: np.ndarray) -> float:
+    """Entropy of a histogram normalised by its maximum (1: all bins equal)."""
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum() / np.log(len(counts)))
+
+
+def knn_consistency(embed, store: FeatureStore, knn: np.ndarray, centroids: np.ndarray, seed: int) -> float:
+    """Label-free: histogram intersection of the cluster histograms of each training image and its KNN
+    partners, minus that of random partners (how much more the clusters say neighbours share)."""
+    cent = torch.from_numpy(centroids)
+    hists = []
+    with torch.no_grad():
+        for start in range(0, store.n, 32):
+            code = torch.nn.functional.normalize(embed(store.batch(np.arange(start, min(start + 32, store.n)))), dim=1)
+            assign = torch.einsum("bchw,kc->bkhw", code, cent).argmax(1).reshape(len(code), -1)
+            hists.append(torch.nn.functional.one_hot(assign, len(cent)).float().mean(1))
+    h = torch.cat(hists)
+    partners = torch.from_numpy(knn[:, 1:].astype(np.int64))
+    near = torch.minimum(h[:, None], h[partners]).sum(-1).mean()
+    g = torch.Generator().manual_seed(seed)
+    rand = torch.randint(len(h), partners.shape, generator=g)
+    far = torch.minimum(h[:, None], h[rand]).sum(-1).mean()
+    return float(near - far)
 
 
 class Identity(torch.nn.Module):
@@ -102,7 +128,6 @@ def main() -> None:
     p.add_argument("--n-init", type=int, default=None, help="K-Means restarts (default: the preset's)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--only", nargs="*", help="run only these settings (backbone_kmeans, preset, calibrated, grid_...)")
-    p.add_argument("--calibration", type=Path, help="reuse this calibration artifact instead of computing it")
     p.add_argument("--summarize", action="store_true", help="only print the table of an existing --out CSV")
     a = p.parse_args()
     if a.summarize:
@@ -122,14 +147,8 @@ def main() -> None:
     knn = np.load(features / f"knn{r['knn_k']}.npy")
     pos, neg = a.grid.split(":")
     grid = [(float(x), float(y)) for x in pos.split(",") for y in neg.split(",")]
+    index = pd.read_csv(a.results / a.dataset / index_name(r) / "train.csv", dtype={"id": str})
     rows = []
-    if a.calibration:  # the artifact of an earlier run (same seed and settings: the same shifts)
-        calibration = json.loads(a.calibration.read_text())
-    else:
-        with FeatureStore(features / "train.h5", max_memory_gb=0) as tr_probe:
-            calibration = calibrate(tr_probe, knn, cal_settings)
-        (a.out.with_suffix(".calibration.json")).write_text(json.dumps(calibration, indent=1))
-    log.info("calibrated shifts %s", calibration["shifts"])
     with FeatureStore(features / "train.h5") as tr, \
             FeatureStore(features / "val.h5", max_memory_gb=0) as val, \
             FeatureStore(features / "val.h5", key="feats_flip", max_memory_gb=0) as flips:
@@ -142,16 +161,24 @@ def main() -> None:
                     return embed(f)
             return spherical_kmeans(tr, emb, n_classes, iterations=cl["iterations"],
                                     batch_images=cl["batch_images"], init_images=cl["init_images"],
-                                    n_init=cl["n_init"], seed=seed)[0]
+                                    n_init=cl["n_init"], seed=seed)
 
-        settings = {"preset": r["loss"]["shifts"], "calibrated": calibration["shifts"]}
+        def criteria(embed, cent, score, seed):
+            return {"km_score": score, "knn_consistency": knn_consistency(embed, tr, knn, cent, seed)}
+
+        def calibrated(seed: int, candidates: list | None = None) -> dict:
+            """The calibrate stage of a run with this seed (label-free; with several candidates it trains a
+            short head per candidate and chooses by the CRF agreement on training images)."""
+            c = {**cal_settings["calibration"], **({"candidates": candidates} if candidates else {})}
+            cal = calibrate(tr, knn, {**cal_settings, "seed": seed, "calibration": c}, index, workers=a.workers)
+            a.out.with_suffix(f".calibration{seed}.json").write_text(json.dumps(cal, indent=1))
+            return cal
+
+        settings = {"preset": r["loss"]["shifts"], "calibrated": None}
         settings.update({f"grid_{s:g}_{n:g}": {"self": s, "knn": s, "random": n} for s, n in grid})
-        for q in a.quantiles:  # the calibration at other quantiles: still reads no labels
+        for q in a.quantiles:  # one candidate each: shifts at these quantiles, still label-free
             qs = dict(zip(("self", "knn", "random"), [float(v) for v in q.split(",")], strict=True))
-            with FeatureStore(features / "train.h5", max_memory_gb=0) as tr_probe:
-                cal = calibrate(tr_probe, knn, {**cal_settings, "calibration": {**cal_settings["calibration"],
-                                                                                  "quantiles": qs}})
-            settings[f"q_{qs['self']:g}_{qs['knn']:g}_{qs['random']:g}"] = cal["shifts"]
+            settings[f"q_{qs['self']:g}_{qs['knn']:g}_{qs['random']:g}"] = qs
         labels = val.read("label")  # read only to score settings that are already fixed
         # The baseline, the preset and the calibration for every seed first; then the oracle grid.
         runs = [(seed, name) for seed in a.seeds for name in ("backbone_kmeans", "preset", "calibrated")]
@@ -159,17 +186,28 @@ def main() -> None:
         runs = [(seed, name) for seed, name in runs if not a.only or name in a.only]
         for seed, name in runs:
             if name == "backbone_kmeans":
-                cent = kmeans(Identity(), seed)
+                cent, score = kmeans(Identity(), seed)
                 m = evaluate_embeddings(Identity(), val, flips, cent, labels, n_classes, a.workers)
-                rows.append({"dataset": a.dataset, "setting": "backbone_kmeans", "seed": seed, **m})
+                rows.append({"dataset": a.dataset, "setting": "backbone_kmeans", "seed": seed, **m,
+                             **criteria(Identity(), cent, score, seed)})
                 log.info("%s", rows[-1])
             else:
-                shifts = settings[name]
+                extra = {}
+                if name == "calibrated":
+                    cal = calibrated(seed)
+                    shifts = cal["shifts"]
+                    extra = {"chosen": cal["chosen"], **{f"agreement{i}": c.get("crf_agreement")
+                                                         for i, c in enumerate(cal["candidates"])}}
+                elif name.startswith("q_"):
+                    shifts = calibrated(seed, [settings[name]])["shifts"]
+                else:
+                    shifts = settings[name]
                 s = {**train_settings, "seed": seed, "shifts": shifts}
                 head, _ = train(tr, knn, s, device="cpu")
-                cent = kmeans(head, seed)
+                cent, score = kmeans(head, seed)
                 m = evaluate_embeddings(head, val, flips, cent, labels, n_classes, a.workers)
-                rows.append({"dataset": a.dataset, "setting": name, "seed": seed, **shifts, **m})
+                rows.append({"dataset": a.dataset, "setting": name, "seed": seed, **shifts, **m,
+                             **criteria(head, cent, score, seed), **extra})
                 log.info("%s", rows[-1])
                 pd.DataFrame(rows).to_csv(a.out, index=False)
     pd.DataFrame(rows).to_csv(a.out, index=False)

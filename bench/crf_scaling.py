@@ -27,8 +27,7 @@ import pandas as pd
 import torch
 
 from stego_steps.crf import refine_labels
-from stego_steps.head import cluster_log_probs
-from stego_steps.segment import log_probs_at
+from stego_steps.head import cluster_log_probs, log_probs_at
 from stego_steps.store import FeatureStore
 
 

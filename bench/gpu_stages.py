@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from stego_steps import cluster, extract, loss, prepare, probe, train
+from stego_steps import extract, kmeans, loss, prepare, probe, training
 from stego_steps.backbones import build_backbone
 from stego_steps.index import read_index
 from stego_steps.predict import predict_codes
@@ -118,7 +118,7 @@ def main() -> None:
         rows.append({"stage": "knn (CPU)", "backbone": name, "seconds": t, "throughput": store.n / t,
                      "unit": "queries/s"})
         s = {**TRAIN, "batch_size": args.batch, "steps": args.steps}
-        (head, log), t = timed(dev, train.train, store, table, s, device=dev)
+        (head, log), t = timed(dev, training.train, store, table, s, device=dev)
         step_s = t / args.steps
         rows.append({"stage": f"train (batch {args.batch})", "backbone": name, "seconds": t,
                      "throughput": 1 / step_s, "unit": "steps/s"})
@@ -130,10 +130,10 @@ def main() -> None:
         ratio = (step_s + 2 * fwd / 5) / step_s
         checks[f"{name}: step with 2 backbone forwards / cached step"] = ratio
         kw = dict(iterations=200, batch_images=32, init_images=64, n_init=3, seed=0, device=dev)
-        _, t = timed(dev, cluster.spherical_kmeans, store, head.to(dev), int(store.attrs["n_classes"]), **kw)
+        _, t = timed(dev, kmeans.spherical_kmeans, store, head.to(dev), int(store.attrs["n_classes"]), **kw)
         rows.append({"stage": "cluster (head codes)", "backbone": name, "seconds": t, "throughput": 600 / t,
                      "unit": "iterations/s"})
-        _, t = timed(dev, cluster.spherical_kmeans, store, lambda f: f, int(store.attrs["n_classes"]), **kw)
+        _, t = timed(dev, kmeans.spherical_kmeans, store, lambda f: f, int(store.attrs["n_classes"]), **kw)
         rows.append({"stage": "backbone_kmeans", "backbone": name, "seconds": t, "throughput": 600 / t,
                      "unit": "iterations/s"})
         _, t = timed(dev, probe.train_probe, store, head, int(store.attrs["n_classes"]), steps=args.steps,

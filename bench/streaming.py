@@ -28,7 +28,8 @@ import pandas as pd
 import torch
 
 from stego_steps import store as store_mod
-from stego_steps import train
+from stego_steps import training
+from stego_steps.batches import StreamingBatches
 from stego_steps.store import FeatureStore
 
 SETTINGS = {"code_dim": 70, "dropout": 0.1, "batch_size": 16, "lr": 5e-4, "checkpoint_every": 10**9,
@@ -63,10 +64,10 @@ def run(path: Path, knn: np.ndarray, mode: str, steps: int, device: str) -> floa
     budget = {"memory": 1000.0, "stream": 1e-4, "disk, no prefetch": 0.0}[mode]
     cls = DirectDisk if mode == "disk, no prefetch" else FeatureStore
     with cls(path, max_memory_gb=budget, device=device) as store:
-        train.train(store, knn, {**SETTINGS, "steps": 3}, device=device)  # warm-up
+        training.train(store, knn, {**SETTINGS, "steps": 3}, device=device)  # warm-up
         sync(device)
         start = time.perf_counter()
-        train.train(store, knn, {**SETTINGS, "steps": steps}, device=device)
+        training.train(store, knn, {**SETTINGS, "steps": steps}, device=device)
         sync(device)
         return steps / (time.perf_counter() - start)
 
@@ -104,7 +105,7 @@ def main() -> None:
             rates[mode].append(run(path, knn, mode, args.steps, args.device))
     with FeatureStore(path, max_memory_gb=1e-4) as s:
         size_mb = s.nbytes / 2**20
-        stream = train.StreamingBatches(s, knn, args.batch, 7, 0)
+        stream = StreamingBatches(s, knn, args.batch, 7, 0)
         pool, block = stream.pool_rows, stream.block_rows
         stream.close()
     rows = [{"mode": m, "steps_per_s": float(np.median(r)), "runs": " ".join(f"{v:.2f}" for v in r),
@@ -121,7 +122,7 @@ def main() -> None:
         prof = cProfile.Profile()
         with FeatureStore(path, max_memory_gb=1e-4) as store:
             prof.enable()
-            train.train(store, knn, {**SETTINGS, "steps": args.steps}, device=args.device)
+            training.train(store, knn, {**SETTINGS, "steps": args.steps}, device=args.device)
             prof.disable()
         prof.dump_stats(args.work / "streaming.prof")
         pstats.Stats(prof).sort_stats("tottime").print_stats(15)

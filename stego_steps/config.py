@@ -35,8 +35,9 @@ PRESET_DEFAULTS: dict[str, Any] = {
     "store_dtype": "float16",
     "precision": "float32",
     "calibrate": "auto",
-    "calibration": {"quantiles": {"self": 0.7, "knn": 0.7, "random": 0.95}, "batches": 24,
-                    "values_per_batch": 20000},
+    "calibration": {"candidates": [{"self": 0.2, "knn": 0.1, "random": 1.0},
+                                   {"self": 0.7, "knn": 0.7, "random": 0.95}],
+                    "selection": {"steps": 200, "images": 32}, "batches": 24, "values_per_batch": 20000},
 }
 
 
@@ -278,7 +279,7 @@ def stage_settings(config: dict, dataset: str, stage: str, split: str = "train",
                 "neighbours": r["knn_k"], "seed": run_seed}
     if stage == "calibrate":
         return {**stage_settings(config, dataset, "train", variant=variant, seed=seed), "calibrate": r["calibrate"],
-                "calibration": r["calibration"], "kind": config["datasets"][dataset]["kind"],
+                "calibration": r["calibration"], "cluster": r["cluster"], "kind": config["datasets"][dataset]["kind"],
                 "backbone": r["backbone"]}
     if stage == "cluster":
         return {**r["cluster"], "seed": run_seed}

@@ -244,6 +244,23 @@ def correlation_summary(values: dict[str, np.ndarray], shifts: dict[str, float])
                           "share_above_shift": 100.0 * float((v > shifts[t]).mean())} for t, v in values.items()])
 
 
+def calibration_table(calibration: dict) -> pd.DataFrame:
+    """The calibrate stage's choice as a table: the preset's shifts, then each candidate (the quantiles of each
+    term's F it asked for, the shifts they gave, its CRF agreement when several were compared) and which one
+    the head was trained with."""
+    rows = [{"setting": "preset", **{f"shift_{t}": v for t, v in calibration["preset"]["shifts"].items()},
+             "used": not calibration["calibrated"]}]
+    for i, cand in enumerate(calibration.get("candidates", [])):
+        rows.append({"setting": f"candidate {i + 1}",
+                     **{f"quantile_{t}": v for t, v in cand["quantiles"].items()},
+                     **{f"shift_{t}": v for t, v in cand["shifts"].items()},
+                     "crf_agreement": cand.get("crf_agreement"),
+                     "used": bool(calibration["calibrated"] and calibration["chosen"] == i)})
+    columns = ["setting", *(f"quantile_{t}" for t in TERMS), *(f"shift_{t}" for t in TERMS), "crf_agreement",
+               "used"]
+    return pd.DataFrame(rows).reindex(columns=columns)
+
+
 def correlation_figure(values: dict[str, np.ndarray], shifts: dict[str, float], centred: bool) -> plt.Figure:
     fig, axes = plt.subplots(1, len(TERMS), figsize=(13, 3.4), sharey=False)
     lo = min(float(v.min()) for v in values.values())
@@ -284,6 +301,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     c.add_argument("--resolved", type=Path, required=True, help="the training stage's settings.json")
     c.add_argument("--batches", type=int, default=4)
     c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--calibration", type=Path, help="the calibrate stage's artifact: its choice as a table")
+    c.add_argument("--calibration-out", type=Path, help="CSV: the calibration table")
     c.add_argument("--out", type=Path, required=True, help="PNG; the summary goes next to it as .csv")
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
@@ -306,6 +325,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             values = correlation_samples(store, np.load(args.knn), settings, batches=args.batches, seed=args.seed)
         write_csv(args.out.with_suffix(".csv"), correlation_summary(values, settings["shifts"]))
         save_figure(correlation_figure(values, settings["shifts"], settings["spatial_centering"]), args.out)
+        if args.calibration and args.calibration_out:
+            write_csv(args.calibration_out, calibration_table(json.loads(args.calibration.read_text())))
 
 
 if __name__ == "__main__":

@@ -89,6 +89,13 @@ def cluster_log_probs(centroids: np.ndarray | torch.Tensor, temperature: float =
                                        dim=1)
 
 
+@torch.no_grad()
+def log_probs_at(embedding: torch.Tensor, size: int, to_log_probs: LogProbs) -> np.ndarray:
+    """[1,D,h,w] → log-probabilities [K,size,size] after bilinear upsampling of the embedding."""
+    up = F.interpolate(embedding, size=(size, size), mode="bilinear", align_corners=False)
+    return to_log_probs(up)[0].numpy()
+
+
 def linear_log_probs(probe: nn.Module) -> LogProbs:
     """The linear probe at evaluation: log_softmax of its logits."""
     return lambda x: torch.log_softmax(probe(x), dim=1)

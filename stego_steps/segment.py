@@ -17,7 +17,6 @@ from pathlib import Path
 import h5py
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from stego_steps.artifacts import atomic_path
 from stego_steps.cli import base_parser, parse_stage_args, progress
@@ -31,17 +30,11 @@ from stego_steps.head import (
     cluster_log_probs,
     linear_log_probs,
     load_probe,
+    log_probs_at,
 )
 from stego_steps.store import FeatureStore, shard_range
 
 log = logging.getLogger(__name__)
-
-@torch.no_grad()
-def log_probs_at(embedding: torch.Tensor, size: int, to_log_probs: LogProbs) -> np.ndarray:
-    """[1,D,h,w] → log-probabilities [K,size,size] after bilinear upsampling of the embedding."""
-    up = F.interpolate(embedding, size=(size, size), mode="bilinear", align_corners=False)
-    return to_log_probs(up)[0].numpy()
-
 
 def segment(embeddings: Callable[[int], torch.Tensor], images: h5py.Dataset, rows: range,
             to_log_probs: LogProbs, *, crf_workers: int, crf_timeout_s: float = 600

@@ -1,13 +1,17 @@
-"""Label-free calibration of the loss shifts: the quantile rule, determinism, and that labels are never read."""
+"""Label-free calibration of the loss shifts: the quantile rule, the choice among candidates by the CRF
+agreement, determinism, and that labels are never read."""
 
 import json
 
 import h5py
 import numpy as np
+import pandas as pd
 import pytest
 import torch
+from PIL import Image
 
 from stego_steps import calibrate, knn
+from stego_steps.errors import UserError
 from stego_steps.loss import correlation_term, feature_correlation
 from stego_steps.store import FeatureStore
 
@@ -16,9 +20,30 @@ SETTINGS = {
     "samples": 5, "negatives": 3, "spatial_centering": True, "zero_clamp": True,
     "weights": {"self": 0.67, "knn": 0.25, "random": 0.63}, "shifts": {"self": 0.08, "knn": 0.02, "random": 0.76},
     "neighbours": 3, "seed": 0, "calibrate": "auto", "kind": "directory", "backbone": "synthetic",
-    "calibration": {"quantiles": {"self": 0.5, "knn": 0.5, "random": 0.9}, "batches": 3,
-                    "values_per_batch": 500},
+    "calibration": {"candidates": [{"self": 0.5, "knn": 0.5, "random": 0.9}], "batches": 3,
+                    "values_per_batch": 500, "selection": {"steps": 6, "images": 4}},
+    "cluster": {"extra_clusters": 0, "iterations": 5, "batch_images": 4, "init_images": 8, "n_init": 1},
 }
+# Two candidates: the stage trains a short head for each and chooses by the CRF agreement.
+SELECTING = {**SETTINGS, "calibration": {**SETTINGS["calibration"], "candidates": [
+    {"self": 0.2, "knn": 0.1, "random": 1.0}, {"self": 0.7, "knn": 0.7, "random": 0.95}]}}
+COLOURS = np.array([[200, 30, 30], [30, 30, 200], [30, 200, 30]], np.uint8)
+
+
+def with_images(store_path, tmp_path):
+    """Give the synthetic store sample ids and the training images behind it (each half coloured by its
+    class), listed in an index CSV as `prepare` writes it. Returns the index path."""
+    rows = []
+    with h5py.File(store_path, "a") as f:
+        labels = f["label"][...]
+        f["ids"] = np.array([f"s{i:03d}".encode() for i in range(len(labels))])
+    for i, label in enumerate(labels):
+        path = tmp_path / f"s{i:03d}.png"
+        Image.fromarray(COLOURS[label]).save(path)
+        rows.append({"id": f"s{i:03d}", "image": str(path), "label": "", "x0": None, "y0": None, "x1": None,
+                     "y1": None})
+    pd.DataFrame(rows).to_csv(tmp_path / "train.csv", index=False)
+    return tmp_path / "train.csv"
 
 
 def test_quantile_shifts_on_known_distributions():
@@ -71,18 +96,34 @@ def test_auto_mode():
 def _run(store, table, tmp_path, name, settings=SETTINGS):
     np.save(tmp_path / "knn.npy", table)
     out = tmp_path / f"{name}.json"
-    calibrate.main(["--features", str(store), "--knn", str(tmp_path / "knn.npy"),
-                    "--settings", json.dumps(settings), "--out", str(out)])
+    calibrate.main(["--features", str(store), "--knn", str(tmp_path / "knn.npy"), "--index",
+                    str(tmp_path / "train.csv"), "--settings", json.dumps(settings), "--out", str(out)])
     return json.loads(out.read_text())
 
 
-def test_deterministic_and_blind_to_labels(store_path, tmp_path):
+def test_one_candidate_is_its_quantiles(store_path, tmp_path):
+    with_images(store_path, tmp_path)
     with FeatureStore(store_path) as store:
         table = knn.knn_table(store.read("pooled"), 3)
-    first = _run(store_path, table, tmp_path, "a")
-    assert first == _run(store_path, table, tmp_path, "b")
+    out = _run(store_path, table, tmp_path, "one")
+    assert out["calibrated"] and out["chosen"] == 0 and out["selection"] is None
+    assert "crf_agreement" not in out["candidates"][0]
+    assert out["shifts"]["self"] == pytest.approx(out["statistics"]["self"]["quantiles"]["0.50"], abs=1e-6)
+    assert out["quantiles"] == SETTINGS["calibration"]["candidates"][0]
+
+
+def test_deterministic_and_blind_to_labels(store_path, tmp_path):
+    with_images(store_path, tmp_path)
+    with FeatureStore(store_path) as store:
+        table = knn.knn_table(store.read("pooled"), 3)
+    first = _run(store_path, table, tmp_path, "a", SELECTING)
+    assert first == _run(store_path, table, tmp_path, "b", SELECTING)
     assert first["calibrated"] and first["shifts"] != first["preset"]["shifts"]
-    assert first["shifts"]["self"] == pytest.approx(first["statistics"]["self"]["quantiles"]["0.50"], abs=1e-6)
+    # The candidate with the highest CRF agreement is the one used.
+    scores = [c["crf_agreement"] for c in first["candidates"]]
+    assert all(0.0 <= v <= 1.0 for v in scores) and first["chosen"] == int(np.argmax(scores))
+    assert first["shifts"] == first["candidates"][first["chosen"]]["shifts"]
+    assert first["selection"] == SELECTING["calibration"]["selection"]
     # The same features without labels, and with other labels: the same artifact, to the bit.
     unlabelled, scrambled = tmp_path / "unlabelled.h5", tmp_path / "scrambled.h5"
     for path in (unlabelled, scrambled):
@@ -93,16 +134,54 @@ def test_deterministic_and_blind_to_labels(store_path, tmp_path):
             dst.attrs.update(src.attrs)
             if path == scrambled:
                 dst["label"] = np.random.default_rng(1).integers(0, 3, src["label"].shape).astype(np.int16)
-    assert _run(unlabelled, table, tmp_path, "c") == first
-    assert _run(scrambled, table, tmp_path, "d") == first
+    assert _run(unlabelled, table, tmp_path, "c", SELECTING) == first
+    assert _run(scrambled, table, tmp_path, "d", SELECTING) == first
     # Another seed samples other points: other statistics.
-    assert _run(store_path, table, tmp_path, "e", {**SETTINGS, "seed": 1})["shifts"] != first["shifts"]
+    assert _run(store_path, table, tmp_path, "e", {**SETTINGS, "seed": 1})["shifts"] != \
+        _run(store_path, table, tmp_path, "f")["shifts"]
+
+
+def test_crf_agreement_prefers_clusters_that_follow_the_image(store_path):
+    # An image with a red left half and a blue right half; codes on an 8×8 grid (4 pixels a cell) in two
+    # clusters split at the colour edge, one cell off it, or at the edge with four isolated wrong cells. The CRF
+    # keeps the first and moves the wrong pixels of the others (a whole column of cells: 1/8; four cells: 4/64).
+    picture = np.zeros((32, 32, 3), np.uint8)
+    picture[:, :16], picture[:, 16:] = COLOURS[0], COLOURS[1]
+    centroids = np.eye(2, dtype=np.float32)
+
+    def codes(split, wrong=()):
+        code = torch.zeros(1, 2, 8, 8)
+        code[:, 0, :, :split], code[:, 1, :, split:] = 1.0, 1.0
+        for i, j in wrong:
+            code[0, :, i, j] = code[0, :, i, j].flip(0)
+        return lambda f: code
+
+    def agreement(embed):
+        with FeatureStore(store_path) as store:
+            return calibrate.crf_agreement(embed, store, np.array([0]), [picture], centroids, workers=1)
+
+    aligned = agreement(codes(4))
+    assert aligned > 0.99
+    assert agreement(codes(3)) < aligned - 0.1
+    assert agreement(codes(4, [(1, 1), (5, 2), (2, 6), (6, 5)])) < aligned - 0.03
+
+
+def test_training_images_must_match_the_store(store_path, tmp_path):
+    index = pd.read_csv(with_images(store_path, tmp_path), dtype={"id": str})
+    with FeatureStore(store_path) as store:
+        pictures = calibrate.training_images(index, store, np.array([0, 5]))
+        assert [p.shape for p in pictures] == [(32, 32, 3)] * 2
+        with h5py.File(store_path, "r") as f:
+            assert np.array_equal(pictures[1], COLOURS[f["label"][5]])
+        with pytest.raises(UserError, match="does not list"):
+            calibrate.training_images(index.iloc[1:], store, np.array([0]))
 
 
 def test_off_keeps_the_preset_and_still_reports(store_path, tmp_path):
+    with_images(store_path, tmp_path)
     with FeatureStore(store_path) as store:
         table = knn.knn_table(store.read("pooled"), 3)
-    out = _run(store_path, table, tmp_path, "off", {**SETTINGS, "calibrate": False})
-    assert not out["calibrated"] and out["shifts"] == SETTINGS["shifts"]
+    out = _run(store_path, table, tmp_path, "off", {**SELECTING, "calibrate": False})
+    assert not out["calibrated"] and out["shifts"] == SETTINGS["shifts"] and out["chosen"] is None
     assert 0.0 <= out["statistics"]["random"]["preset_shift_quantile"] <= 1.0
     assert out["statistics"]["knn"]["n"] == 3 * 500

@@ -3,10 +3,12 @@ from a config of a few lines: with labels to the metrics, without labels to the 
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 import h5py
+import numpy as np
 import pandas as pd
 import pytest
 from helpers import default_run, only_baseline, snakemake
@@ -31,6 +33,7 @@ datasets:
       train: {{batch_size: 8, steps: 20, checkpoint_every: 10}}
       cluster: {{iterations: 10, batch_images: 4, init_images: 4, n_init: 2}}
       probe: {{steps: 10, batch_size: 4}}
+      calibration: {{batches: 4, selection: {{steps: 10, images: 4}}}}
 """
 
 
@@ -94,6 +97,12 @@ def test_directory_with_labels_end_to_end(tmp_path):
     assert (table["pixel_accuracy"] > 100 / len(CLASSES)).all()
     per_class = pd.read_csv(default_run(tmp_path, "mine") / "per_class_iou.csv")
     assert per_class["class"].iloc[: len(CLASSES)].tolist() == CLASSES
+    # A directory dataset calibrates its shifts: each candidate scored, the best used and shown in the report.
+    calibration = json.loads((default_run(tmp_path, "mine") / "calibration.json").read_text())
+    scores = [c["crf_agreement"] for c in calibration["candidates"]]
+    assert calibration["calibrated"] and len(scores) == 2 and calibration["chosen"] == int(np.argmax(scores))
+    shown = pd.read_csv(default_run(tmp_path, "mine") / "figures" / "calibration.csv")
+    assert shown["used"].tolist() == [False, *(i == calibration["chosen"] for i in range(2))]
     (plans,) = (base / "plan").iterdir()
     assert "train       24" in (plans / "train.txt").read_text() and "val          6" in (plans / "val.txt").read_text()
 
@@ -117,4 +126,4 @@ def test_directory_without_labels_ends_with_the_cluster_segmentations(tmp_path):
         assert group["share"].sum() == pytest.approx(100.0) and group["pixels"].sum() == 6 * 96 * 96
     # Pictures without labels: one colour per cluster, no metrics pictures.
     assert {p.name for p in (run / "figures").iterdir()} == {"panels.png", "training.png", "correlations.png",
-                                                              "correlations.csv"}
+                                                              "correlations.csv", "calibration.csv"}

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from stego_steps import evaluate, head, segment, segmentations, store
+from stego_steps import evaluate, head, segmentations, store
 
 
 def test_evaluate_rows_for_a_permuted_perfect_clustering():
@@ -55,7 +55,7 @@ def test_cluster_log_probs_are_the_official_tempered_cosine():
     x = torch.tensor([[3.0, 0.0]])[:, :, None, None]  # cos = (1, 0)
     lp = head.cluster_log_probs(centroids)(x)[:, :, 0, 0]
     torch.testing.assert_close(lp, torch.log_softmax(torch.tensor([[2.0, 0.0]]), dim=1))
-    up = segment.log_probs_at(torch.randn(1, 2, 4, 4), 16, head.cluster_log_probs(centroids))
+    up = head.log_probs_at(torch.randn(1, 2, 4, 4), 16, head.cluster_log_probs(centroids))
     assert up.shape == (2, 16, 16)
     np.testing.assert_allclose(np.exp(up).sum(0), 1.0, rtol=1e-5)
 

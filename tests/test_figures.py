@@ -115,3 +115,22 @@ def test_panels_colour_every_probe(tmp_path):
     w2, h2 = _png(tmp_path / "unlabelled.png")
     assert w > w2 and h > h2  # 6 columns × 3 rows against 4 columns × 2 rows
     assert json.loads(json.dumps(figures.panel_indices(60, 6).tolist())) == [0, 12, 24, 35, 47, 59]
+
+
+def test_calibration_table_marks_the_shifts_used():
+    preset = {"self": 0.08, "knn": 0.02, "random": 0.76}
+    cands = [{"quantiles": {"self": 0.2, "knn": 0.1, "random": 1.0}, "shifts": {"self": 0.1, "knn": 0.0,
+                                                                                 "random": 0.9},
+              "crf_agreement": 0.8},
+             {"quantiles": {"self": 0.7, "knn": 0.7, "random": 0.95}, "shifts": {"self": 0.3, "knn": 0.2,
+                                                                                  "random": 0.4},
+              "crf_agreement": 0.9}]
+    chosen = figures.calibration_table({"calibrated": True, "chosen": 1, "preset": {"shifts": preset},
+                                        "candidates": cands})
+    assert chosen["setting"].tolist() == ["preset", "candidate 1", "candidate 2"]
+    assert chosen["used"].tolist() == [False, False, True]
+    assert chosen["shift_random"].tolist() == [0.76, 0.9, 0.4] and chosen["crf_agreement"].iloc[2] == 0.9
+    assert chosen["quantile_self"].iloc[1] == 0.2 and np.isnan(chosen["quantile_self"].iloc[0])
+    off = figures.calibration_table({"calibrated": False, "chosen": None, "preset": {"shifts": preset},
+                                     "candidates": cands})
+    assert off["used"].tolist() == [True, False, False]

@@ -27,7 +27,8 @@ def run_dir(tmp_path_factory):
 def test_the_run_leaves_its_pictures_and_mapping(run_dir):
     run = default_run(run_dir)
     figures = run / "figures"
-    expected = {"panels.png", "training.png", "correlations.png", "correlations.csv", "per_class_iou.png",
+    expected = {"panels.png", "training.png", "correlations.png", "correlations.csv", "calibration.csv",
+                "per_class_iou.png",
                 *(f"confusion_{p}_{c}.png" for p in ("cluster", "linear") for c in ("raw", "crf")),
                 "confusion_backbone_kmeans_raw.png", "confusion_backbone_kmeans_crf.png",
                 "confusion_backbone_linear_raw.png",
@@ -46,6 +47,11 @@ def test_the_run_leaves_its_pictures_and_mapping(run_dir):
     assert row["pixel_accuracy"] == pytest.approx(100 * matched["matched_pixels"].sum() / conf.sum())
     correlations = pd.read_csv(figures / "correlations.csv")
     assert correlations["term"].tolist() == ["self", "knn", "random"]
+    # The demo keeps its preset's shifts: the calibration table says so and lists the candidates unused.
+    calibration = pd.read_csv(figures / "calibration.csv")
+    assert calibration["setting"].tolist() == ["preset", "candidate 1", "candidate 2"]
+    assert calibration["used"].tolist() == [True, False, False]
+    assert calibration["shift_self"].iloc[0] == correlations["shift"].iloc[0]
 
 
 @pytest.mark.slow

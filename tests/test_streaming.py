@@ -5,7 +5,7 @@ import numpy as np
 import torch
 from helpers import write_store
 
-from stego_steps import knn, train
+from stego_steps import knn, training
 from stego_steps.batches import StreamingBatches
 from stego_steps.store import FeatureStore
 
@@ -73,8 +73,8 @@ def test_training_from_a_streamed_store_is_deterministic_and_learns(tmp_path):
     path = write_store(tmp_path / "train.h5", n=40)
     with FeatureStore(path, max_memory_gb=0) as store:
         table = knn.knn_table(store.read("pooled"), 3)
-        head, log = train.train(store, table, {**SETTINGS, "steps": 60}, device="cpu")
-        head2, log2 = train.train(store, table, {**SETTINGS, "steps": 60}, device="cpu")
+        head, log = training.train(store, table, {**SETTINGS, "steps": 60}, device="cpu")
+        head2, log2 = training.train(store, table, {**SETTINGS, "steps": 60}, device="cpu")
     np.testing.assert_array_equal(log["total"].to_numpy(), log2["total"].to_numpy())
     for a, b in zip(head.state_dict().values(), head2.state_dict().values(), strict=True):
         assert torch.equal(a, b)
@@ -86,13 +86,13 @@ def test_a_killed_streaming_run_resumes_to_the_same_head(tmp_path):
     ckpt = tmp_path / "head.pt.checkpoint"
     with FeatureStore(path, max_memory_gb=0) as store:
         table = knn.knn_table(store.read("pooled"), 3)
-        ref, ref_log = train.train(store, table, SETTINGS, device="cpu")
-        train.train(store, table, {**SETTINGS, "steps": 11}, device="cpu", checkpoint=ckpt)
+        ref, ref_log = training.train(store, table, SETTINGS, device="cpu")
+        training.train(store, table, {**SETTINGS, "steps": 11}, device="cpu", checkpoint=ckpt)
         state = torch.load(ckpt, weights_only=False)
         assert state["step"] == 10 and state["streaming"]
-        state["fingerprint"] = train.checkpoint_key(SETTINGS, store, table)
+        state["fingerprint"] = training.checkpoint_key(SETTINGS, store, table)
         torch.save(state, ckpt)
-        resumed, log = train.train(store, table, SETTINGS, device="cpu", checkpoint=ckpt)
+        resumed, log = training.train(store, table, SETTINGS, device="cpu", checkpoint=ckpt)
     np.testing.assert_array_equal(log["total"].to_numpy(), ref_log["total"].to_numpy())
     for a, b in zip(ref.state_dict().values(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b)

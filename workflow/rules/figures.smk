@@ -103,6 +103,7 @@ rule figure_correlations:
         features=run_features("train"),
         knn=run_knn,
         resolved=f"{RUN}/settings.json",
+        calibration=f"{RUN}/calibration.json",
     output:
         png=report(
             f"{RUN}/figures/correlations.png",
@@ -118,6 +119,13 @@ rule figure_correlations:
             subcategory="training",
             labels={"figure": "loss correlations (table)"},
         ),
+        calibration=report(
+            f"{RUN}/figures/calibration.csv",
+            caption="../report/calibration.rst",
+            category="{ds}",
+            subcategory="training",
+            labels={"figure": "loss shifts: calibration"},
+        ),
     params:
         batches=config["figures"]["correlation_batches"],
     log:
@@ -132,4 +140,5 @@ rule figure_correlations:
         "../envs/stego.yaml"
     shell:
         "python -m stego_steps.figures --threads {threads} correlations --features {input.features}"
-        " --knn {input.knn} --resolved {input.resolved} --batches {params.batches} --out {output.png} 2> {log}"
+        " --knn {input.knn} --resolved {input.resolved} --batches {params.batches} --calibration {input.calibration}"
+        " --calibration-out {output.calibration} --out {output.png} 2> {log}"

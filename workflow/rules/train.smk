@@ -8,10 +8,13 @@ IMPORTED_VARIANT = "|".join(re.escape(v) for v in IMPORTED) or "(?!)"
 
 
 rule calibrate:
-    """Label-free loss shifts from the feature-correlation statistics of the training set (reads no labels)."""
+    """Label-free loss shifts from the feature-correlation statistics of the training set; among several
+    candidates, the one whose short-trained head's clusters the CRF changes least on training images (reads no
+    labels)."""
     input:
         features=run_features("train"),
         knn=run_knn,
+        index=lambda w: f"{index_of(w)}/train.csv",
     output:
         f"{RUN}/calibration.json",
     params:
@@ -25,13 +28,16 @@ rule calibrate:
         "benchmarks/{ds}/{variant}/seed{seed}/calibrate.tsv"
     threads: 2
     resources:
+        device=DEVICE,
+        gpu=GPU,
         mem_mb=in_memory_mb,
-        runtime=per_attempt(60),
+        runtime=per_attempt(180),
     conda:
         "../envs/stego.yaml"
     shell:
-        "python -m stego_steps.calibrate --features {input.features} --knn {input.knn}"
-        " --settings {params.settings:q} --out {output} --threads {threads} --torch-threads {params.torch_threads}"
+        "python -m stego_steps.calibrate --features {input.features} --knn {input.knn} --index {input.index}"
+        " --settings {params.settings:q} --device {resources.device} --out {output} --threads {threads}"
+        " --torch-threads {params.torch_threads}"
         " 2> {log}"
 
 

@@ -11,9 +11,12 @@ the same whatever the backbone's scale.
 Which fraction is right depends on the data: on scenes whose parts the features separate cleanly, most pairs
 within an image and with a neighbour should attract; on street photos most should repel. With more than one
 candidate the stage chooses by a label-free criterion: it trains a short head per candidate, clusters its
-codes on the training set, and keeps the candidate whose clusters the dense CRF changes least on training
-images, i.e. whose segments best follow the images' own colour edges. It reads training features, the KNN
-table and training images, never labels.
+codes on the training set, and measures the share of pixels of some training images whose cluster the dense
+CRF changes (segments that follow the images' own colour edges give it little to change). The first candidate
+is the default; another replaces it only if the CRF changes at most `selection.ratio` times as many pixels of
+its clusters, because a candidate that makes more pairs attract also coarsens the segments, which leaves the
+CRF less to change whether or not they are right. It reads training features, the KNN table and training
+images, never labels.
 
 Writes a JSON artifact with the shifts and weights that `train` uses, the preset's values, the statistics of
 F per term (mean, std, quantiles, and the quantile at which the preset's shift sits), each candidate's shifts
@@ -189,6 +192,14 @@ def select_candidate(store: FeatureStore, knn: np.ndarray, settings: Mapping, ca
     return scores
 
 
+def choose(agreements: list[float], ratio: float) -> int:
+    """The candidate to use, from each one's CRF agreement: the first (the default), unless the CRF changes at
+    most `ratio` times as many pixels of another's clusters; then the one it changes least."""
+    changes = 1.0 - np.asarray(agreements, dtype=float)
+    best = int(np.argmin(changes))
+    return best if changes[best] <= ratio * changes[0] else 0
+
+
 def calibrate(store: FeatureStore, knn: np.ndarray, settings: Mapping, index: pd.DataFrame | None = None, *,
               workers: int = 1, device: str = "cpu") -> dict:
     """The calibration artifact: chosen shifts and weights, the preset's, the statistics, the candidates and
@@ -211,8 +222,10 @@ def calibrate(store: FeatureStore, knn: np.ndarray, settings: Mapping, index: pd
                                   workers=workers, device=device)
         for cand, score in zip(candidates, scores, strict=True):
             cand["crf_agreement"] = score
-        chosen = int(np.argmax(scores))  # ties: the first listed
-        reason += f"; candidate {chosen + 1} of {len(candidates)} has the highest CRF agreement"
+        chosen = choose(scores, c["selection"]["ratio"])
+        reason += (f"; candidate {chosen + 1} of {len(candidates)}: " +
+                   ("the default, no other cut the CRF's changes enough" if chosen == 0 else
+                    "the CRF changes its clusters least, by enough to replace the default"))
     shifts = candidates[chosen]["shifts"] if enabled else {t: float(s["shifts"][t]) for t in TERMS}
     for t in TERMS:
         log.info("%-6s F mean %.3f std %.3f; preset shift %.3f at quantile %.2f; %s shift %.3f", t,

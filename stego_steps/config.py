@@ -35,9 +35,10 @@ PRESET_DEFAULTS: dict[str, Any] = {
     "store_dtype": "float16",
     "precision": "float32",
     "calibrate": "auto",
-    "calibration": {"candidates": [{"self": 0.2, "knn": 0.1, "random": 1.0},
-                                   {"self": 0.7, "knn": 0.7, "random": 0.95}],
-                    "selection": {"steps": 200, "images": 32}, "batches": 24, "values_per_batch": 20000},
+    "calibration": {"candidates": [{"self": 0.7, "knn": 0.7, "random": 0.95},
+                                   {"self": 0.2, "knn": 0.1, "random": 1.0}],
+                    "selection": {"steps": 200, "images": 32, "ratio": 0.8}, "batches": 24,
+                    "values_per_batch": 20000},
 }
 
 

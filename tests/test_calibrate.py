@@ -21,12 +21,12 @@ SETTINGS = {
     "weights": {"self": 0.67, "knn": 0.25, "random": 0.63}, "shifts": {"self": 0.08, "knn": 0.02, "random": 0.76},
     "neighbours": 3, "seed": 0, "calibrate": "auto", "kind": "directory", "backbone": "synthetic",
     "calibration": {"candidates": [{"self": 0.5, "knn": 0.5, "random": 0.9}], "batches": 3,
-                    "values_per_batch": 500, "selection": {"steps": 6, "images": 4}},
+                    "values_per_batch": 500, "selection": {"steps": 6, "images": 4, "ratio": 0.8}},
     "cluster": {"extra_clusters": 0, "iterations": 5, "batch_images": 4, "init_images": 8, "n_init": 1},
 }
 # Two candidates: the stage trains a short head for each and chooses by the CRF agreement.
 SELECTING = {**SETTINGS, "calibration": {**SETTINGS["calibration"], "candidates": [
-    {"self": 0.2, "knn": 0.1, "random": 1.0}, {"self": 0.7, "knn": 0.7, "random": 0.95}]}}
+    {"self": 0.7, "knn": 0.7, "random": 0.95}, {"self": 0.2, "knn": 0.1, "random": 1.0}]}}
 COLOURS = np.array([[200, 30, 30], [30, 30, 200], [30, 200, 30]], np.uint8)
 
 
@@ -119,9 +119,9 @@ def test_deterministic_and_blind_to_labels(store_path, tmp_path):
     first = _run(store_path, table, tmp_path, "a", SELECTING)
     assert first == _run(store_path, table, tmp_path, "b", SELECTING)
     assert first["calibrated"] and first["shifts"] != first["preset"]["shifts"]
-    # The candidate with the highest CRF agreement is the one used.
+    # The candidate the rule picks from the CRF agreements is the one used.
     scores = [c["crf_agreement"] for c in first["candidates"]]
-    assert all(0.0 <= v <= 1.0 for v in scores) and first["chosen"] == int(np.argmax(scores))
+    assert all(0.0 <= v <= 1.0 for v in scores) and first["chosen"] == calibrate.choose(scores, 0.8)
     assert first["shifts"] == first["candidates"][first["chosen"]]["shifts"]
     assert first["selection"] == SELECTING["calibration"]["selection"]
     # The same features without labels, and with other labels: the same artifact, to the bit.
@@ -139,6 +139,17 @@ def test_deterministic_and_blind_to_labels(store_path, tmp_path):
     # Another seed samples other points: other statistics.
     assert _run(store_path, table, tmp_path, "e", {**SETTINGS, "seed": 1})["shifts"] != \
         _run(store_path, table, tmp_path, "f")["shifts"]
+
+
+def test_another_candidate_replaces_the_default_only_when_the_crf_changes_clearly_less():
+    # Changes 0.25 (default) against 0.15: 0.6 times as many, fewer than 0.8 times → the second.
+    assert calibrate.choose([0.75, 0.85], 0.8) == 1
+    # 0.25 against 0.22: 0.88 times, not enough → the default; and a worse one never replaces it.
+    assert calibrate.choose([0.75, 0.78], 0.8) == 0 and calibrate.choose([0.75, 0.6], 0.8) == 0
+    # Exactly 0.8 times qualifies; among several that qualify, the one the CRF changes least.
+    assert calibrate.choose([0.5, 0.6], 0.8) == 1 and calibrate.choose([0.5, 0.7, 0.9, 0.8], 0.8) == 2
+    # ratio 1: plain "fewest changes", ties to the first.
+    assert calibrate.choose([0.8, 0.8, 0.7], 1.0) == 0
 
 
 def test_crf_agreement_prefers_clusters_that_follow_the_image(store_path):

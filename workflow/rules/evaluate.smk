@@ -1,38 +1,43 @@
 rule predict:
     """Codes of the evaluation images, averaged with those of their mirror images (flip TTA)."""
     input:
+        provenance_check("predict"),
         features=run_features("val"),
         head=f"{RUN}/head.pt",
     output:
         f"{RUN}/codes.h5",
     params:
+        provenance=provenance("predict"),
         torch_threads=TORCH_THREADS,
     log:
         "logs/{ds}/{variant}/seed{seed}/predict.log",
     benchmark:
         "benchmarks/{ds}/{variant}/seed{seed}/predict.tsv"
-    threads: 2
+    threads: job_threads("predict")
     resources:
         device=DEVICE,
-        gpu=GPU,
-        mem_mb=per_attempt(8000),
-        runtime=per_attempt(120),
+        gpu=job_gpu("predict"),
+        mem_mb=job_mem_mb("predict"),
+        runtime=job_runtime("predict"),
     conda:
         "../envs/stego.yaml"
     shell:
         "python -m stego_steps.predict --features {input.features} --head {input.head}"
         " --device {resources.device} --out {output} --threads {threads} --torch-threads {params.torch_threads}"
         " 2> {log}"
+        " && python -m stego_steps.provenance record --provenance {params.provenance:q} {output:q}"
 
 
 rule segment:
     """Class maps of one shard of evaluation images for one probe of a run or a baseline, before and after the
     dense CRF."""
     input:
+        provenance_check("segment"),
         unpack(segment_inputs),
     output:
         "results/{ds}/{owner}/segment/{probe}.{scatteritem}.h5",
     params:
+        provenance=provenance("segment"),
         args=segment_args,
         shard=shard_index,
         n_shards=shard_count,
@@ -40,20 +45,22 @@ rule segment:
         "logs/{ds}/{owner}/segment_{probe}.{scatteritem}.log",
     benchmark:
         "benchmarks/{ds}/{owner}/segment_{probe}.{scatteritem}.tsv"
-    threads: 2
+    threads: job_threads("segment")
     resources:
-        mem_mb=per_attempt(4000),
-        runtime=segment_runtime,
+        mem_mb=job_mem_mb("segment"),
+        runtime=job_runtime("segment"),
     conda:
         "../envs/stego.yaml"
     shell:
         "python -m stego_steps.segment --features {input.features} --probe {wildcards.probe} {params.args}"
         " --shard {params.shard} --n-shards {params.n_shards} --out {output} --threads {threads} 2> {log}"
+        " && python -m stego_steps.provenance record --provenance {params.provenance:q} {output:q}"
 
 
 rule evaluate:
     """Hungarian-matched accuracy / mIoU table, per-class IoU, confusion matrices and cluster → class mappings."""
     input:
+        provenance_check("evaluate"),
         unpack(evaluate_inputs),
     output:
         table=report(f"{RUN}/miou.csv", caption="../report/miou.rst", category="{ds}",
@@ -69,63 +76,72 @@ rule evaluate:
                        caption="../report/mapping.rst", category="{ds}",
                        subcategory="{variant}, seed {seed}: mappings", labels={"figure": "cluster → class, {row}"}),
     params:
+        provenance=provenance("evaluate"),
         out_dir=subpath(output.table, parent=True),
     log:
         "logs/{ds}/{variant}/seed{seed}/evaluate.log",
     benchmark:
         "benchmarks/{ds}/{variant}/seed{seed}/evaluate.tsv"
-    threads: 1
+    threads: job_threads("evaluate")
     resources:
-        mem_mb=per_attempt(8000),
-        runtime=per_attempt(60),
+        mem_mb=job_mem_mb("evaluate"),
+        runtime=job_runtime("evaluate"),
     conda:
         "../envs/stego.yaml"
     shell:
         "python -m stego_steps.evaluate --features {input.features} --segments {input.segments}"
         " --dataset {wildcards.ds} --out-dir {params.out_dir} 2> {log}"
+        " && python -m stego_steps.provenance record --provenance {params.provenance:q} {output:q}"
 
 
 rule evaluate_unlabelled:
     """Without labels: the pixel share of every cluster of the cluster probe and the backbone K-Means."""
     input:
+        provenance_check("evaluate_unlabelled"),
         unpack(evaluate_unlabelled_inputs),
     output:
         report(f"{RUN}/clusters.csv", caption="../report/clusters.rst", category="{ds}",
                subcategory="{variant}, seed {seed}: metrics", labels={"figure": "cluster pixel shares"}),
     params:
+        provenance=provenance("evaluate_unlabelled"),
         out_dir=subpath(output[0], parent=True),
     log:
         "logs/{ds}/{variant}/seed{seed}/evaluate_unlabelled.log",
     benchmark:
         "benchmarks/{ds}/{variant}/seed{seed}/evaluate_unlabelled.tsv"
-    threads: 1
+    threads: job_threads("evaluate_unlabelled")
     resources:
-        mem_mb=per_attempt(4000),
-        runtime=per_attempt(30),
+        mem_mb=job_mem_mb("evaluate_unlabelled"),
+        runtime=job_runtime("evaluate_unlabelled"),
     conda:
         "../envs/stego.yaml"
     shell:
         "python -m stego_steps.evaluate --no-labels --features {input.features} --segments {input.segments}"
         " --dataset {wildcards.ds} --out-dir {params.out_dir} 2> {log}"
+        " && python -m stego_steps.provenance record --provenance {params.provenance:q} {output:q}"
 
 
 rule dataset_table:
     """results/{ds}/miou.csv (or clusters.csv without labels): the table of the dataset's default run (the
     default variant, first seed), where the README's first command ends."""
     input:
+        provenance_check("dataset_table"),
         lambda w: f"{default_run(w.ds)}/{w.table}.csv",
     output:
         "results/{ds}/{table}.csv",
     wildcard_constraints:
         table="miou|clusters",
+    params:
+        provenance=provenance("dataset_table"),
     log:
         "logs/{ds}/dataset_table_{table}.log",
     localrule: True
-    threads: 1
+    threads: job_threads("dataset_table")
     resources:
-        mem_mb=100,
-        runtime=5,
+        mem_mb=job_mem_mb("dataset_table"),
+        runtime=job_runtime("dataset_table"),
     conda:
         "../envs/stego.yaml"
     shell:
         "cp {input} {output} 2> {log}"
+        " && python -m stego_steps.provenance record --provenance {params.provenance:q} {output:q}"

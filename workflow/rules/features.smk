@@ -4,6 +4,7 @@ rule extract:
     Stores live under features/<backbone>_<digest of the extraction settings>: every variant with the same
     extraction shares them."""
     input:
+        provenance_check("extract"),
         index=lambda w: f"{index_of(w)}/{w.split}.csv",
         classes=lambda w: f"{index_of(w)}/classes.json",
         # The split's disk check runs first.
@@ -12,6 +13,7 @@ rule extract:
     output:
         "results/{ds}/features/{fkey}/{split}/{scatteritem}.h5",
     params:
+        provenance=provenance("extract"),
         torch_threads=TORCH_THREADS,
         settings=settings("extract"),
         shard=shard_index,
@@ -20,12 +22,12 @@ rule extract:
         "logs/{ds}/extract_{fkey}_{split}.{scatteritem}.log",
     benchmark:
         "benchmarks/{ds}/extract/{fkey}_{split}.{scatteritem}.tsv"
-    threads: 2
+    threads: job_threads("extract")
     resources:
         device=DEVICE,
-        gpu=GPU,
-        mem_mb=per_attempt(8000),
-        runtime=extract_runtime,
+        gpu=job_gpu("extract"),
+        mem_mb=job_mem_mb("extract"),
+        runtime=job_runtime("extract"),
     conda:
         "../envs/stego.yaml"
     shell:
@@ -33,48 +35,57 @@ rule extract:
         " --shard {params.shard} --n-shards {params.n_shards} --settings {params.settings:q}"
         " --device {resources.device} --out {output} --threads {threads} --torch-threads {params.torch_threads}"
         " 2> {log}"
+        " && python -m stego_steps.provenance record --provenance {params.provenance:q} {output:q}"
 
 
 rule gather_features:
     """One feature store per split: HDF5 virtual datasets over the shards (nothing is copied)."""
     input:
+        provenance_check("gather_features"),
         gather.extract("results/{{ds}}/features/{{fkey}}/{{split}}/{scatteritem}.h5"),
     output:
         "results/{ds}/features/{fkey}/{split}.h5",
+    params:
+        provenance=provenance("gather_features"),
     log:
         "logs/{ds}/gather_features_{fkey}_{split}.log",
     benchmark:
         "benchmarks/{ds}/gather_features/{fkey}_{split}.tsv"
     localrule: True
-    threads: 1
+    threads: job_threads("gather_features")
     resources:
-        mem_mb=per_attempt(1000),
-        runtime=per_attempt(10),
+        mem_mb=job_mem_mb("gather_features"),
+        runtime=job_runtime("gather_features"),
     conda:
         "../envs/stego.yaml"
     shell:
         "python -m stego_steps.extract gather --out {output} {input} 2> {log}"
+        " && python -m stego_steps.provenance record --provenance {params.provenance:q} {output:q}"
 
 
 rule knn:
     """Cosine top-k neighbours of the pooled training descriptors (FAISS), self first."""
     input:
+        provenance_check("knn"),
         "results/{ds}/features/{fkey}/train.h5",
     output:
         "results/{ds}/features/{fkey}/knn{k}.npy",
     params:
+        provenance=provenance("knn"),
         torch_threads=TORCH_THREADS,
     log:
         "logs/{ds}/knn_{fkey}_{k}.log",
     benchmark:
         "benchmarks/{ds}/knn/{fkey}_{k}.tsv"
-    threads: 2
+    threads: job_threads("knn")
     resources:
         device=DEVICE,
-        mem_mb=per_attempt(4000),
-        runtime=per_attempt(60),
+        gpu=job_gpu("knn"),
+        mem_mb=job_mem_mb("knn"),
+        runtime=job_runtime("knn"),
     conda:
         "../envs/stego.yaml"
     shell:
         "python -m stego_steps.knn --features {input} --k {wildcards.k} --device {resources.device} --out {output}"
         " --threads {threads} --torch-threads {params.torch_threads} 2> {log}"
+        " && python -m stego_steps.provenance record --provenance {params.provenance:q} {output:q}"

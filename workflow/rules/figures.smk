@@ -10,6 +10,7 @@ rule figures:
 rule figure_panels:
     """Evaluation images beside their ground truth and every probe's segmentation, in class colours."""
     input:
+        provenance_check("figure_panels"),
         unpack(panel_inputs),
     output:
         report(
@@ -20,24 +21,27 @@ rule figure_panels:
             labels={"figure": "validation panels"},
         ),
     params:
+        provenance=provenance("figure_panels"),
         n_images=config["figures"]["panel_images"],
         extra=panel_args,
     log:
         "logs/{ds}/{variant}/seed{seed}/figure_panels.log",
-    threads: 1
+    threads: job_threads("figure_panels")
     resources:
-        mem_mb=2000,
-        runtime=15,
+        mem_mb=job_mem_mb("figure_panels"),
+        runtime=job_runtime("figure_panels"),
     conda:
         "../envs/stego.yaml"
     shell:
         "python -m stego_steps.figures panels --features {input.features} --segments {input.segments}"
         " {params.extra} --count {params.n_images} --out {output} 2> {log}"
+        " && python -m stego_steps.provenance record --provenance {params.provenance:q} {output:q}"
 
 
 rule figure_metrics:
     """Confusion heat maps of every evaluated row and per-class IoU bars."""
     input:
+        provenance_check("figure_metrics"),
         confusion=f"{RUN}/confusion",
         per_class=f"{RUN}/per_class_iou.csv",
     output:
@@ -59,23 +63,26 @@ rule figure_metrics:
             labels={"figure": "per-class IoU"},
         ),
     params:
+        provenance=provenance("figure_metrics"),
         out_dir=subpath(output.iou, parent=True),
     log:
         "logs/{ds}/{variant}/seed{seed}/figure_metrics.log",
-    threads: 1
+    threads: job_threads("figure_metrics")
     resources:
-        mem_mb=2000,
-        runtime=15,
+        mem_mb=job_mem_mb("figure_metrics"),
+        runtime=job_runtime("figure_metrics"),
     conda:
         "../envs/stego.yaml"
     shell:
         "python -m stego_steps.figures metrics --confusion {input.confusion} --per-class {input.per_class}"
         " --out-dir {params.out_dir} 2> {log}"
+        " && python -m stego_steps.provenance record --provenance {params.provenance:q} {output:q}"
 
 
 rule figure_training:
     """Training curves: the total loss and each term."""
     input:
+        provenance_check("figure_training"),
         f"{RUN}/train_log.csv",
     output:
         report(
@@ -85,21 +92,25 @@ rule figure_training:
             subcategory="training",
             labels={"figure": "training curves"},
         ),
+    params:
+        provenance=provenance("figure_training"),
     log:
         "logs/{ds}/{variant}/seed{seed}/figure_training.log",
-    threads: 1
+    threads: job_threads("figure_training")
     resources:
-        mem_mb=1000,
-        runtime=10,
+        mem_mb=job_mem_mb("figure_training"),
+        runtime=job_runtime("figure_training"),
     conda:
         "../envs/stego.yaml"
     shell:
         "python -m stego_steps.figures training --log-csv {input} --out {output} 2> {log}"
+        " && python -m stego_steps.provenance record --provenance {params.provenance:q} {output:q}"
 
 
 rule figure_correlations:
     """Histograms of the feature correlations that each loss term compares with its shift."""
     input:
+        provenance_check("figure_correlations"),
         features=run_features("train"),
         knn=run_knn,
         resolved=f"{RUN}/settings.json",
@@ -127,18 +138,20 @@ rule figure_correlations:
             labels={"figure": "loss shifts: calibration"},
         ),
     params:
+        provenance=provenance("figure_correlations"),
         batches=config["figures"]["correlation_batches"],
     log:
         "logs/{ds}/{variant}/seed{seed}/figure_correlations.log",
     benchmark:
         "benchmarks/{ds}/{variant}/seed{seed}/figure_correlations.tsv"
-    threads: 1
+    threads: job_threads("figure_correlations")
     resources:
-        mem_mb=in_memory_mb,
-        runtime=30,
+        mem_mb=job_mem_mb("figure_correlations"),
+        runtime=job_runtime("figure_correlations"),
     conda:
         "../envs/stego.yaml"
     shell:
         "python -m stego_steps.figures --threads {threads} correlations --features {input.features}"
         " --knn {input.knn} --resolved {input.resolved} --batches {params.batches} --calibration {input.calibration}"
         " --calibration-out {output.calibration} --out {output.png} 2> {log}"
+        " && python -m stego_steps.provenance record --provenance {params.provenance:q} {output:q}"

@@ -1,8 +1,11 @@
 rule render_demo:
     """The demo's synthetic scenes (images and exact label maps), rendered into the dataset's root."""
+    input:
+        provenance_check("render_demo"),
     output:
         directory("{demo_root}"),
     params:
+        provenance=provenance("render_demo"),
         settings=demo_settings,
     wildcard_constraints:
         demo_root="|".join(re.escape(root) for root in DEMO_ROOTS) or "(?!)",
@@ -10,14 +13,15 @@ rule render_demo:
         "logs/render_demo/{demo_root}.log",
     benchmark:
         "benchmarks/render_demo/{demo_root}.tsv"
-    threads: 1
+    threads: job_threads("render_demo")
     resources:
-        mem_mb=per_attempt(2000),
-        runtime=per_attempt(60),
+        mem_mb=job_mem_mb("render_demo"),
+        runtime=job_runtime("render_demo"),
     conda:
         "../envs/stego.yaml"
     shell:
         "python -m stego_steps.prepare render --settings {params.settings:q} 2> {log}"
+        " && python -m stego_steps.provenance record --provenance {params.provenance:q} {output:q}"
 
 
 rule curated_list:
@@ -33,10 +37,10 @@ rule curated_list:
     log:
         "logs/curated_list/{coco_root}/{coco_split}/{list_name}.log",
     localrule: True
-    threads: 1
+    threads: job_threads("curated_list")
     resources:
-        mem_mb=per_attempt(500),
-        runtime=per_attempt(10),
+        mem_mb=job_mem_mb("curated_list"),
+        runtime=job_runtime("curated_list"),
     conda:
         "../envs/stego.yaml"
     shell:
@@ -48,12 +52,14 @@ rule prepare:
     """Index the samples of each split and write the class table (`index_five_crop_<ratio>`: training rows are
     the five crops of each image)."""
     input:
+        provenance_check("prepare"),
         unpack(data_files),
     output:
         train="results/{ds}/{idx}/train.csv",
         val="results/{ds}/{idx}/val.csv",
         classes="results/{ds}/{idx}/classes.json",
     params:
+        provenance=provenance("prepare"),
         kind=lookup(dpath="datasets/{ds}/kind", within=config),
         settings=prepare_settings,
         out_dir=subpath(output.classes, parent=True),
@@ -63,15 +69,16 @@ rule prepare:
         "logs/{ds}/prepare_{idx}.log",
     benchmark:
         "benchmarks/{ds}/prepare/{idx}.tsv"
-    threads: 4  # reading every image and label once to check them
+    threads: job_threads("prepare")
     resources:
-        mem_mb=per_attempt(2000),
-        runtime=per_attempt(60),
+        mem_mb=job_mem_mb("prepare"),
+        runtime=job_runtime("prepare"),
     conda:
         "../envs/stego.yaml"
     shell:
         "python -m stego_steps.prepare --kind {params.kind} --settings {params.settings:q}"
         " --out-dir {params.out_dir} --threads {threads} 2> {log}"
+        " && python -m stego_steps.provenance record --provenance {params.provenance:q} {output:q}"
 
 
 rule plan:
@@ -88,10 +95,10 @@ rule plan:
         "logs/{ds}/plan_{fkey}_{split}.log",
     benchmark:
         "benchmarks/{ds}/plan/{fkey}_{split}.tsv"
-    threads: 1
+    threads: job_threads("plan")
     resources:
-        mem_mb=per_attempt(1000),
-        runtime=per_attempt(10),
+        mem_mb=job_mem_mb("plan"),
+        runtime=job_runtime("plan"),
     conda:
         "../envs/stego.yaml"
     shell:

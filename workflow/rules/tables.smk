@@ -12,46 +12,52 @@ rule table_main:
     """Per dataset and variant (backbone): the cluster and linear rows with and without the CRF and the
     backbone baselines, mean ± std over the seeds, beside the paper's numbers."""
     input:
+        provenance_check("table_main"),
         lambda w: [run["path"] for run in main_table_runs()],
     output:
         csv="results/tables/main.csv",
         md=report("results/tables/main.md", caption="../report/table_main.rst", category="tables",
                   labels={"figure": "main table"}),
     params:
+        provenance=provenance("table_main"),
         runs=lambda w: json.dumps(main_table_runs()),
     log:
         "logs/tables/main.log",
     localrule: True
-    threads: 1
+    threads: job_threads("table_main")
     resources:
-        mem_mb=per_attempt(1000),
-        runtime=per_attempt(10),
+        mem_mb=job_mem_mb("table_main"),
+        runtime=job_runtime("table_main"),
     conda:
         "../envs/stego.yaml"
     shell:
         "python -m stego_steps.tables main --runs {params.runs:q} --out-csv {output.csv} --out-md {output.md}"
         " 2> {log}"
+        " && python -m stego_steps.provenance record --provenance {params.provenance:q} {output:q}"
 
 
 rule table_ablation:
     """One row per ablation of the dataset's preset (each switches one component), ✓/✗ per component."""
     input:
+        provenance_check("table_ablation"),
         lambda w: [run["path"] for run in ablation_runs(w)],
     output:
         csv="results/tables/ablation_{ds}.csv",
         md=report("results/tables/ablation_{ds}.md", caption="../report/table_ablation.rst", category="tables",
                   labels={"figure": "ablation, {ds}"}),
     params:
+        provenance=provenance("table_ablation"),
         runs=lambda w: json.dumps(ablation_runs(w)),
     log:
         "logs/tables/ablation_{ds}.log",
     localrule: True
-    threads: 1
+    threads: job_threads("table_ablation")
     resources:
-        mem_mb=per_attempt(1000),
-        runtime=per_attempt(10),
+        mem_mb=job_mem_mb("table_ablation"),
+        runtime=job_runtime("table_ablation"),
     conda:
         "../envs/stego.yaml"
     shell:
         "python -m stego_steps.tables ablation --runs {params.runs:q} --out-csv {output.csv}"
         " --out-md {output.md} 2> {log}"
+        " && python -m stego_steps.provenance record --provenance {params.provenance:q} {output:q}"

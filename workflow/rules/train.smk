@@ -12,12 +12,14 @@ rule calibrate:
     candidates, the one whose short-trained head's clusters the CRF changes least on training images (reads no
     labels)."""
     input:
+        provenance_check("calibrate"),
         features=run_features("train"),
         knn=run_knn,
         index=lambda w: f"{index_of(w)}/train.csv",
     output:
         f"{RUN}/calibration.json",
     params:
+        provenance=provenance("calibrate"),
         torch_threads=TORCH_THREADS,
         settings=settings("calibrate"),
     wildcard_constraints:
@@ -26,12 +28,12 @@ rule calibrate:
         "logs/{ds}/{variant}/seed{seed}/calibrate.log",
     benchmark:
         "benchmarks/{ds}/{variant}/seed{seed}/calibrate.tsv"
-    threads: 2
+    threads: job_threads("calibrate")
     resources:
         device=DEVICE,
-        gpu=GPU,
-        mem_mb=in_memory_mb,
-        runtime=per_attempt(180),
+        gpu=job_gpu("calibrate"),
+        mem_mb=job_mem_mb("calibrate"),
+        runtime=job_runtime("calibrate"),
     conda:
         "../envs/stego.yaml"
     shell:
@@ -39,11 +41,13 @@ rule calibrate:
         " --settings {params.settings:q} --device {resources.device} --out {output} --threads {threads}"
         " --torch-threads {params.torch_threads}"
         " 2> {log}"
+        " && python -m stego_steps.provenance record --provenance {params.provenance:q} {output:q}"
 
 
 rule train:
     """The segmentation head, trained with the STEGO correlation loss on cached features."""
     input:
+        provenance_check("train"),
         features=run_features("train"),
         knn=run_knn,
         calibration=f"{RUN}/calibration.json",
@@ -52,6 +56,7 @@ rule train:
         log_csv=f"{RUN}/train_log.csv",
         resolved=f"{RUN}/settings.json",
     params:
+        provenance=provenance("train"),
         torch_threads=TORCH_THREADS,
         settings=settings("train"),
     wildcard_constraints:
@@ -60,29 +65,33 @@ rule train:
         "logs/{ds}/{variant}/seed{seed}/train.log",
     benchmark:
         "benchmarks/{ds}/{variant}/seed{seed}/train.tsv"
-    threads: 2
+    threads: job_threads("train")
     resources:
         device=DEVICE,
-        gpu=GPU,
-        mem_mb=in_memory_mb,
-        runtime=per_attempt(720),
+        gpu=job_gpu("train"),
+        mem_mb=job_mem_mb("train"),
+        runtime=job_runtime("train"),
+        checkpoint_every=bookkeeping_of("train", "checkpoint_every"),
     conda:
         "../envs/stego.yaml"
     shell:
         "python -m stego_steps.train --features {input.features} --knn {input.knn}"
         " --settings {params.settings:q} --calibration {input.calibration} --device {resources.device}"
         " --head {output.head} --log-csv {output.log_csv} --resolved {output.resolved} --threads {threads}"
-        " --torch-threads {params.torch_threads} 2> {log}"
+        " --torch-threads {params.torch_threads} --checkpoint-every {resources.checkpoint_every} 2> {log}"
+        " && python -m stego_steps.provenance record --provenance {params.provenance:q} {output:q}"
 
 
 rule cluster:
     """Minibatch spherical K-Means on the head's codes of the training set."""
     input:
+        provenance_check("cluster"),
         features=run_features("train"),
         head=f"{RUN}/head.pt",
     output:
         f"{RUN}/centroids.npy",
     params:
+        provenance=provenance("cluster"),
         torch_threads=TORCH_THREADS,
         settings=settings("cluster"),
     wildcard_constraints:
@@ -91,27 +100,31 @@ rule cluster:
         "logs/{ds}/{variant}/seed{seed}/cluster.log",
     benchmark:
         "benchmarks/{ds}/{variant}/seed{seed}/cluster.tsv"
-    threads: 2
+    threads: job_threads("cluster")
     resources:
         device=DEVICE,
-        mem_mb=in_memory_mb,
-        runtime=per_attempt(240),
+        gpu=job_gpu("cluster"),
+        mem_mb=job_mem_mb("cluster"),
+        runtime=job_runtime("cluster"),
     conda:
         "../envs/stego.yaml"
     shell:
         "python -m stego_steps.cluster --features {input.features} --head {input.head}"
         " --settings {params.settings:q} --device {resources.device} --out {output} --threads {threads}"
         " --torch-threads {params.torch_threads} 2> {log}"
+        " && python -m stego_steps.provenance record --provenance {params.provenance:q} {output:q}"
 
 
 rule linear_probe:
     """Supervised linear probe on the final codes (a diagnostic, uses the training labels)."""
     input:
+        provenance_check("linear_probe"),
         features=run_features("train"),
         head=f"{RUN}/head.pt",
     output:
         f"{RUN}/linear.pt",
     params:
+        provenance=provenance("linear_probe"),
         torch_threads=TORCH_THREADS,
         settings=settings("probe"),
     wildcard_constraints:
@@ -120,77 +133,86 @@ rule linear_probe:
         "logs/{ds}/{variant}/seed{seed}/linear_probe.log",
     benchmark:
         "benchmarks/{ds}/{variant}/seed{seed}/linear_probe.tsv"
-    threads: 2
+    threads: job_threads("linear_probe")
     resources:
         device=DEVICE,
-        gpu=GPU,
-        mem_mb=in_memory_mb,
-        runtime=per_attempt(240),
+        gpu=job_gpu("linear_probe"),
+        mem_mb=job_mem_mb("linear_probe"),
+        runtime=job_runtime("linear_probe"),
     conda:
         "../envs/stego.yaml"
     shell:
         "python -m stego_steps.probe --features {input.features} --head {input.head}"
         " --settings {params.settings:q} --device {resources.device} --out {output} --threads {threads}"
         " --torch-threads {params.torch_threads} 2> {log}"
+        " && python -m stego_steps.provenance record --provenance {params.provenance:q} {output:q}"
 
 
 rule backbone_kmeans:
     """The paper's baseline: the same K-Means directly on the backbone features."""
     input:
+        provenance_check("backbone_kmeans"),
         features=baseline_features,
     output:
         f"{BASELINE}/kmeans.npy",
     params:
+        provenance=provenance("backbone_kmeans"),
         torch_threads=TORCH_THREADS,
         settings=settings("cluster"),
     log:
         "logs/{ds}/baselines/{bkey}/seed{seed}/backbone_kmeans.log",
     benchmark:
         "benchmarks/{ds}/baselines/{bkey}/seed{seed}/backbone_kmeans.tsv"
-    threads: 2
+    threads: job_threads("backbone_kmeans")
     resources:
         device=DEVICE,
-        mem_mb=in_memory_mb,
-        runtime=per_attempt(240),
+        gpu=job_gpu("backbone_kmeans"),
+        mem_mb=job_mem_mb("backbone_kmeans"),
+        runtime=job_runtime("backbone_kmeans"),
     conda:
         "../envs/stego.yaml"
     shell:
         "python -m stego_steps.cluster --features {input.features} --settings {params.settings:q}"
         " --device {resources.device} --out {output} --threads {threads}"
         " --torch-threads {params.torch_threads} 2> {log}"
+        " && python -m stego_steps.provenance record --provenance {params.provenance:q} {output:q}"
 
 
 rule backbone_linear:
     """The paper's other baseline: the same linear probe directly on the backbone features (uses labels)."""
     input:
+        provenance_check("backbone_linear"),
         features=baseline_features,
     output:
         f"{BASELINE}/linear.pt",
     params:
+        provenance=provenance("backbone_linear"),
         torch_threads=TORCH_THREADS,
         settings=settings("probe"),
     log:
         "logs/{ds}/baselines/{bkey}/seed{seed}/backbone_linear.log",
     benchmark:
         "benchmarks/{ds}/baselines/{bkey}/seed{seed}/backbone_linear.tsv"
-    threads: 2
+    threads: job_threads("backbone_linear")
     resources:
         device=DEVICE,
-        gpu=GPU,
-        mem_mb=in_memory_mb,
-        runtime=per_attempt(240),
+        gpu=job_gpu("backbone_linear"),
+        mem_mb=job_mem_mb("backbone_linear"),
+        runtime=job_runtime("backbone_linear"),
     conda:
         "../envs/stego.yaml"
     shell:
         "python -m stego_steps.probe --features {input.features} --settings {params.settings:q}"
         " --device {resources.device} --out {output} --threads {threads}"
         " --torch-threads {params.torch_threads} 2> {log}"
+        " && python -m stego_steps.provenance record --provenance {params.provenance:q} {output:q}"
 
 
 rule import_checkpoint:
     """A released STEGO checkpoint's head, cluster centroids and linear probe, in this workflow's formats; its
     backbone must be the DINO weights file that the variant's features come from."""
     input:
+        provenance_check("import_checkpoint"),
         ckpt=checkpoint_input,
         weights=backbone_weights_input,
     output:
@@ -198,17 +220,19 @@ rule import_checkpoint:
         centroids=f"{RUN}/centroids.npy",
         linear=f"{RUN}/linear.pt",
     params:
+        provenance=provenance("import_checkpoint"),
         args=import_args,
         out_dir=subpath(output.head, parent=True),
     wildcard_constraints:
         variant=IMPORTED_VARIANT,
     log:
         "logs/{ds}/{variant}/seed{seed}/import_checkpoint.log",
-    threads: 1
+    threads: job_threads("import_checkpoint")
     resources:
-        mem_mb=per_attempt(4000),
-        runtime=per_attempt(30),
+        mem_mb=job_mem_mb("import_checkpoint"),
+        runtime=job_runtime("import_checkpoint"),
     conda:
         "../envs/stego.yaml"
     shell:
         "python -m stego_steps.checkpoint --ckpt {input.ckpt} --out-dir {params.out_dir} {params.args} 2> {log}"
+        " && python -m stego_steps.provenance record --provenance {params.provenance:q} {output:q}"

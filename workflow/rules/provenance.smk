@@ -1,0 +1,199 @@
+# Provenance: every rule's `provenance` param is the digest of the code and settings of its own stage and of
+# every stage upstream of it (stego_steps/provenance.py says what counts as code). Snakemake re-runs a job
+# whose param changed, so an edit of a compute function or a setting re-runs its stage and everything
+# downstream, in one invocation, even where an intermediate was lost. Each job ends by recording the digest
+# under .provenance/; an existing output whose record differs from the expected digest is removed before the
+# DAG is decided (so that it is re-made), which also holds after `rm -rf .snakemake`.
+from stego_steps import provenance as stego_provenance
+
+# `code_changes: keep` keeps artifacts whose settings match but whose code differs (they are listed).
+KEEP_CODE = config["code_changes"] == "keep"
+_MANIFESTS = {}
+
+
+def _manifest(ds):
+    if ds not in _MANIFESTS:
+        _MANIFESTS[ds] = stego_validate.manifest(config["datasets"][ds]["kind"], dataset_settings(config, ds))
+    return _MANIFESTS[ds]
+
+
+def _extraction_steps(ds, variant, split):
+    """The steps that decide a split's features: the data (or the demo's rendering), its index, the extraction."""
+    r = RESOLVED[ds][variant]
+    entry = config["datasets"][ds]
+    if entry["kind"] == "demo":
+        data = ("prepare", {"root": entry["root"], "generator": entry["generator"]})
+    else:
+        data = (None, _manifest(ds))
+    extract = {k: v for k, v in stage_settings(config, ds, "extract", split, variant).items() if k != "batch_size"}
+    return {"data": data,
+            "prepare": ("prepare", {**dataset_settings(config, ds, variant), **crop_of_index(index_name(r))}),
+            f"extract_{split}": ("extract", extract)}
+
+
+def _head_steps(ds, variant, seed):
+    """The steps that decide a run's head: trained (features, KNN, calibration, training) or imported."""
+    r = RESOLVED[ds][variant]
+    steps = _extraction_steps(ds, variant, "train")
+    if r["checkpoint"]:
+        path = r["checkpoint"]
+        stat = os.stat(path) if os.path.exists(path) else None
+        return {**steps, "import": ("checkpoint", {"checkpoint": path, "size": stat and stat.st_size,
+                                                   "mtime_ns": stat and stat.st_mtime_ns,
+                                                   "backbone": r["backbone"]})}
+    return {**steps, "knn": ("knn", {"k": r["knn_k"]}),
+            "calibrate": ("calibrate", stage_settings(config, ds, "calibrate", variant=variant, seed=seed)),
+            "train": ("train", stage_settings(config, ds, "train", variant=variant, seed=seed))}
+
+
+def _probe_steps(ds, variant, seed, probe):
+    """The steps that decide one probe's segmentation of the evaluation images."""
+    steps = _extraction_steps(ds, variant, "val")
+    if probe in BASELINE_PROBES:
+        stage = "cluster" if probe == "backbone_kmeans" else "probe"
+        steps.update(_extraction_steps(ds, variant, "train"))
+        steps[probe] = (stage, stage_settings(config, ds, stage, variant=variant, seed=seed))
+    else:
+        steps.update(_head_steps(ds, variant, seed))
+        steps["predict"] = ("predict", {})
+        stage = "cluster" if probe == "cluster" else "probe"
+        steps[stage] = (stage if not RESOLVED[ds][variant]["checkpoint"] else None,
+                        stage_settings(config, ds, stage, variant=variant, seed=seed))
+    steps[f"segment_{probe}"] = ("segment", {"probe": probe})
+    return steps
+
+
+def _evaluation_steps(ds, variant, seed, probes, stage="evaluate"):
+    steps = {}
+    for probe in probes:
+        steps.update(_probe_steps(ds, variant, seed, probe))
+    steps[stage] = ("evaluate", {"labelled": stage == "evaluate"})
+    return steps
+
+
+def run_steps(ds, variant, seed):
+    """The steps that decide a run's table."""
+    if labelled(ds):
+        return _evaluation_steps(ds, variant, int(seed), PROBES)
+    return _evaluation_steps(ds, variant, int(seed), UNSUPERVISED_PROBES, "evaluate_unlabelled")
+
+
+def deciding_steps(rule, w):
+    """Step name → (stage module, settings) of everything that decides the outputs of `rule` for wildcards `w`."""
+    if rule == "render_demo":
+        return {"data": _extraction_steps(DEMO_ROOTS[w.demo_root], DEFAULT_VARIANT, "train")["data"]}
+    if rule in ("table_main", "table_ablation"):
+        runs = main_table_runs() if rule == "table_main" else ablation_runs(w)
+        steps = {}
+        for run in runs:
+            key = f"{run['dataset']}/{run['variant']}/seed{run['seed']}"
+            steps.update({f"{key}/{step}": value for step, value in
+                          run_steps(run["dataset"], run["variant"], run["seed"]).items()})
+        return {**steps, "table": ("tables", {"kind": rule})}
+    ds = w.ds
+    if rule == "dataset_table":
+        run = default_run(ds).split("/")
+        return run_steps(ds, run[3], int(run[4].removeprefix("seed")))
+    if rule in ("extract", "gather_features"):
+        return _extraction_steps(ds, variant_of(w), w.split)
+    if rule == "prepare":
+        variant = next(v for v in RESOLVED[ds] if index_name(RESOLVED[ds][v]) == w.idx)
+        steps = _extraction_steps(ds, variant, "train")
+        return {"data": steps["data"], "prepare": steps["prepare"]}
+    if rule == "knn":
+        return {**_extraction_steps(ds, variant_of(w), "train"), "knn": ("knn", {"k": int(w.k)})}
+    if rule == "segment":
+        kind, name, seed = w.owner.split("/")
+        variant = name if kind == "runs" else BASELINES[(ds, name)]
+        return _probe_steps(ds, variant, int(seed.removeprefix("seed")), w.probe)
+    seed = int(w.seed)
+    if rule in ("backbone_kmeans", "backbone_linear"):
+        probe = {"backbone_kmeans": "backbone_kmeans", "backbone_linear": "backbone_linear"}[rule]
+        steps = _probe_steps(ds, variant_of(w), seed, probe)
+        return {k: v for k, v in steps.items() if k not in ("extract_val", f"segment_{probe}")} | \
+            _extraction_steps(ds, variant_of(w), "train")
+    variant = w.variant
+    head = _head_steps(ds, variant, seed)
+    if rule == "calibrate":
+        return {k: v for k, v in head.items() if k != "train"}
+    if rule in ("train", "import_checkpoint"):
+        return head
+    if rule == "cluster":
+        return {**head, "cluster": ("cluster", stage_settings(config, ds, "cluster", variant=variant, seed=seed))}
+    if rule == "linear_probe":
+        return {**head, "probe": ("probe", stage_settings(config, ds, "probe", variant=variant, seed=seed))}
+    if rule == "predict":
+        return {**head, **_extraction_steps(ds, variant, "val"), "predict": ("predict", {})}
+    if rule in ("evaluate", "evaluate_unlabelled"):
+        return run_steps(ds, variant, seed)
+    if rule in ("figure_panels", "figure_metrics"):
+        return {**run_steps(ds, variant, seed), "figures": ("figures", {})}
+    if rule in ("figure_training", "figure_correlations"):
+        return {**head, "figures": ("figures", {})}
+    raise WorkflowError(f"no provenance steps for rule '{rule}'")
+
+
+def _expected(rule, wildcards):
+    return {"rule": rule, "wildcards": dict(wildcards.items()),
+            **stego_provenance.chain(deciding_steps(rule, wildcards))}
+
+
+def _outputs(rule, wildcards):
+    return [str(path) for path in workflow.get_rule(rule).expand_output(wildcards)[0]]
+
+
+def provenance(rule):
+    """Params function → the provenance of a job of `rule` (JSON): its rule, wildcards, chain digest and steps.
+
+    With `code_changes: keep`, an output whose record differs from it only in code keeps its recorded value,
+    so that Snakemake does not re-run it either."""
+
+    def get(wildcards):
+        expected = _expected(rule, wildcards)
+        if KEEP_CODE:
+            for path in _outputs(rule, wildcards):
+                recorded = stego_provenance.read_record(path)
+                if recorded and stego_provenance.only_code_differs(recorded, expected):
+                    expected = {key: recorded[key] for key in expected}
+                    break
+        return json.dumps(expected, sort_keys=True)
+
+    return get
+
+
+def provenance_check(rule):
+    """Input function (adds no input) → removes the job's outputs that another chain made, before Snakemake
+    decides what to run."""
+
+    def check(wildcards):
+        _check_outputs(rule, wildcards, _expected(rule, wildcards))
+        return []
+
+    return check
+
+
+_REPORTED = set()
+
+
+def _check_outputs(rule, wildcards, expected):
+    """Remove this job's outputs whose record says another chain made them (dry runs and reports only say so).
+
+    Called while the DAG is built, before Snakemake looks at the job's outputs; outputs without a record (made
+    before records existed, or by hand) are left to Snakemake's own checks."""
+    for path in _outputs(rule, wildcards):
+        recorded = stego_provenance.read_record(path)
+        if recorded is None or not os.path.exists(path) or recorded["digest"] == expected["digest"] \
+                or path in _REPORTED:
+            continue
+        _REPORTED.add(path)
+        what = stego_provenance.summary(stego_provenance.differences(recorded, expected))
+        if KEEP_CODE and stego_provenance.only_code_differs(recorded, expected):
+            logger.warning(f"{path} was made by other code ({what}): kept (`code_changes: keep`)")
+            continue
+        executing = workflow.executor_plugin is not None and not workflow.dryrun and not workflow.touch \
+            and workflow.is_main_process
+        if executing:
+            stego_provenance.remove_artifact(path)
+            logger.warning(f"{path} was made by other code or settings ({what}): removed, to be re-made")
+        else:
+            logger.warning(f"{path} was made by other code or settings ({what}): a real run re-makes it")

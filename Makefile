@@ -1,4 +1,5 @@
-# `make demo` and `make test` set up .venv (once) and run; they need only Python >= 3.10 with venv.
+# `make demo` and `make test` set up .venv (once) and run; they need only Python >= 3.11 (snakemake 9's floor)
+# with venv.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin

@@ -5,7 +5,8 @@ only), each with and without the CRF, over several seeds.
 Runs in-process on the cached stores of a dataset that the workflow has already extracted
 (`results/{ds}/features/<backbone>_<digest>/{train,val}.h5` and `knn<k>.npy` beside them):
 
-    python bench/calibration.py --dataset demo --steps 200 --seeds 0 1 2 --out bench/calibration_demo.csv
+    python bench/calibration.py --dataset demo --steps 200 --seeds 0 1 2 --out results/bench/calibration_demo.csv
+    python bench/calibration.py --out results/bench/calibration_demo.csv --summarize   # the tables again
     python bench/calibration.py ... --quantiles 0.5,0.5,0.9 0.8,0.8,0.99   # candidate calibrations (self,knn,random)
 
 `--quantiles` trains a head per candidate set of quantiles (each calibrated without labels); score them on a
@@ -26,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from scipy.stats import spearmanr
 
 from stego_steps import metrics
 from stego_steps.calibrate import calibrate
@@ -110,6 +112,14 @@ def summarize(rows: pd.DataFrame) -> str:
             lines.append(f"| {name} | {len(r)} | {cell(r['raw'])} | {cell(r['crf'])} |")
     seeds = rows.pivot_table(index="setting", columns="seed", values="crf")
     lines += ["", "Per seed, with CRF:", "", seeds.round(1).to_markdown()]
+    heads = rows[(rows["setting"] != "backbone_kmeans") & (rows["seed"] == rows["seed"].min())]
+    if len(heads) > 2:
+        lines += ["", f"Spearman correlation with the mIoU with CRF over the {len(heads)} heads of seed "
+                  f"{heads['seed'].iloc[0]} (label-free criteria):", "",
+                  "| CRF agreement | K-Means score | KNN histogram overlap | mIoU range |", "|---|---|---|---|",
+                  "| " + " | ".join(f"{spearmanr(heads[c], heads['crf']).statistic:.2f}"
+                                    for c in ("crf_agree", "km_score", "knn_consistency"))
+                  + f" | {heads['crf'].min():.1f}–{heads['crf'].max():.1f} |"]
     return "\n".join(lines)
 
 

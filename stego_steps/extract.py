@@ -195,8 +195,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n-shards", type=int, default=1)
     args = parse_stage_args(parser, argv)
     classes = json.loads(args.classes.read_text())
+    # The job's threads beyond torch's are image loaders (stego_steps.resources, rule extract).
     extract(read_index(args.index), classes, args.out, device=args.device, split=args.split, shard=args.shard,
-            n_shards=args.n_shards, workers=max(args.threads - 1, 0) if args.threads > 2 else 0, **args.settings)
+            n_shards=args.n_shards, workers=max(args.threads - args.torch_threads, 0), **args.settings)
 
 
 def gather_main(argv: list[str] | None = None) -> None:

@@ -13,6 +13,7 @@ from snakemake.utils import validate
 
 from stego_steps import backbones, datasets
 from stego_steps import config as stego_config
+from stego_steps import resources as stego_resources
 from stego_steps import validate as stego_validate
 from stego_steps.config import (DEFAULT_VARIANT, ConfigError, backbone_weights, baseline_key, crop_of_index,
                                 dataset_settings, features_key, index_name, resolve, seeds, stage_settings, variants)
@@ -75,14 +76,18 @@ envvars:
 # Jobs call `python -m stego_steps.<stage>`: the interpreter that runs Snakemake (the project's environment)
 # comes first on PATH, unless --sdm conda puts the rule's environment in front of it.
 os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
-# The device of every model stage (extract, knn, train, cluster, backbone_kmeans, linear_probe, predict)
-# reaches the job as the resource `device` (`--device {resources.device}`), never as a param: Snakemake reruns
-# a job when its params change, and switching between CPU and GPU changes where a job runs, not what it
-# computes (up to floating-point rounding). Per rule: `--set-resources train:device=cpu`.
+# The device of every rule that runs its model on it (stego_steps.resources.DEVICE_RULES, listed in the README's
+# table of what each job asks for) reaches the job as the resource `device` (`--device {resources.device}`),
+# never as a param: Snakemake reruns a job when its params change, and switching between CPU and GPU changes
+# where a job runs, not what it computes (up to floating-point rounding). Per rule: `--set-resources
+# train:device=cpu`.
 DEVICE = config["device"]
-# GPU rules ask for one GPU when the models will run on one; on CPU machines they ask for none.
-GPU = 1 if DEVICE == "cuda" or (DEVICE == "auto" and shutil.which("nvidia-smi")) else 0
-# torch's compute threads in every model job: fixed, so that a table does not depend on --cores.
+# Those rules ask for `gpu: 1` when their models run on a GPU: `device: cuda`, or `auto` with nvidia-smi where
+# Snakemake starts. A cluster's login node usually has none, so the SLURM profile requests the GPU of every
+# device rule itself, and each job resolves `auto` on its node.
+ON_GPU = stego_resources.uses_gpu(DEVICE, bool(shutil.which("nvidia-smi")))
+# torch's compute threads in every model job: fixed, so that a table does not depend on --cores. They are the
+# `threads` of the model rules; only workers (image loading, CRF) add threads (stego_steps.resources).
 TORCH_THREADS = config["torch_threads"]
 
 
@@ -401,14 +406,6 @@ def shard_count(wildcards):
     return int(wildcards.scatteritem.split("-of-")[1])
 
 
-def extract_runtime(wildcards, input, attempt):
-    """Minutes for one extraction shard: start-up plus a slow GPU's pace (20 images/s, flips counted); more
-    on each retry."""
-    per_shard = _samples(input.index) / shard_count(wildcards)
-    passes = 1 if wildcards.split == "train" else 2
-    return int(30 + per_shard * passes / 20 / 60) * attempt
-
-
 def store_mb(features):
     """Size of a feature store in MB; a gathered store is virtual, so count its shard files."""
     shard_dir = Path(features).with_suffix("")
@@ -416,20 +413,62 @@ def store_mb(features):
     return sum(f.stat().st_size for f in files if f.exists()) / 2**20
 
 
-def in_memory_mb(wildcards, input, attempt):
-    """Memory for stages that hold the training store in memory (up to MAX_MEMORY_GB) and more; more on each
-    retry."""
-    return int(4000 + 1.2 * min(store_mb(input.features), MAX_MEMORY_GB * 1024)) * attempt
+def pooled_mb(features):
+    """MB of a store's pooled descriptors as float32; 0 before the store exists (dry runs)."""
+    if not os.path.exists(features):
+        return 0.0
+    with h5py.File(features, "r") as f:
+        return (f["pooled"].size * 4 / 2**20) if "pooled" in f else 0.0
 
 
-def segment_runtime(wildcards, input, attempt):
-    """Minutes for one CRF shard: about 3 s per 320² image and probe on one core, spread over 2 threads; more
-    on each retry."""
-    n = 5_000  # before the store exists (dry runs)
-    if os.path.exists(input.features):
-        with h5py.File(input.features, "r") as f:
-            n = len(f["ids"])
-    return int(30 + n / shard_count(wildcards) * 3 / 2 / 60) * attempt
+def store_images(features):
+    """Samples of a store; before it exists (dry runs), a guess of 5,000."""
+    if not os.path.exists(features):
+        return 5_000
+    with h5py.File(features, "r") as f:
+        return len(f["ids"])
+
+
+# What each job asks for, from the table in stego_steps/resources.py: `threads: job_threads("rule")` and
+# `resources:` gpu/mem_mb/runtime. Memory and time are callables of the job's own threads (after
+# --set-threads), inputs and retry attempt.
+def job_threads(name):
+    return stego_resources.threads(name, TORCH_THREADS)
+
+
+def job_gpu(name):
+    return stego_resources.gpu(name, ON_GPU)
+
+
+def job_mem_mb(name):
+    spec = stego_resources.RULES[name]
+
+    def mem_mb(wildcards, input, threads, attempt):
+        features = input.features if "features" in input.keys() else (input[0] if len(input) else None)
+        return stego_resources.mem_mb(
+            name, job_threads=threads, torch_threads=TORCH_THREADS,
+            store_mb=store_mb(features) if spec.holds_store else 0.0,
+            pooled_mb=pooled_mb(features) if spec.holds_pooled else 0.0,
+            budget_mb=MAX_MEMORY_GB * 1024, attempt=attempt)
+
+    return mem_mb
+
+
+def job_runtime(name):
+    if name == "extract":
+        def extract_runtime(wildcards, input, attempt):
+            passes = 1 if wildcards.split == "train" else 2  # evaluation images are extracted with their flips
+            return stego_resources.extract_runtime(_samples(input.index) / shard_count(wildcards), passes, attempt)
+
+        return extract_runtime
+    if name == "segment":
+        def segment_runtime(wildcards, input, threads, attempt):
+            workers = stego_resources.workers(name, threads, TORCH_THREADS)
+            return stego_resources.segment_runtime(store_images(input.features) / shard_count(wildcards), workers,
+                                                   attempt)
+
+        return segment_runtime
+    return lambda wildcards, attempt: stego_resources.runtime(name, attempt)
 
 
 # Pictures (workflow/rules/figures.smk)

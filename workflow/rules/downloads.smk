@@ -24,10 +24,10 @@ rule download:
     log:
         "logs/download/{resource}.log",
     localrule: True
-    threads: 1
+    threads: job_threads("download")
     resources:
-        mem_mb=per_attempt(500),
-        runtime=per_attempt(24 * 60),
+        mem_mb=job_mem_mb("download"),
+        runtime=job_runtime("download"),
     conda:
         "../envs/stego.yaml"
     shell:
@@ -45,10 +45,10 @@ rule unpack_resource:
     log:
         "logs/download/unpack/{folder}.log",
     localrule: True
-    threads: 1
+    threads: job_threads("unpack_resource")
     resources:
-        mem_mb=per_attempt(1000),
-        runtime=per_attempt(6 * 60),
+        mem_mb=job_mem_mb("unpack_resource"),
+        runtime=job_runtime("unpack_resource"),
     conda:
         "../envs/stego.yaml"
     shell:
@@ -66,10 +66,10 @@ rule resource_by_hand:
     log:
         "logs/download/manual/{manual}.log",
     localrule: True
-    threads: 1
+    threads: job_threads("resource_by_hand")
     resources:
-        mem_mb=per_attempt(500),
-        runtime=per_attempt(10),
+        mem_mb=job_mem_mb("resource_by_hand"),
+        runtime=job_runtime("resource_by_hand"),
     conda:
         "../envs/stego.yaml"
     shell:

@@ -11,21 +11,20 @@ rule segment_images:
     params:
         run=lambda w: default_run(w.ds),
         images=lambda w: config["segment_images"][w.name],
-        args=segment_images_args,
         torch_threads=TORCH_THREADS,
     log:
         "logs/{ds}/segment_images_{name}.log",
     benchmark:
         "benchmarks/{ds}/segment_images/{name}.tsv"
-    threads: 2
+    threads: job_threads("segment_images")
     resources:
-        gpu=GPU,
+        gpu=job_gpu("segment_images"),
         device=DEVICE,
-        mem_mb=per_attempt(8000),
-        runtime=per_attempt(240),
+        mem_mb=job_mem_mb("segment_images"),
+        runtime=job_runtime("segment_images"),
     conda:
         "../envs/stego.yaml"
     shell:
         "python -m stego_steps.segment_images --run {params.run} --images {params.images:q} --out {output}"
-        " {params.args} --crf --device {resources.device} --threads {threads}"
+        " --crf --device {resources.device} --threads {threads}"
         " --torch-threads {params.torch_threads} 2> {log}"

@@ -7,7 +7,8 @@ Writes a synthetic store in the `extract` layout (float16, or int8 with `--dtype
 with the demo preset's settings (batch 16, code dim 70, the loss's sampling) three ways, in rounds that
 alternate so that machine load hits all alike:
 - `memory`: the store held in memory (what `train` does when it fits the budget);
-- `stream`: a memory budget far below the store's size, so `train` streams it (`StreamingBatches`);
+- `stream`: a memory budget far below the store's size, so `train` streams it (`StreamingBatches`: the
+  same batches as from memory, each step's anchors and positives read by a background thread ahead);
 - `disk, no prefetch`: each step reads its anchors and positives from HDF5 in the training thread (what
   `train` did before streaming existed), for reference.
 Prints a table and writes results/bench/streaming.csv. `--profile` writes a cProfile of one streamed run.
@@ -29,7 +30,7 @@ import torch
 
 from stego_steps import store as store_mod
 from stego_steps import training
-from stego_steps.batches import StreamingBatches
+from stego_steps.batches import StepDraws, StreamingBatches
 from stego_steps.store import FeatureStore
 
 SETTINGS = {"code_dim": 70, "dropout": 0.1, "batch_size": 16, "lr": 5e-4, "checkpoint_every": 10**9,
@@ -105,14 +106,14 @@ def main() -> None:
             rates[mode].append(run(path, knn, mode, args.steps, args.device))
     with FeatureStore(path, max_memory_gb=1e-4) as s:
         size_mb = s.nbytes / 2**20
-        stream = StreamingBatches(s, knn, args.batch, 7, 0)
-        pool, block = stream.pool_rows, stream.block_rows
-        stream.close()
+        with StreamingBatches(s, StepDraws(knn, args.batch, 7, SETTINGS["samples"], SETTINGS["negatives"], 0),
+                              steps=1) as stream:
+            prefetch = stream.prefetch
     rows = [{"mode": m, "steps_per_s": float(np.median(r)), "runs": " ".join(f"{v:.2f}" for v in r),
              "ratio_to_memory": float(np.median(r) / np.median(rates["memory"]))} for m, r in rates.items()]
     table = pd.DataFrame(rows)
     print(f"store: {args.n} samples × {args.dim} × {args.grid}² {args.dtype} = {size_mb:.0f} MB; stream budget "
-          f"1e-4 GB → pools of {pool} samples in blocks of {block}; batch {args.batch}, {args.steps} steps × "
+          f"1e-4 GB → streamed, {prefetch} steps read ahead; batch {args.batch}, {args.steps} steps × "
           f"{args.rounds} rounds on {args.device}; torch threads {torch.get_num_threads()}; "
           f"load {os.getloadavg()[0]:.2f}")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stego_steps.artifacts import fingerprint
+from stego_steps.errors import UserError
 
 log = logging.getLogger("stego_steps")
 
@@ -141,7 +142,7 @@ def _spec(name: str) -> BackboneSpec:
         return BACKBONES[name]
     except KeyError:
         valid = ", ".join(sorted(BACKBONES))
-        raise ValueError(f"unknown backbone {name!r}; valid names: {valid}") from None
+        raise UserError(f"unknown backbone {name!r}; valid names: {valid}") from None
 
 
 def backbone_info(name: str) -> dict[str, Any]:
@@ -154,8 +155,9 @@ def backbone_info(name: str) -> dict[str, Any]:
 
 def backbone_id(backbone: str, weights: str | None, seed: int) -> str:
     """Which network computed a store's features (name, weights file, seed of random variants): the heads,
-    centroids and probes trained on one store must only ever meet features of the same network."""
-    return fingerprint(backbone, weights, seed)[:16]
+    centroids and probes trained on one store must only ever meet features of the same network. The seed
+    builds only the `_random` variants, so it is part of their id alone."""
+    return fingerprint(backbone, weights, seed if backbone.endswith(RANDOM_SUFFIX) else None)[:16]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -237,7 +239,7 @@ def check_weights(name: str, weights: str | os.PathLike | None) -> None:
     spec = _spec(name)
     if spec.random:
         if weights is not None:
-            raise ValueError(
+            raise UserError(
                 f"backbone {name!r} is a seeded random initialisation and never loads weights; "
                 f"remove its `weights` entry or use {spec.base_name!r}"
             )
@@ -286,7 +288,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         obj = obj[inner]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         top = list(obj)[:10] if isinstance(obj, dict) else type(obj).__name__
-        raise ValueError(f"{path}: not a recognised state dict layout (top-level entries: {top})")
+        raise UserError(f"{path}: not a recognised state dict layout (top-level entries: {top})")
     out: dict[str, torch.Tensor] = {}
     for key, value in obj.items():
         changed = True
@@ -504,7 +506,7 @@ def _load_vit_weights(spec: BackboneSpec, model: nn.Module, path: str | os.PathL
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as err:
-        raise RuntimeError(
+        raise UserError(
             f"weights {path} do not fit backbone {spec.name!r} ({spec.timm_name}): {err}"
         ) from err
 
@@ -520,7 +522,7 @@ def _build_efficientnet(spec: BackboneSpec, weights: str | os.PathLike | None) -
     wanted = model.state_dict().keys()
     missing = [k for k in wanted if k not in state_dict]
     if missing:
-        raise RuntimeError(
+        raise UserError(
             f"weights {path} lack {len(missing)} EfficientNet-Lite0 tensors, e.g. {missing[:3]}"
         )
     model.load_state_dict({k: state_dict[k] for k in wanted}, strict=True)

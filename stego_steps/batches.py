@@ -1,13 +1,24 @@
-"""Training batches: shuffled anchors and their KNN positives, shared by `train` and `calibrate` (which
-must see the very pairs that training sees), and the streaming variant for stores larger than memory."""
+"""Training batches, shared by `train` and `calibrate` (which must see the very pairs that training sees):
+shuffled anchors and their KNN positives, the random draws of each step, and the stream that reads a store
+larger than memory ahead of the training loop.
+
+Which samples, points and negatives a step uses (`StepDraws`) is drawn from one generator, independently
+of where the features come from; `StreamingBatches` runs those very draws in a reader thread ahead of the
+consumer. Training from memory and training from disk therefore see bitwise the same batches, and the
+memory budget that chooses between them changes speed and memory, never a result.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import threading
 
 import numpy as np
 import torch
+
+from stego_steps.errors import UserError
+from stego_steps.loss import negative_perm, random_coords
 
 
 class BatchSampler:
@@ -17,7 +28,7 @@ class BatchSampler:
         self.knn, self.batch_size, self.g = torch.as_tensor(knn), batch_size, generator
         self.neighbours = min(neighbours, self.knn.shape[1] - 1)
         if self.neighbours < 1:
-            raise ValueError("the KNN table has no neighbours besides self; rebuild it with k >= 1")
+            raise UserError("the KNN table has no neighbours besides self; rebuild it with k >= 1")
         self.order = torch.empty(0, dtype=torch.long)
 
     def next(self) -> tuple[np.ndarray, np.ndarray]:
@@ -28,87 +39,91 @@ class BatchSampler:
         return anchors.numpy(), self.knn[anchors, rank].numpy()
 
 
+@dataclasses.dataclass
+class Step:
+    """The random draws of one training step (CPU tensors): anchor and positive sample ids, the loss's two
+    sets of sampling coordinates and its negative permutations."""
+
+    anchors: np.ndarray
+    positives: np.ndarray
+    coords1: torch.Tensor
+    coords2: torch.Tensor
+    perms: list[torch.Tensor]
+
+
+class StepDraws:
+    """Every draw of the training steps except dropout masks, from one generator in a fixed order: anchors
+    and positives (`BatchSampler`), then coordinates, then negatives. The state after any step (`state`)
+    restores the sequence exactly (a checkpoint holds it)."""
+
+    def __init__(self, knn: np.ndarray, batch_size: int, neighbours: int, samples: int, negatives: int,
+                 seed: int) -> None:
+        self.g = torch.Generator().manual_seed(seed)
+        self.sampler = BatchSampler(knn, batch_size, neighbours, self.g)
+        self.samples, self.negatives = samples, negatives
+
+    def next(self) -> Step:
+        anchors, positives = self.sampler.next()
+        n = len(anchors)
+        coords1 = random_coords(n, self.samples, self.g)
+        coords2 = random_coords(n, self.samples, self.g)
+        return Step(anchors, positives, coords1, coords2, [negative_perm(n, self.g) for _ in range(self.negatives)])
+
+    def state(self) -> dict:
+        return {"generator": self.g.get_state(), "order": self.sampler.order.clone()}
+
+    def set_state(self, state: dict) -> None:
+        self.g.set_state(state["generator"])
+        self.sampler.order = state["order"].clone()
+
+
 class StreamingBatches:
-    """Training batches streamed from a store larger than the memory budget, as float32 CPU tensors.
+    """The steps of a `StepDraws` with their features read from a store on disk, by a background thread at
+    most `prefetch` steps ahead of the consumer.
 
-    The rows are cut into blocks of contiguous samples (whole HDF5 chunks, read with one call each). Every
-    epoch shuffles the blocks (a permutation from `seed` and the epoch), takes them `pool_blocks` at a time
-    into a pool, shuffles the pool's rows and cuts the stream of shuffled rows into batches (a batch may span
-    two pools; the incomplete tail of an epoch is dropped, like `drop_last`). Each anchor's positive is drawn
-    uniformly from its KNN ranks 1..neighbours. A background thread reads the pools and the positives'
-    features ahead of the consumer, at most `prefetch` batches ahead.
-
-    Peak memory: one pool being cut, one pool's leftover (< one batch), `prefetch` queued batches of anchors
-    and positives, independent of the number of samples (plus the KNN table). The sequence of batches is a
-    function of (seed, step) only, so a resumed run continues it exactly (`start_step`).
+    Each step's anchors and positives are read in one call (`FeatureStore.raw`: each run of consecutive rows
+    is one slice, a sample that is both is read once) and decoded exactly as the in-memory store decodes
+    them, so `next` returns bitwise the features that `FeatureStore.batch` returns from memory. Peak memory:
+    `prefetch` steps of anchors and positives, independent of the number of samples (plus the KNN table).
     """
 
-    def __init__(self, store, knn: np.ndarray, batch_size: int, neighbours: int, seed: int, *,
-                 pool_rows: int | None = None, blocks_per_pool: int = 16, prefetch: int = 4,
-                 start_step: int = 0, device: str | torch.device = "cpu") -> None:
-        self.store, self.knn = store, np.asarray(knn)
-        self.batch_size, self.seed = batch_size, seed
-        self.neighbours = min(neighbours, self.knn.shape[1] - 1)
-        if self.neighbours < 1:
-            raise ValueError("the KNN table has no neighbours besides self; rebuild it with k >= 1")
-        n = store.n
-        if pool_rows is None:
-            # A quarter of the budget for one pool: the pool being cut, the next one being read and the queued
-            # batches stay within it.
-            pool_rows = int(store.budget_gb * 2**30 / 4 / max(store.row_nbytes, 1))
-        # A pool holds at least four batches, so that a batch mixes rows of several blocks.
-        self.pool_rows = int(min(max(pool_rows, 4 * batch_size), n))
-        self.block_rows = max(1, self.pool_rows // blocks_per_pool)
-        self.n_blocks = -(-n // self.block_rows)
-        self.pool_blocks = max(1, self.pool_rows // self.block_rows)
-        self.batches_per_epoch = n // batch_size
-        if self.batches_per_epoch < 1:
-            raise ValueError(f"batch size {batch_size} is larger than the store ({n} samples)")
+    def __init__(self, store, draws: StepDraws, *, steps: int | None = None, prefetch: int = 4,
+                 device: str | torch.device = "cpu") -> None:
+        self.store, self.draws = store, draws
+        self.remaining, self.prefetch = steps, max(prefetch, 1)  # steps to produce (None: until closed)
         # On a GPU the stored values (half the bytes of float32) travel from pinned memory and are decoded
-        # there; on the CPU the reader thread decodes them.
-        self.step, self.device = start_step, torch.device(device)
+        # there, as the in-memory store decodes them there; on the CPU the reader thread decodes them.
+        self.device = torch.device(device)
         self.on_gpu = self.device.type == "cuda"
-        self._queue: queue.Queue = queue.Queue(maxsize=max(prefetch, 1))
+        self._queue: queue.Queue = queue.Queue(maxsize=self.prefetch)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="stream-batches", daemon=True)
         self._thread.start()
 
-    # -- the plan: which rows, in which order (no reads) --
-
-    def _epoch_plan(self, epoch: int) -> tuple[list[np.ndarray], np.ndarray]:
-        """(pools: each an array of block ids, ranks of the epoch's n anchors)."""
-        rng = np.random.default_rng([self.seed, epoch])
-        blocks = rng.permutation(self.n_blocks)
-        pools = [blocks[i:i + self.pool_blocks] for i in range(0, self.n_blocks, self.pool_blocks)]
-        ranks = rng.integers(1, self.neighbours + 1, self.store.n)
-        return pools, ranks
-
-    def _pool_order(self, epoch: int, pool: int, size: int) -> np.ndarray:
-        return np.random.default_rng([self.seed, epoch, pool + 1]).permutation(size)
-
-    # -- the background reader --
-
-    def _read_pool(self, blocks: np.ndarray) -> tuple[np.ndarray, torch.Tensor, torch.Tensor | None]:
-        rows, values, scales = [], [], []
-        for b in blocks:
-            start, stop = int(b) * self.block_rows, min((int(b) + 1) * self.block_rows, self.store.n)
-            v, s = self.store.raw_rows(start, stop)
-            rows.append(np.arange(start, stop))
-            values.append(v)
-            scales.append(s)
-        return (np.concatenate(rows), torch.cat(values),
-                None if scales[0] is None else torch.cat(scales))
-
-    def _emit(self, anchors: np.ndarray, values: torch.Tensor, scales: torch.Tensor | None,
-              positives: np.ndarray) -> bool:
+    def _run(self) -> None:
         from stego_steps.store import decode
 
-        pos_values, pos_scales = self.store.raw(positives)
-        if self.on_gpu:
-            pin = lambda t: None if t is None else t.contiguous().pin_memory()  # noqa: E731
-            item = (anchors, positives, (pin(values), pin(scales)), (pin(pos_values), pin(pos_scales)))
-        else:
-            item = (anchors, positives, decode(values, scales), decode(pos_values, pos_scales))
+        try:
+            produced = 0
+            while not self._stop.is_set() and (self.remaining is None or produced < self.remaining):
+                step = self.draws.next()
+                state = self.draws.state()
+                n = len(step.anchors)
+                values, scales = self.store.raw(np.concatenate([step.anchors, step.positives]))
+                # Anchors and positives are decoded apart, each into its own tensor, like two in-memory batches.
+                parts = [(values[sl], None if scales is None else scales[sl]) for sl in (slice(0, n), slice(n, None))]
+                if self.on_gpu:
+                    pin = lambda t: None if t is None else t.contiguous().pin_memory()  # noqa: E731
+                    feats = [(pin(v), pin(s)) for v, s in parts]
+                else:
+                    feats = [decode(v, s) for v, s in parts]
+                if not self._put((step, state, feats)):
+                    return
+                produced += 1
+        except BaseException as err:  # handed to the consumer, which raises it
+            self._queue.put(err)
+
+    def _put(self, item: tuple) -> bool:
         while not self._stop.is_set():
             try:
                 self._queue.put(item, timeout=0.1)
@@ -117,66 +132,19 @@ class StreamingBatches:
                 continue
         return False
 
-    def _run(self) -> None:
-        try:
-            epoch, skip = divmod(self.step, self.batches_per_epoch)
-            skip_rows = skip * self.batch_size
-            while not self._stop.is_set():
-                pools, ranks = self._epoch_plan(epoch)
-                position = 0  # anchors of this epoch already cut into batches (or skipped)
-                pending: tuple[np.ndarray, torch.Tensor, torch.Tensor | None] | None = None
-                usable = self.batches_per_epoch * self.batch_size
-                for p, blocks in enumerate(pools):
-                    size = int(sum(min((int(b) + 1) * self.block_rows, self.store.n) - int(b) * self.block_rows
-                                   for b in blocks))
-                    if position + size <= skip_rows or position >= usable:  # resumed past it, or the tail
-                        position += size
-                        continue
-                    rows, values, scales = self._read_pool(blocks)
-                    order = torch.from_numpy(self._pool_order(epoch, p, size))
-                    rows, values = rows[order.numpy()], values[order]
-                    scales = None if scales is None else scales[order]
-                    if position < skip_rows:  # resuming inside this pool
-                        cut = skip_rows - position
-                        rows, values = rows[cut:], values[cut:]
-                        scales = None if scales is None else scales[cut:]
-                        position = skip_rows
-                    if pending is not None:
-                        rows = np.concatenate([pending[0], rows])
-                        values = torch.cat([pending[1], values])
-                        scales = None if scales is None else torch.cat([pending[2], scales])
-                        position -= len(pending[0])
-                    i = 0
-                    while len(rows) - i >= self.batch_size and position + i < usable:
-                        sl = slice(i, i + self.batch_size)
-                        at = position + i
-                        anchors = rows[sl]
-                        positives = self.knn[anchors, ranks[at:at + self.batch_size]]
-                        if not self._emit(anchors, values[sl], None if scales is None else scales[sl], positives):
-                            return
-                        i += self.batch_size
-                    pending = (rows[i:], values[i:].clone(), None if scales is None else scales[i:].clone())
-                    position += i + len(pending[0])
-                epoch, skip_rows = epoch + 1, 0
-        except BaseException as err:  # handed to the consumer, which raises it
-            self._queue.put(err)
-
-    # -- the consumer --
-
-    def next(self) -> tuple[np.ndarray, np.ndarray, torch.Tensor, torch.Tensor]:
-        """(anchor ids, positive ids, anchor features, positive features) of the next step, the features float32
-        on the stream's device."""
+    def next(self) -> tuple[Step, dict, torch.Tensor, torch.Tensor]:
+        """(the step's draws, the draws' state after it, anchor features, positive features), the features
+        float32 on the stream's device."""
         from stego_steps.store import decode
 
         item = self._queue.get()
         if isinstance(item, BaseException):
             raise item
-        self.step += 1
+        step, state, feats = item
         if self.on_gpu:
             move = lambda t: None if t is None else t.to(self.device, non_blocking=True)  # noqa: E731
-            anchors, positives, (v, sc), (pv, psc) = item
-            return anchors, positives, decode(move(v), move(sc)), decode(move(pv), move(psc))
-        return item
+            feats = [decode(move(v), move(s)) for v, s in feats]
+        return step, state, feats[0], feats[1]
 
     def close(self) -> None:
         self._stop.set()

@@ -208,8 +208,8 @@ def digest(value: Any) -> str:
 
 
 def _extraction(config: dict, dataset: str, variant: str) -> dict[str, Any]:
-    """What decides a variant's features: the index they come from and each split's extraction settings,
-    less the batch size (which changes how, not what, is computed)."""
+    """What decides a variant's features: the index they come from and each split's extraction settings
+    (the seed only for a random backbone), less the batch size (which changes how, not what, is computed)."""
     r = resolve(config, dataset, variant)
     splits = {split: {k: v for k, v in stage_settings(config, dataset, "extract", split, variant).items()
                       if k != "batch_size"} for split in ("train", "val")}
@@ -258,11 +258,31 @@ def backbone_weights(config: dict, backbone: str) -> str | None:
     return (config.get("backbones") or {}).get(backbone, {}).get("weights")
 
 
+# Preset keys of a stage that change how often something is saved, never what is computed: they stay out of
+# the stage's settings (so out of Snakemake's params and every cache key) and reach the job another way
+# (`bookkeeping`; the rule hands them over as resources, which are no rerun trigger).
+BOOKKEEPING = {"train": ("checkpoint_every",)}
+
+
+def random_backbone(name: str) -> bool:
+    """Whether a backbone is a seeded random initialisation (`<name>_random`): the only ones the seed decides.
+    (The suffix of `backbones.RANDOM_SUFFIX`, spelled here so that resolving a config imports no torch.)"""
+    return name.endswith("_random")
+
+
+def bookkeeping(config: dict, dataset: str, stage: str, variant: str = DEFAULT_VARIANT) -> dict[str, Any]:
+    """The bookkeeping keys of a stage (see `BOOKKEEPING`), by name."""
+    section = resolve(config, dataset, variant).get(stage) or {}
+    return {k: section[k] for k in BOOKKEEPING.get(stage, ()) if k in section}
+
+
 def stage_settings(config: dict, dataset: str, stage: str, split: str = "train", variant: str = DEFAULT_VARIANT,
                    seed: int | None = None) -> dict[str, Any]:
-    """The JSON settings passed to one stage's CLI (only what that stage reads, so that Snakemake's
-    parameter tracking reruns exactly the stages whose settings changed). `seed` is the run's seed (training
-    onward); the extraction keeps the preset's seed (it seeds only random test backbones)."""
+    """The JSON settings passed to one stage's CLI: exactly what decides that stage's output, so that
+    Snakemake's parameter tracking reruns exactly the stages whose result can change. `seed` is the run's seed
+    (training onward); the extraction takes the preset's seed only for random backbones (the only ones it
+    seeds). Bookkeeping (`BOOKKEEPING`) is left out; so are the device and the memory budget, which change
+    where and how fast, not what, a stage computes."""
     r = resolve(config, dataset, variant)
     run_seed = r["seed"] if seed is None else seed
     if stage == "extract":
@@ -272,14 +292,21 @@ def stage_settings(config: dict, dataset: str, stage: str, split: str = "train",
             "res": r["train_res"] if train else r["eval_res"], "evaluation": not train,
             # The official five-crops were stored as JPEG; evaluation images never were.
             "jpeg_quality": r["jpeg_quality"] if (train and r["five_crop"]) else None,
-            "batch_size": r["extract_batch"], "seed": r["seed"],
+            # The batch size aligns the shards and sets the batches' composition (the features' last bits);
+            # it stays out of the features key (`_extraction`).
+            "batch_size": r["extract_batch"],
+            **({"seed": r["seed"]} if random_backbone(r["backbone"]) else {}),
             "store_dtype": r["store_dtype"], "precision": r["precision"],
         }
     if stage == "train":
-        return {**r["head"], **r["train"], **{k: v for k, v in r["loss"].items()},
+        kept = {k: v for k, v in r["train"].items() if k not in BOOKKEEPING["train"]}
+        return {**r["head"], **kept, **{k: v for k, v in r["loss"].items()},
                 "neighbours": r["knn_k"], "seed": run_seed}
     if stage == "calibrate":
-        return {**stage_settings(config, dataset, "train", variant=variant, seed=seed), "calibrate": r["calibrate"],
+        # The candidate heads train for `calibration.selection.steps`: the train stage's steps decide nothing here.
+        trained = {k: v for k, v in stage_settings(config, dataset, "train", variant=variant, seed=seed).items()
+                   if k != "steps"}
+        return {**trained, "calibrate": r["calibrate"],
                 "calibration": r["calibration"], "cluster": r["cluster"], "kind": config["datasets"][dataset]["kind"],
                 "backbone": r["backbone"]}
     if stage == "cluster":

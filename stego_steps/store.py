@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 import h5py
 import numpy as np
 
-from stego_steps.artifacts import atomic_path
+from stego_steps.artifacts import atomic_path, open_h5
 from stego_steps.errors import UserError
 
 if TYPE_CHECKING:  # torch is imported where used: stages that read stores without a model start faster
@@ -109,12 +109,14 @@ def create(f: h5py.File, arrays: dict[str, Array]) -> None:
 
 
 # A store whose features take at most this many GB (as stored) is held in memory (on the consuming device);
-# the environment variable STEGO_MAX_MEMORY_GB overrides it (e.g. to force streaming in a benchmark).
+# the environment variable STEGO_MAX_MEMORY_GB overrides it (e.g. to force streaming in a benchmark). The
+# budget decides where features are read from, never their values: `batch` returns bitwise the same tensors
+# from memory and from disk, and training draws the same batches either way (`batches.StepDraws`).
 MAX_MEMORY_GB = 8.0
 
 
 def memory_budget_gb() -> float:
-    """The memory budget for a training store: STEGO_MAX_MEMORY_GB if set, else MAX_MEMORY_GB."""
+    """The memory budget for a store: STEGO_MAX_MEMORY_GB if set, else MAX_MEMORY_GB (speed and memory only)."""
     value = os.environ.get("STEGO_MAX_MEMORY_GB")
     return float(value) if value else MAX_MEMORY_GB
 
@@ -234,10 +236,24 @@ def decode(values: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Ten
     return values.float().mul_(scale.float())
 
 
+def as_stored(feats: torch.Tensor, dtype: str) -> torch.Tensor:
+    """Features [B,C,h,w] as a store of `dtype` gives them back (`write_features`, then `decode`): code that
+    computes features itself (segmenting new images) sees the values the run's stages saw."""
+    import torch
+
+    # Contiguous, as read from HDF5: kernels can round differently on other memory layouts.
+    if dtype == "int8":
+        q, scale = quantize(feats.cpu())
+        return decode(torch.from_numpy(np.ascontiguousarray(q)), torch.from_numpy(np.ascontiguousarray(scale)))
+    if dtype not in STORE_DTYPES:
+        raise ValueError(f"store dtype must be one of {', '.join(STORE_DTYPES)}, got {dtype!r}")
+    return decode(feats.cpu().half().contiguous())
+
+
 def _check_sources(f: h5py.File, path: Path) -> None:
     """A gathered store reads its shard files through HDF5 virtual datasets, which return zeros for a missing
     source: refuse to open one whose shard files are missing instead."""
-    missing = set()
+    missing, opened = set(), set()
     for data in f.values():
         if isinstance(data, h5py.Dataset) and data.is_virtual:
             for source in data.virtual_sources():
@@ -246,6 +262,9 @@ def _check_sources(f: h5py.File, path: Path) -> None:
                     shard = path.parent / shard
                 if not os.path.isfile(shard):
                     missing.add(str(shard))
+                elif shard not in opened:  # a truncated shard would read as zeros, or fail deep in a stage
+                    opened.add(shard)
+                    open_h5(shard, "feature shard").close()
     if missing:
         raise UserError(f"feature store {path} points at shard files that are missing: {', '.join(sorted(missing))}; "
                          f"rerun with `snakemake --forcerun gather_features <target>` (the missing shards are "
@@ -273,13 +292,13 @@ def gather(shards: list[Path], out: Path) -> None:
     the folder can move), plus the small `ids`. Checks that the shards tile the split exactly."""
     metas = []
     for path in shards:
-        with h5py.File(path, "r") as f:
+        with open_h5(path, "feature shard") as f:
             metas.append((int(f.attrs["start"]), int(f.attrs["stop"]), path,
                           {k: (f[k].shape, f[k].dtype) for k in f if k != "ids"}, dict(f.attrs), f["ids"][...]))
     metas.sort(key=lambda m: (m[0], m[1]))  # an empty shard sorts before the one it abuts
     stops = [m[1] for m in metas]
     if [m[0] for m in metas] != [0, *stops[:-1]]:
-        raise ValueError(f"feature shards do not tile the split: {[(m[0], m[1], str(m[2])) for m in metas]}; "
+        raise UserError(f"feature shards do not tile the split: {[(m[0], m[1], str(m[2])) for m in metas]}; "
                          "rerun the extract jobs of the missing shards")
     n, first = stops[-1], metas[0]
     with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
@@ -287,7 +306,8 @@ def gather(shards: list[Path], out: Path) -> None:
             virtual = h5py.VirtualLayout(shape=(n, *shape[1:]), dtype=dtype)
             for start, stop, path, datasets, _, _ in metas:
                 if datasets.get(key, (None,))[0] != (stop - start, *shape[1:]):
-                    raise ValueError(f"shard {path} has no dataset '{key}' of the expected shape")
+                    raise UserError(f"shard {path} has no dataset '{key}' of the expected shape; delete it and rerun "
+                                    "(extract re-makes it)")
                 if stop == start:  # an empty shard contributes nothing
                     continue
                 source = os.path.relpath(path, out.parent)

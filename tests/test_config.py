@@ -156,7 +156,8 @@ def test_seeds_reach_the_stages_from_training_on_but_not_the_extraction():
     assert C.seeds(cfg, "demo") == [3, 4]
     for stage in ("train", "calibrate", "cluster", "probe"):
         assert C.stage_settings(cfg, "demo", stage, seed=4)["seed"] == 4
-    assert C.stage_settings(cfg, "demo", "extract", seed=4)["seed"] == CONFIG["presets"]["demo"]["seed"]
+    # The demo's backbone has pretrained weights: no seed decides its extraction (tests/test_cache_keys.py).
+    assert "seed" not in C.stage_settings(cfg, "demo", "extract", seed=4)
     assert C.seeds(CONFIG, "cocostuff") == [CONFIG["presets"]["cocostuff"]["seed"]]
 
 

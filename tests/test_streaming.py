@@ -1,111 +1,157 @@
-"""Training from a store larger than the memory budget: streamed batches, their randomness, determinism and
-resumption, and the same training loop as from memory."""
+"""Training from a store larger than the memory budget: the streamed steps are the in-memory steps (the same
+draws, bitwise the same feature tensors), so the memory budget — and the environment variable that sets it —
+never changes a head; determinism and resumption at any step."""
 
+import h5py
 import numpy as np
+import pytest
 import torch
 from helpers import write_store
 
 from stego_steps import knn, training
-from stego_steps.batches import StreamingBatches
+from stego_steps import store as store_mod
+from stego_steps.batches import StepDraws, StreamingBatches
 from stego_steps.store import FeatureStore
 
 SETTINGS = {
-    "code_dim": 6, "dropout": 0.1, "batch_size": 4, "steps": 12, "lr": 5e-4, "checkpoint_every": 5,
+    "code_dim": 6, "dropout": 0.1, "batch_size": 4, "steps": 12, "lr": 5e-4,
     "samples": 5, "negatives": 3, "spatial_centering": True, "zero_clamp": True,
     "weights": {"self": 0.67, "knn": 0.25, "random": 0.63}, "shifts": {"self": 0.08, "knn": 0.02, "random": 0.76},
     "neighbours": 3, "seed": 0,
 }
 
 
-def _batches(store, table, steps, **kw):
-    with StreamingBatches(store, table, 4, 3, seed=0, pool_rows=16, blocks_per_pool=4, **kw) as stream:
+def _draws(table, seed=0):
+    return StepDraws(table, 4, 3, SETTINGS["samples"], SETTINGS["negatives"], seed)
+
+
+def _streamed(store, table, steps, draws=None):
+    with StreamingBatches(store, draws or _draws(table), steps=steps) as stream:
         return [stream.next() for _ in range(steps)]
 
 
-def test_streamed_batches_are_the_stored_features_with_knn_positives(tmp_path):
+def _int8_store(path, n=30, dim=16, grid=8):
+    rng = np.random.default_rng(0)
+    with h5py.File(path, "w") as f:
+        store_mod.create(f, store_mod.layout(n, dim, grid, grid * 4, evaluation=False, labelled=False, dtype="int8"))
+        feats = torch.from_numpy(rng.standard_normal((n, dim, grid, grid), np.float32))
+        store_mod.write_features(f, "feats", 0, feats)
+        f["pooled"][...] = feats.mean(dim=(2, 3)).numpy()
+        f.attrs.update(backbone="synthetic", res=grid * 4, stride=4, split="train", n_classes=3, class_names="[]")
+    return path
+
+
+def _same_heads(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_streamed_steps_are_the_in_memory_steps_bitwise(tmp_path):
     path = write_store(tmp_path / "train.h5", n=50)
-    with FeatureStore(path, max_memory_gb=0) as store:
-        assert not store.in_memory
-        table = knn.knn_table(store.read("pooled"), 3)
+    with FeatureStore(path) as memory, FeatureStore(path, max_memory_gb=0) as disk:
+        assert memory.in_memory and not disk.in_memory
+        table = knn.knn_table(memory.read("pooled"), 3)
+        draws = _draws(table)
         seen = []
-        for anchors, positives, f, f_pos in _batches(store, table, 24):  # two epochs of 12 batches
-            assert len(set(anchors)) == 4
-            torch.testing.assert_close(f, store.batch(anchors), rtol=0, atol=0)
-            torch.testing.assert_close(f_pos, store.batch(positives), rtol=0, atol=0)
-            ranks = [list(table[a]).index(p) for a, p in zip(anchors, positives, strict=True)]
-            assert set(ranks) <= {1, 2, 3}
-            seen.append(anchors)
+        for step, _, f, f_pos in _streamed(disk, table, 24):  # two epochs of 12 batches
+            want = draws.next()
+            np.testing.assert_array_equal(step.anchors, want.anchors)
+            np.testing.assert_array_equal(step.positives, want.positives)
+            assert torch.equal(step.coords1, want.coords1) and torch.equal(step.coords2, want.coords2)
+            assert all(torch.equal(p, q) for p, q in zip(step.perms, want.perms, strict=True))
+            assert torch.equal(f, memory.batch(step.anchors)) and torch.equal(f_pos, memory.batch(step.positives))
+            ranks = [list(table[a]).index(p) for a, p in zip(step.anchors, step.positives, strict=True)]
+            assert len(set(step.anchors)) == 4 and set(ranks) <= {1, 2, 3}
+            seen.append(step.anchors)
     # Each epoch visits 48 distinct samples (the tail of 2 is dropped), and the two epochs differ.
     first, second = np.concatenate(seen[:12]), np.concatenate(seen[12:])
     assert len(set(first)) == 48 and len(set(second)) == 48
     assert not np.array_equal(first, second)
 
 
-def test_streamed_batches_mix_blocks_from_across_the_store(tmp_path):
-    path = write_store(tmp_path / "train.h5", n=200)
-    with FeatureStore(path, max_memory_gb=0) as store:
-        table = knn.knn_table(store.read("pooled"), 3)
-        anchors = np.concatenate([b[0] for b in _batches(store, table, 50)])
-    # Blocks of 4 rows, pools of 4 blocks: the first pool's rows are not one contiguous range, and the
-    # order of an epoch is far from sorted (a block-shuffled epoch keeps no long increasing runs).
-    assert anchors[:16].max() - anchors[:16].min() > 16
-    assert np.mean(np.diff(anchors) == 1) < 0.5
+def test_streamed_int8_features_are_the_in_memory_ones(tmp_path):
+    path = _int8_store(tmp_path / "train.h5")
+    with FeatureStore(path) as memory, FeatureStore(path, max_memory_gb=0) as disk:
+        table = knn.knn_table(memory.read("pooled"), 3)
+        for step, _, f, f_pos in _streamed(disk, table, 10):
+            assert torch.equal(f, memory.batch(step.anchors)) and torch.equal(f_pos, memory.batch(step.positives))
 
 
-def test_streaming_is_deterministic_and_resumes_at_any_step(tmp_path):
+def test_draws_resume_at_any_step_from_their_state(tmp_path):
     path = write_store(tmp_path / "train.h5", n=50)
     with FeatureStore(path, max_memory_gb=0) as store:
         table = knn.knn_table(store.read("pooled"), 3)
-        ref = _batches(store, table, 30)
-        again = _batches(store, table, 30)
-        for start in (0, 1, 5, 12, 13, 17):
-            resumed = _batches(store, table, 30 - start, start_step=start)
-            for (a, p, _, _), (ra, rp, _, _) in zip(ref[start:], resumed, strict=True):
-                np.testing.assert_array_equal(a, ra)
-                np.testing.assert_array_equal(p, rp)
-    for (a, p, f, _), (aa, pa, fa, _) in zip(ref, again, strict=True):
-        np.testing.assert_array_equal(a, aa)
-        np.testing.assert_array_equal(p, pa)
-        assert torch.equal(f, fa)
+        ref = _streamed(store, table, 30)
+        for start in (1, 5, 12, 13, 17):
+            draws = _draws(table)
+            draws.set_state(ref[start - 1][1])  # the state after step `start`, as a checkpoint holds it
+            for (step, _, f, _), (again, _, fa, _) in zip(ref[start:], _streamed(store, table, 30 - start, draws),
+                                                          strict=True):
+                np.testing.assert_array_equal(step.anchors, again.anchors)
+                np.testing.assert_array_equal(step.positives, again.positives)
+                assert torch.equal(step.coords1, again.coords1) and torch.equal(f, fa)
 
 
-def test_training_from_a_streamed_store_is_deterministic_and_learns(tmp_path):
+@pytest.mark.parametrize("make", [write_store, _int8_store], ids=["float16", "int8"])
+def test_the_memory_budget_in_the_environment_changes_no_head(tmp_path, monkeypatch, make):
+    path = make(tmp_path / "train.h5")
+    heads, logs = {}, {}
+    for budget in (None, "0"):  # unset: held in memory; 0: streamed from disk
+        if budget is None:
+            monkeypatch.delenv("STEGO_MAX_MEMORY_GB", raising=False)
+        else:
+            monkeypatch.setenv("STEGO_MAX_MEMORY_GB", budget)
+        with FeatureStore(path) as store:
+            assert store.in_memory is (budget is None)
+            table = knn.knn_table(store.read("pooled"), 3)
+            # 14 steps: the epochs of 6 batches end twice, so their reshuffles are compared too.
+            heads[budget], logs[budget] = training.train(store, table, {**SETTINGS, "steps": 14}, device="cpu")
+    assert _same_heads(heads[None], heads["0"])
+    np.testing.assert_array_equal(logs[None]["total"].to_numpy(), logs["0"]["total"].to_numpy())
+
+
+def test_training_from_a_streamed_store_learns(tmp_path):
     path = write_store(tmp_path / "train.h5", n=40)
     with FeatureStore(path, max_memory_gb=0) as store:
         table = knn.knn_table(store.read("pooled"), 3)
-        head, log = training.train(store, table, {**SETTINGS, "steps": 60}, device="cpu")
-        head2, log2 = training.train(store, table, {**SETTINGS, "steps": 60}, device="cpu")
-    np.testing.assert_array_equal(log["total"].to_numpy(), log2["total"].to_numpy())
-    for a, b in zip(head.state_dict().values(), head2.state_dict().values(), strict=True):
-        assert torch.equal(a, b)
+        _, log = training.train(store, table, {**SETTINGS, "steps": 60}, device="cpu")
     assert log["total"].tail(10).mean() < log["total"].head(10).mean()
 
 
-def test_a_killed_streaming_run_resumes_to_the_same_head(tmp_path):
+@pytest.mark.parametrize("first, then", [(0, 0), (0, None), (None, 0)],
+                         ids=["streamed", "streamed-then-memory", "memory-then-streamed"])
+def test_a_killed_run_resumes_to_the_same_head_whatever_the_budgets(tmp_path, first, then):
+    path = write_store(tmp_path / "train.h5", n=40)
+    ckpt = tmp_path / "head.pt.checkpoint"
+    with FeatureStore(path) as store:
+        table = knn.knn_table(store.read("pooled"), 3)
+        ref, ref_log = training.train(store, table, SETTINGS, device="cpu")
+        key = training.checkpoint_key(SETTINGS, store, table)
+    with FeatureStore(path, max_memory_gb=first) as store:
+        training.train(store, table, {**SETTINGS, "steps": 11}, device="cpu", checkpoint=ckpt, checkpoint_every=5)
+    state = torch.load(ckpt, weights_only=False)
+    assert state["step"] == 10
+    state["fingerprint"] = key  # the key includes the step count: re-key it for the 12-step settings
+    torch.save(state, ckpt)
+    with FeatureStore(path, max_memory_gb=then) as store:
+        resumed, log = training.train(store, table, SETTINGS, device="cpu", checkpoint=ckpt, checkpoint_every=5)
+    np.testing.assert_array_equal(log["total"].to_numpy(), ref_log["total"].to_numpy())
+    assert _same_heads(ref, resumed)
+
+
+def test_a_checkpoint_of_the_former_streaming_order_is_not_resumed(tmp_path, caplog):
     path = write_store(tmp_path / "train.h5", n=40)
     ckpt = tmp_path / "head.pt.checkpoint"
     with FeatureStore(path, max_memory_gb=0) as store:
         table = knn.knn_table(store.read("pooled"), 3)
-        ref, ref_log = training.train(store, table, SETTINGS, device="cpu")
-        training.train(store, table, {**SETTINGS, "steps": 11}, device="cpu", checkpoint=ckpt)
+        training.train(store, table, {**SETTINGS, "steps": 11}, device="cpu", checkpoint=ckpt, checkpoint_every=5)
         state = torch.load(ckpt, weights_only=False)
-        assert state["step"] == 10 and state["streaming"]
-        state["fingerprint"] = training.checkpoint_key(SETTINGS, store, table)
+        state.update(fingerprint=training.checkpoint_key(SETTINGS, store, table), streaming=True)
         torch.save(state, ckpt)
-        resumed, log = training.train(store, table, SETTINGS, device="cpu", checkpoint=ckpt)
-    np.testing.assert_array_equal(log["total"].to_numpy(), ref_log["total"].to_numpy())
-    for a, b in zip(ref.state_dict().values(), resumed.state_dict().values(), strict=True):
-        assert torch.equal(a, b)
-
-
-def test_the_memory_budget_comes_from_the_environment(tmp_path, monkeypatch):
-    path = write_store(tmp_path / "train.h5", n=8)
-    monkeypatch.setenv("STEGO_MAX_MEMORY_GB", "0")
-    with FeatureStore(path) as store:
-        assert not store.in_memory
-    monkeypatch.delenv("STEGO_MAX_MEMORY_GB")
-    with FeatureStore(path) as store:
-        assert store.in_memory
+        with caplog.at_level("INFO"):
+            _, log = training.train(store, table, SETTINGS, device="cpu", checkpoint=ckpt)
+    assert "ignoring" in caplog.text and "resuming" not in caplog.text
+    assert list(log["step"]) == list(range(1, 13))
 
 
 def test_reads_at_any_indices_equal_numpy_indexing(tmp_path):

@@ -11,7 +11,7 @@ from stego_steps.head import SegmentationHead, flip_tta_code, load_head, save_he
 from stego_steps.store import FeatureStore
 
 SETTINGS = {
-    "code_dim": 6, "dropout": 0.1, "batch_size": 4, "steps": 12, "lr": 5e-4, "checkpoint_every": 5,
+    "code_dim": 6, "dropout": 0.1, "batch_size": 4, "steps": 12, "lr": 5e-4,
     "samples": 5, "negatives": 3, "spatial_centering": True, "zero_clamp": True,
     "weights": {"self": 0.67, "knn": 0.25, "random": 0.63}, "shifts": {"self": 0.08, "knn": 0.02, "random": 0.76},
     "neighbours": 3, "seed": 0,
@@ -57,7 +57,7 @@ def test_a_killed_run_resumes_to_the_same_head(store_path, tmp_path, caplog):
         table = knn.knn_table(store.read("pooled"), 3)
         ref, ref_log = training.train(store, table, SETTINGS, device="cpu")
         # "Kill" after step 10: run 10 steps with checkpoints, then continue to 12 from the checkpoint.
-        training.train(store, table, {**SETTINGS, "steps": 11}, device="cpu", checkpoint=ckpt)
+        training.train(store, table, {**SETTINGS, "steps": 11}, device="cpu", checkpoint=ckpt, checkpoint_every=5)
         assert ckpt.exists()
         state = torch.load(ckpt, weights_only=False)
         assert state["step"] == 10
@@ -78,7 +78,7 @@ def test_a_checkpoint_never_resumes_on_other_features(store_path, tmp_path, capl
     ckpt = tmp_path / "head.pt.checkpoint"
     with FeatureStore(store_path) as store:
         table = knn.knn_table(store.read("pooled"), 3)
-        training.train(store, table, {**SETTINGS, "steps": 11}, device="cpu", checkpoint=ckpt)
+        training.train(store, table, {**SETTINGS, "steps": 11}, device="cpu", checkpoint=ckpt, checkpoint_every=5)
     state = torch.load(ckpt, weights_only=False)
     with FeatureStore(store_path) as store:
         state["fingerprint"] = training.checkpoint_key(SETTINGS, store, table)

@@ -31,7 +31,7 @@ def test_bad_config_fails_before_any_job(tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_runs_end_to_end(tmp_path):
+def test_demo_runs_end_to_end(tmp_path, monkeypatch):
     out = snakemake(tmp_path, "--cores", "2")
     assert out.returncode == 0, out.stderr[-4000:]
     table = pd.read_csv(tmp_path / "results" / "demo" / "miou.csv")
@@ -70,6 +70,14 @@ def test_demo_runs_end_to_end(tmp_path):
     other_device = snakemake(tmp_path, "--cores", "2", "-n", "--config", "device=auto")
     assert other_device.returncode == 0, other_device.stderr[-2000:]
     assert "Nothing to be done" in other_device.stdout + other_device.stderr
+    # Bookkeeping is no setting: another checkpoint interval re-runs nothing.
+    bookkeeping = snakemake(tmp_path, "--cores", "2", "-n", "--config",
+                            'datasets={"demo": {"overrides": {"train": {"checkpoint_every": 3}}}}')
+    assert "Nothing to be done" in bookkeeping.stdout + bookkeeping.stderr, bookkeeping.stdout[-3000:]
+    # The preset's seed does not seed pretrained weights: its features and KNN table are those of any seed.
+    seeded = snakemake(tmp_path, "--cores", "2", "-n", "--config", 'datasets={"demo": {"overrides": {"seed": 5}}}',
+                       "--", str((features / "knn7.npy").relative_to(tmp_path)))
+    assert "Nothing to be done" in seeded.stdout + seeded.stderr, seeded.stdout[-3000:]
 
     # A changed extraction setting is brought up to date by one invocation, which then leaves nothing to do.
     changed = ["--config", 'datasets={"demo": {"overrides": {"train_res": 96}}}']
@@ -81,9 +89,13 @@ def test_demo_runs_end_to_end(tmp_path):
     assert "Nothing to be done" in again.stdout + again.stderr, again.stdout[-3000:]
 
     # The same configuration gives the same table whatever --cores is: torch's compute threads are fixed by
-    # the config, not by the job's share of the cores. Equal by construction, so compared exactly.
+    # the config, not by the job's share of the cores. Nor does the memory budget change it: with a budget of
+    # 0, training streams the store from disk through the same batches. Equal by construction, so compared
+    # exactly.
+    monkeypatch.setenv("STEGO_MAX_MEMORY_GB", "0")
     out = snakemake(tmp_path, "--cores", "1", "--forceall", "results/demo/miou.csv")
     assert out.returncode == 0, out.stderr[-4000:]
+    assert "streaming" in (tmp_path / "logs" / "demo" / "default" / "seed0" / "train.log").read_text()
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "results" / "demo" / "miou.csv"), table)
 
 

@@ -1,6 +1,7 @@
 # Start-up: validate the configuration and resolve every dataset's preset, so that a bad configuration fails
 # before any job runs (backbone weights are checked while the DAG is built). Helpers below keep the rules
 # declarative.
+import atexit
 import json
 import os
 import re
@@ -15,11 +16,15 @@ from stego_steps import backbones, datasets
 from stego_steps import config as stego_config
 from stego_steps import resources as stego_resources
 from stego_steps import validate as stego_validate
-from stego_steps.config import (DEFAULT_VARIANT, ConfigError, backbone_weights, baseline_key, crop_of_index,
-                                dataset_settings, features_key, index_name, resolve, seeds, stage_settings, variants)
+from stego_steps.config import (DEFAULT_VARIANT, ConfigError, backbone_weights, baseline_key, bookkeeping,
+                                crop_of_index, dataset_settings, features_key, index_name, resolve, seeds,
+                                stage_settings, variants)
 from stego_steps.protocol import BASELINE_PROBES, PROBES, ROWS, SUPERVISED_PROBES, UNSUPERVISED_PROBES
 from stego_steps.store import MAX_MEMORY_GB
-from stego_steps.errors import report_failed_jobs
+from stego_steps.errors import UserError, report_failed_jobs
+from stego_steps import plan as stego_plan
+from stego_steps import runlock
+from stego_steps import targets as stego_targets
 
 # A short message naming the bad key first; then Snakemake's own validation fills in the defaults.
 config.update(stego_config.coerce(config, stego_config.load_schema()))
@@ -59,9 +64,25 @@ for _ds, _entry in config["datasets"].items():
         backbones.backbone_info(PRESETS[_ds]["backbone"])
     except ValueError as err:
         raise WorkflowError(f"dataset '{_ds}' (preset '{_entry['preset']}' and its overrides), key backbone: {err}")
-    _problem = stego_validate.knn_problem(_ds, _entry["kind"], dataset_settings(config, _ds), PRESETS[_ds]["knn_k"])
-    if _problem:
-        raise WorkflowError(_problem)
+    # Every variant: its resolutions against its backbone's patch size, its knn_k against its training split
+    # (counted from the index when `prepare` has written it).
+    for _v, _r in RESOLVED[_ds].items():
+        try:
+            _stride = backbones.backbone_info(_r["backbone"])["stride"]
+        except ValueError as err:
+            raise WorkflowError(f"dataset '{_ds}', variant '{_v}', key backbone: {err}")
+        for _key in ("train_res", "eval_res"):
+            if _r[_key] % _stride:
+                raise WorkflowError(
+                    f"dataset '{_ds}'" + (f", variant '{_v}'" if _v != DEFAULT_VARIANT else "") + f": {_key} "
+                    f"{_r[_key]} is not a multiple of backbone {_r['backbone']}'s patch size {_stride}; set "
+                    f"`datasets.{_ds}.overrides: {{{_key}: {_r[_key] // _stride * _stride or _stride}}}` (or another "
+                    f"multiple of {_stride})")
+        _index = f"results/{_ds}/{index_name(_r)}/train.csv"
+        _problem = stego_validate.knn_problem(_ds, _entry["kind"], dataset_settings(config, _ds, _v), _r["knn_k"],
+                                              samples=stego_validate.index_rows(_index))
+        if _problem:
+            raise WorkflowError(_problem if _v == DEFAULT_VARIANT else f"variant '{_v}': {_problem}")
 
 # OpenMP threads that wait for work sleep instead of spinning: when jobs share cores (2 jobs of 2 threads on a
 # 2-core machine), spinning threads starve the others (training measured 2× slower under load). The thread
@@ -101,7 +122,8 @@ scattergather:
 
 
 wildcard_constraints:
-    ds=r"[A-Za-z0-9_\-]+",
+    # Only the configured datasets: any other name has no rule (and the start-up check lists the valid targets).
+    ds="|".join(sorted(re.escape(ds) for ds in config["datasets"])) or "(?!)",
     split=r"train|val",
     probe="|".join(PROBES),
     scatteritem=r"\d+-of-\d+",
@@ -167,10 +189,12 @@ def checkpoint_input(wildcards):
 
 
 def import_args(wildcards):
-    """The backbone weights and seed that the feature stores record: the imported head must match them."""
+    """The backbone weights and seed that the feature stores record: the imported head must match them. (The
+    seed is part of a random backbone's id only: for pretrained weights it would decide nothing.)"""
     r = RESOLVED[wildcards.ds][wildcards.variant]
     weights = backbone_weights(config, r["backbone"])
-    return (f"--weights {weights} " if weights else "") + f"--seed {r['seed']}"
+    seed = f"--seed {r['seed']}" if stego_config.random_backbone(r["backbone"]) else ""
+    return ((f"--weights {weights} " if weights else "") + seed).strip()
 
 
 def run_knn(wildcards):
@@ -225,6 +249,13 @@ def settings(stage):
                                          variant_of(wildcards), seed))
 
     return get
+
+
+def bookkeeping_of(stage, key):
+    """Input function → a bookkeeping value of the job's stage (`stego_steps.config.BOOKKEEPING`, e.g. how often
+    `train` checkpoints). Rules hand it over as a resource, not a param: resources are no rerun trigger, and
+    it changes how often something is saved, never a result."""
+    return lambda wildcards: bookkeeping(config, wildcards.ds, stage, variant_of(wildcards))[key]
 
 
 def downloadable(path):
@@ -499,16 +530,24 @@ def segment_images_inputs(wildcards):
     if wildcards.name not in config["segment_images"]:
         raise WorkflowError(f"no folder named '{wildcards.name}' under `segment_images:` in the config; add "
                             f"`segment_images: {{{wildcards.name}: path/to/images}}` (or pass it with --config)")
+    from stego_steps.images import folder_files
+
+    # Every file of the folder is an input (one per image): adding, removing or editing an image re-runs the
+    # folder's job, and only it. The run's settings (weights, seed, precision, store dtype) come from its codes.
+    folder = config["segment_images"][wildcards.name]
+    try:
+        files = folder_files(folder)
+    except UserError as err:
+        raise WorkflowError(f"segment_images.{wildcards.name}: {err}")
+    if not files:
+        raise WorkflowError(f"segment_images.{wildcards.name}: the folder {folder} holds no files; put the images "
+                            "to segment there")
     run = default_run(wildcards.ds)
-    inputs = {"head": f"{run}/head.pt", "centroids": f"{run}/centroids.npy", "codes": f"{run}/codes.h5"}
+    inputs = {"images": [str(p) for p in files], "head": f"{run}/head.pt", "centroids": f"{run}/centroids.npy",
+              "codes": f"{run}/codes.h5"}
     if labelled(wildcards.ds):
         inputs.update(mapping=f"{run}/mapping", linear=f"{run}/linear.pt")
     return inputs
-
-
-def segment_images_args(wildcards):
-    weights = backbone_weights(config, PRESETS[wildcards.ds]["backbone"])
-    return f"--weights {weights}" if weights else ""
 
 
 # Experiment tables (workflow/rules/tables.smk)
@@ -546,3 +585,127 @@ def table_targets():
     """Every configured experiment table (CSV and Markdown)."""
     names = (["main"] if config["tables"]["main"] else []) + [f"ablation_{ds}" for ds in config["tables"]["ablation"]]
     return [f"results/tables/{name}.{ext}" for name in names for ext in ("csv", "md")]
+
+
+# Start-up checks of the command line (the Snakemake CLI that reads this file; not inside a job): targets that
+# name an unconfigured dataset, variant, seed or key are listed with the valid ones, and `--unlock` is refused
+# while another workflow runs on this folder.
+def cli_args():
+    """The parsed command line of the Snakemake CLI process, or None (API use, a job, or unparsable)."""
+    if not workflow.is_main_process or "snakemake" not in " ".join(sys.argv[:2]):
+        return None
+    import contextlib
+    import io
+
+    from snakemake.cli import get_argument_parser
+
+    try:  # Snakemake itself reports a bad command line
+        with contextlib.redirect_stderr(io.StringIO()):
+            return get_argument_parser().parse_known_args(sys.argv[1:])[0]
+    except SystemExit:
+        return None
+
+
+def target_datasets():
+    return {ds: stego_targets.Dataset(variants=tuple(RESOLVED[ds]), seeds=tuple(seeds(config, ds)),
+                                      feature_keys=tuple(sorted(set(FEATURE_KEY[ds].values()))),
+                                      baseline_keys=tuple(sorted(set(BASELINE_KEY[ds].values()))),
+                                      labelled=labelled(ds))
+            for ds in config["datasets"]}
+
+
+CLI = cli_args()
+if CLI is not None and CLI.unlock:
+    try:
+        runlock.check_unlock()
+    except UserError as err:
+        raise WorkflowError(str(err))
+elif CLI is not None and CLI.targets:
+    _problem = stego_targets.check_targets(CLI.targets, target_datasets(), table_targets())
+    if _problem:
+        raise WorkflowError(_problem)
+
+
+# When jobs are about to run (`onstart`: a real run, not a dry run, in the Snakemake process, not in a job):
+# this folder's run lock, and what the DAG decides — the disk for every feature store the request creates,
+# a GPU for `device: cuda` and the cores for torch_threads when the jobs run on this machine.
+def start_run(log):
+    if not workflow.is_main_process:
+        return
+    lock = os.path.abspath(runlock.LOCK)  # Snakemake leaves the working directory before the process exits
+    try:
+        runlock.acquire(lock, command=" ".join(sys.argv))
+    except UserError as err:
+        raise WorkflowError(str(err))
+    atexit.register(runlock.release, lock, os.getpid())
+    jobs = list(workflow.dag.needrun_jobs())
+    try:
+        check_request_disk(jobs)
+        if workflow.local_exec:
+            check_local_machine(jobs)
+    except UserError as err:
+        runlock.release(lock)
+        raise WorkflowError(str(err))
+    except WorkflowError:
+        runlock.release(lock)
+        raise
+
+
+def requested_stores(jobs):
+    """The feature stores the extract jobs of this invocation write (RequestedStore each), and the stores whose
+    sample count is not known before `prepare`."""
+    stores, unknown, seen = [], [], set()
+    for job in jobs:
+        if job.rule.name != "extract":
+            continue
+        ds, fkey, split = job.wildcards.ds, job.wildcards.fkey, job.wildcards.split
+        if (ds, fkey, split) in seen:
+            continue
+        seen.add((ds, fkey, split))
+        store_dir = f"results/{ds}/features/{fkey}"
+        variant = FEATURES[(ds, fkey)]
+        if os.path.exists(job.input.index):
+            samples, has_labels = stego_plan.index_summary(job.input.index)
+        else:
+            samples = stego_validate.split_samples(config["datasets"][ds]["kind"],
+                                                   dataset_settings(config, ds, variant), split)
+            has_labels = labelled(ds)
+        if samples is None:
+            unknown.append(f"{store_dir}/{split}.h5")
+            continue
+        split_plan = stego_plan.split_plan(split, samples, has_labels, json.loads(job.params.settings))
+        stores.append(stego_plan.RequestedStore(store_dir, split_plan, stego_plan.reclaimable_bytes(store_dir, [split]),
+                                                five_crop=split == "train" and RESOLVED[ds][variant]["five_crop"]))
+    return stores, unknown
+
+
+def check_request_disk(jobs):
+    """Refuse, before the first job, a request whose new feature stores do not fit together on their disk
+    (`disk_free_bytes` in the config replaces the measured free space)."""
+    stores, unknown = requested_stores(jobs)
+    by_disk = {}
+    for store in stores:
+        measured, free = stego_plan.free_bytes(store.store_dir)
+        by_disk.setdefault(os.stat(measured).st_dev, (measured, free, []))[2].append(store)
+    for measured, free, group in by_disk.values():
+        if config.get("disk_free_bytes") is not None:
+            free = int(config["disk_free_bytes"])
+        stego_plan.check_request(group, free, measured=measured, unknown=unknown)
+
+
+def check_local_machine(jobs):
+    """Jobs that run here: a GPU where they ask for cuda, and no more torch threads than this machine's cores."""
+    model_jobs = [job for job in jobs if "device" in job.rule.resources]
+    cuda = sorted({job.rule.name for job in model_jobs if str(job.resources.get("device", "")).startswith("cuda")})
+    if cuda:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise WorkflowError(f"`device: cuda` but torch sees no GPU on this machine (rules {', '.join(cuda)} would "
+                                "fail); set `device: auto` (GPU when there is one) or `device: cpu`, or run where "
+                                "there is a GPU (e.g. `--workflow-profile workflow/profiles/slurm`)")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if model_jobs and TORCH_THREADS > cores:
+        raise WorkflowError(f"torch_threads is {TORCH_THREADS} but this machine has {cores} cores: every model job "
+                            f"would compute that much slower; set `torch_threads: {cores}` or less (results with "
+                            "another thread count round differently, so changing it re-runs the model stages)")

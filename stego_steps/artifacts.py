@@ -1,5 +1,7 @@
 """Writing artifacts: atomic outputs (a killed writer never leaves a truncated file under the final name)
-and the fingerprint that ties a resumable partial output to its inputs."""
+and the fingerprint that ties a resumable partial output to its inputs. Reading them: a damaged or truncated
+artifact (a disk error, a copy cut short) raises a `UserError` that names the file and how to re-make it,
+instead of the library's own error."""
 
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from stego_steps.errors import UserError
 
 
 @contextlib.contextmanager
@@ -70,3 +74,46 @@ def _json_default(obj: Any) -> Any:
 def fingerprint(*parts: Any) -> str:
     """A digest of what an interrupted run was computing, so that a resume never mixes two inputs."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def damaged(path: str | os.PathLike, err: BaseException, what: str = "artifact") -> UserError:
+    """The error for an unreadable artifact: its name, what the reader said, and how to re-make it."""
+    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return UserError(f"{what} {path} is damaged or truncated ({type(err).__name__}: {reason}); re-make it: "
+                     f"delete {path} and rerun (Snakemake makes it again, and what depends on it)")
+
+
+def read_npy(path: str | os.PathLike, what: str = "array") -> np.ndarray:
+    """np.load of an artifact that this workflow wrote (never pickled objects)."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, EOFError) as err:  # garbage reads as "pickled data" or a bad header
+        raise damaged(path, err, what) from err
+
+
+def read_torch(path: str | os.PathLike, what: str = "checkpoint", **kwargs: Any) -> Any:
+    """torch.load of an artifact that this workflow wrote."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, **kwargs)
+    except FileNotFoundError:
+        raise
+    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as err:
+        raise damaged(path, err, what) from err
+
+
+def open_h5(path: str | os.PathLike, what: str = "HDF5 file") -> Any:
+    """h5py.File(path, "r") of an artifact that this workflow wrote."""
+    import h5py
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(path)
+    try:
+        return h5py.File(path, "r")
+    except OSError as err:
+        raise damaged(path, err, what) from err

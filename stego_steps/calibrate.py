@@ -36,7 +36,7 @@ import pandas as pd
 import torch
 
 from stego_steps import images
-from stego_steps.artifacts import write_json
+from stego_steps.artifacts import read_npy, write_json
 from stego_steps.batches import BatchSampler
 from stego_steps.cli import base_parser, parse_stage_args, settings_arg
 from stego_steps.crf import refine_labels
@@ -62,7 +62,7 @@ def calibration_enabled(mode: bool | str, kind: str, backbone: str) -> tuple[boo
     if isinstance(mode, bool):
         return mode, f"calibrate: {str(mode).lower()} in the configuration"
     if mode != "auto":
-        raise ValueError(f"calibrate must be true, false or auto, not {mode!r}")
+        raise UserError(f"calibrate must be true, false or auto, not {mode!r}")
     if kind in PAPER_KINDS and backbone.startswith("dino_vit"):
         return False, f"auto: the {kind} preset holds the released shifts for {backbone}"
     if kind == "demo":
@@ -129,7 +129,7 @@ def quantile_shifts(values: Mapping[str, np.ndarray], targets: Mapping[str, floa
     the rest attracts."""
     for term, q in targets.items():
         if not 0.0 <= q <= 1.0:
-            raise ValueError(f"calibration quantile of term '{term}' must lie in [0, 1], got {q}")
+            raise UserError(f"calibration quantile of term '{term}' must lie in [0, 1], got {q}")
     return {t: float(np.quantile(values[t], targets[t])) for t in TERMS}
 
 
@@ -214,7 +214,7 @@ def calibrate(store: FeatureStore, knn: np.ndarray, settings: Mapping, index: pd
     chosen = 0
     if enabled and len(candidates) > 1:
         if index is None:
-            raise ValueError("choosing among several calibration candidates needs the training index (images)")
+            raise UserError("choosing among several calibration candidates needs the training index (images)")
         g = np.random.default_rng(s["seed"])
         rows = np.sort(g.choice(store.n, min(c["selection"]["images"], store.n), replace=False))
         pictures = training_images(index, store, rows)
@@ -257,13 +257,13 @@ def main(argv: list[str] | None = None) -> None:
                         help="JSON: the train stage's settings plus calibrate, calibration, cluster, kind, backbone")
     parser.add_argument("--out", type=Path, required=True, help="output: calibration artifact (JSON)")
     args = parse_stage_args(parser, argv)
-    knn = np.load(args.knn)
+    knn = read_npy(args.knn, "KNN table")
     index = pd.read_csv(args.index, dtype={"id": str})
     # Only the feature datasets and ids are read: labels stored beside them are never opened.
     with FeatureStore(args.features) as store:
         if len(knn) != store.n:
-            raise ValueError(f"KNN table has {len(knn)} rows but {args.features} has {store.n} samples; "
-                             "rerun the knn stage")
+            raise UserError(f"KNN table {args.knn} has {len(knn)} rows but {args.features} has {store.n} "
+                            f"samples; delete {args.knn} and rerun (the knn stage re-makes it)")
         result = calibrate(store, knn, args.settings, index, workers=args.threads, device=args.device)
     write_json(args.out, result)
 

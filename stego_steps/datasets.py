@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from stego_steps.artifacts import atomic_path
+from stego_steps.errors import UserError
 from stego_steps.index import IGNORE, SPLITS, Box, row_box
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ def _demo_index(settings: Settings) -> tuple[dict[str, list[Row]], dict]:
 
 def _root(settings: Settings, kind: str, layout: str) -> Path:
     if not settings.get("root"):
-        raise ValueError(f"settings of the '{kind}' dataset lack 'root' (the dataset folder)")
+        raise UserError(f"settings of the '{kind}' dataset lack 'root' (the dataset folder)")
     root = Path(settings["root"])
     if not root.is_dir():
         raise FileNotFoundError(f"dataset root {root} does not exist or is not a folder; the '{kind}' "
@@ -235,7 +236,7 @@ def fetch_curated_lists(root: str | Path, base_url: str,
                 with urllib.request.urlopen(url, timeout=120) as response, open(tmp, "wb") as f:
                     shutil.copyfileobj(response, f)
             except OSError as err:  # URLError included
-                raise RuntimeError(
+                raise UserError(
                     f"could not download the curated list {split}/{name}.txt from {url}: {err}. Fix: check "
                     f"the network or the 'curated_url' setting, or place the file at {dest} yourself "
                     f"({README_HINT})") from err
@@ -259,14 +260,14 @@ def load_coco_classes(path: str | Path = COCO_CLASSES_TABLE) -> Classes:
         records = list(csv.DictReader(f))
     fine_ids = [int(r["fine_id"]) for r in records]
     if sorted(fine_ids) != list(range(182)):
-        raise ValueError(f"{path} must have one row for each fine id 0..181")
+        raise UserError(f"{path} must have one row for each fine id 0..181")
     coarse: dict[int, str] = {}
     for r in records:
         cid, cname = int(r["coarse_id"]), r["coarse_name"]
         if coarse.setdefault(cid, cname) != cname:
-            raise ValueError(f"{path}: coarse id {cid} has two names, '{coarse[cid]}' and '{cname}'")
+            raise UserError(f"{path}: coarse id {cid} has two names, '{coarse[cid]}' and '{cname}'")
     if sorted(coarse) != list(range(len(coarse))):
-        raise ValueError(f"{path}: coarse ids must be 0..n-1, got {sorted(coarse)}")
+        raise UserError(f"{path}: coarse ids must be 0..n-1, got {sorted(coarse)}")
     lut = [IGNORE] * LUT_SIZE
     for r in records:
         lut[int(r["fine_id"])] = int(r["coarse_id"])
@@ -411,7 +412,7 @@ def _files_by_stem(folder: Path, suffixes: set[str], kind: str) -> dict[str, Pat
             log.warning("skipping %s: not one of the file types %s", path, ", ".join(sorted(suffixes)))
             continue
         if path.stem in found:
-            raise ValueError(f"two files with the name stem '{path.stem}' in {folder} "
+            raise UserError(f"two files with the name stem '{path.stem}' in {folder} "
                              f"({found[path.stem].name}, {path.name}): the '{kind}' dataset pairs images "
                              f"and labels by stem")
         found[path.stem] = path
@@ -432,11 +433,11 @@ def _directory_index(settings: Settings) -> tuple[dict[str, list[Row]], Classes]
     root = _root(settings, "directory", DIRECTORY_LAYOUT)
     names = settings.get("class_names")
     if not names or not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise ValueError("the 'directory' dataset needs 'class_names': a non-empty list of class names in id "
+        raise UserError("the 'directory' dataset needs 'class_names': a non-empty list of class names in id "
                          "order (their number is also the number of clusters)")
     ignore = int(settings.get("ignore_label", 255))
     if 0 <= ignore < len(names):
-        raise ValueError(f"ignore_label {ignore} is a class id (there are {len(names)} classes); use a value "
+        raise UserError(f"ignore_label {ignore} is a class id (there are {len(names)} classes); use a value "
                          f">= {len(names)}")
     splits: dict[str, list[Row]] = {}
     for split in SPLITS:
@@ -482,5 +483,5 @@ ADAPTERS: dict[str, Callable[[Settings], tuple[dict[str, list[Row]], dict]]] = {
 def build_index(kind: str, settings: Settings) -> tuple[dict[str, list[Row]], dict]:
     """Index rows for every split and the class table of a dataset of the given kind."""
     if kind not in ADAPTERS:
-        raise ValueError(f"unknown dataset kind '{kind}'; known kinds: {', '.join(sorted(ADAPTERS))}")
+        raise UserError(f"unknown dataset kind '{kind}'; known kinds: {', '.join(sorted(ADAPTERS))}")
     return ADAPTERS[kind](settings)

@@ -7,6 +7,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from stego_steps.errors import UserError
+
 log = logging.getLogger("stego_steps")
 
 
@@ -18,7 +20,7 @@ def select_device(requested: str = "auto") -> str:
     if requested == "auto":
         return pick_gpu() if torch.cuda.is_available() else "cpu"
     if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device '{requested}' requested but torch sees no GPU; set device: auto or cpu")
+        raise UserError(f"device '{requested}' requested but torch sees no GPU; set device: auto or cpu")
     return pick_gpu() if requested == "cuda" else requested
 
 

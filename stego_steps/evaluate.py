@@ -23,14 +23,13 @@ import logging
 from collections.abc import Iterable
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pandas as pd
 
 from stego_steps import metrics
-from stego_steps.artifacts import write_csv
+from stego_steps.artifacts import open_h5, write_csv
 from stego_steps.cli import base_parser, parse_stage_args
-from stego_steps.errors import cli
+from stego_steps.errors import UserError, cli
 from stego_steps.protocol import PROBES, ROWS, SUPERVISED_PROBES
 from stego_steps.segmentations import read_predictions
 from stego_steps.store import FeatureStore
@@ -101,10 +100,10 @@ def segment_clusters(paths: Iterable[Path]) -> dict[str, int]:
     """Probe → number of clusters its maps range over, as recorded by `segment` (the same in every shard)."""
     counts: dict[str, int] = {}
     for path in paths:
-        with h5py.File(path, "r") as f:
+        with open_h5(path, "segment shard") as f:
             probe, k = str(f.attrs["probe"]), int(f.attrs["n_clusters"])
         if counts.setdefault(probe, k) != k:
-            raise ValueError(f"segment shards of probe '{probe}' disagree on the number of clusters "
+            raise UserError(f"segment shards of probe '{probe}' disagree on the number of clusters "
                              f"({counts[probe]} and {k} in {path}); rerun the segment stage")
     return counts
 
@@ -123,7 +122,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     with FeatureStore(args.features, max_memory_gb=0) as store:
         if not store.has("label"):
-            raise ValueError(f"{args.features} has no labels: the labelled metrics cannot be computed")
+            raise UserError(f"{args.features} has no labels: the labelled metrics cannot be computed; set "
+                            "`labelled: false` for this dataset (its result is then clusters.csv)")
         labels = store.read("label")
         names, backbone = store.class_names, store.attrs["backbone"]
     n_classes = len(names)

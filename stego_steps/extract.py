@@ -30,7 +30,7 @@ from stego_steps.artifacts import fingerprint
 from stego_steps.backbones import FeatureExtractor, backbone_id, build_backbone
 from stego_steps.cli import base_parser, parse_stage_args, progress, settings_arg
 from stego_steps.devices import select_device
-from stego_steps.errors import cli
+from stego_steps.errors import UserError, cli
 from stego_steps.index import read_index, row_box
 from stego_steps.store import shard_range
 
@@ -120,7 +120,7 @@ def extract(index: pd.DataFrame, classes: dict, out: Path, *, backbone: str, wei
     device = select_device(device)
     net = build_backbone(backbone, weights=weights, seed=seed).to(device)
     if res % net.stride:
-        raise ValueError(f"resolution {res} is not a multiple of backbone {backbone}'s stride {net.stride}; "
+        raise UserError(f"resolution {res} is not a multiple of backbone {backbone}'s stride {net.stride}; "
                          f"pick a multiple in the preset")
     grid = res // net.stride
     # Batch composition and compute threads change the features' last bits, so they are part of the key.

@@ -31,7 +31,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from stego_steps.artifacts import atomic_path, write_csv  # noqa: E402
+from stego_steps.artifacts import atomic_path, read_npy, write_csv  # noqa: E402
 from stego_steps.cli import base_parser, progress, setup_logging  # noqa: E402
 from stego_steps.errors import cli  # noqa: E402
 from stego_steps.loss import TERMS, feature_correlation, negative_perm, random_coords, sample  # noqa: E402
@@ -322,7 +322,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     else:
         settings = json.loads(args.resolved.read_text())["settings"]
         with FeatureStore(args.features) as store:
-            values = correlation_samples(store, np.load(args.knn), settings, batches=args.batches, seed=args.seed)
+            values = correlation_samples(store, read_npy(args.knn, "KNN table"), settings, batches=args.batches,
+                                         seed=args.seed)
         write_csv(args.out.with_suffix(".csv"), correlation_summary(values, settings["shifts"]))
         save_figure(correlation_figure(values, settings["shifts"], settings["spatial_centering"]), args.out)
         if args.calibration and args.calibration_out:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stego_steps.artifacts import atomic_path
+from stego_steps.artifacts import atomic_path, read_torch
 from stego_steps.errors import UserError
 from stego_steps.protocol import (  # noqa: F401 (re-exported)
     BASELINE_PROBES,
@@ -71,7 +71,7 @@ def save_head(path: str | Path, head: SegmentationHead, extra: dict) -> None:
 def load_head(path: str | Path, device: str = "cpu", backbone_id: str | None = None) -> SegmentationHead:
     """Load a trained head in eval mode (dropout off). With `backbone_id` (of the features it will embed),
     refuse a head trained on another network's features."""
-    blob = torch.load(path, map_location=device, weights_only=False)
+    blob = read_torch(path, "head", map_location=device, weights_only=False)
     trained_on = blob.get("backbone_id")
     if backbone_id and trained_on and trained_on != backbone_id:
         raise UserError(f"head {path} was trained on features of backbone {blob.get('backbone')} "
@@ -110,7 +110,7 @@ def save_probe(path: str | Path, probe: nn.Conv2d, extra: dict | None = None) ->
 
 def load_probe(path: str | Path, device: str = "cpu") -> nn.Conv2d:
     """A linear probe written by `save_probe`, in eval mode."""
-    blob = torch.load(path, map_location=device, weights_only=True)
+    blob = read_torch(path, "linear probe", map_location=device, weights_only=True)
     probe = nn.Conv2d(blob["code_dim"], blob["n_classes"], 1)
     probe.load_state_dict(blob["state_dict"])
     return probe.to(device).eval()

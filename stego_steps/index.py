@@ -13,6 +13,8 @@ from typing import Any
 
 import pandas as pd
 
+from stego_steps.errors import UserError
+
 SPLITS = ("train", "val")
 COLUMNS = ["id", "image", "label", "x0", "y0", "x1", "y1"]
 BOX_COLUMNS = ("x0", "y0", "x1", "y1")
@@ -44,7 +46,7 @@ def read_index(path: str | Path) -> pd.DataFrame:
                         na_values={c: [""] for c in BOX_COLUMNS})
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
-        raise ValueError(f"index {path} lacks columns {missing}; rerun the prepare stage")
+        raise UserError(f"index {path} lacks columns {missing}; rerun the prepare stage")
     return frame
 
 

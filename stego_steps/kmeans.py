@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from stego_steps.cli import progress
+from stego_steps.errors import UserError
 from stego_steps.store import FeatureStore
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ def pixel_vectors(maps: torch.Tensor) -> torch.Tensor:
 def kmeans_pp(x: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
     """k-means++ seeding with cosine distance on unit vectors [N,D]."""
     if len(x) < k:
-        raise ValueError(f"K-Means needs at least {k} vectors to seed {k} clusters, got {len(x)}")
+        raise UserError(f"K-Means needs at least {k} vectors to seed {k} clusters, got {len(x)}")
     centroids = [x[torch.randint(len(x), (1,), generator=g)].squeeze(0)]
     dist = (1 - x @ centroids[0]).clamp_min(0)
     for _ in range(1, k):

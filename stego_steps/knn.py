@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from stego_steps.artifacts import write_npy
+from stego_steps.artifacts import open_h5, write_npy
 from stego_steps.cli import base_parser, parse_stage_args, progress
-from stego_steps.errors import cli
+from stego_steps.errors import UserError, cli
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +36,11 @@ def _normalised(pooled: Any) -> np.ndarray:
     finite = np.isfinite(x).all(axis=1)
     if not finite.all():
         bad = np.flatnonzero(~finite)
-        raise ValueError(f"pooled features of row {bad[0]} (and {bad.size - 1} more) contain NaN or inf")
+        raise UserError(f"pooled features of row {bad[0]} (and {bad.size - 1} more) contain NaN or inf")
     norms = np.linalg.norm(x, axis=1)
     if (norms == 0).any():
         bad = np.flatnonzero(norms == 0)
-        raise ValueError(f"pooled features of row {bad[0]} (and {bad.size - 1} more) are all zero")
+        raise UserError(f"pooled features of row {bad[0]} (and {bad.size - 1} more) are all zero")
     return np.ascontiguousarray(x / norms[:, None], dtype=np.float32)
 
 
@@ -51,7 +51,7 @@ def _want_gpu(use_gpu: bool | None) -> bool:
     if use_gpu is None:
         return n_gpus > 0 and hasattr(faiss, "StandardGpuResources")
     if use_gpu and (n_gpus == 0 or not hasattr(faiss, "StandardGpuResources")):
-        raise RuntimeError("use_gpu=True but this FAISS build sees no GPU (faiss-cpu?); use the CPU instead")
+        raise UserError("use_gpu=True but this FAISS build sees no GPU (faiss-cpu?); use the CPU instead")
     return bool(use_gpu)
 
 
@@ -82,9 +82,9 @@ def knn_table(pooled: Any, k: int, *, use_gpu: bool | None = None, gpu: int = 0)
     x = _normalised(pooled)
     n, dim = x.shape
     if n < 2:
-        raise ValueError(f"need at least 2 samples for a nearest-neighbour table, got {n}")
+        raise UserError(f"need at least 2 samples for a nearest-neighbour table, got {n}")
     if not 1 <= k <= n - 1:
-        raise ValueError(f"k={k} neighbours requested but there are {n} samples: use 1 <= k <= {n - 1} (lower "
+        raise UserError(f"k={k} neighbours requested but there are {n} samples: use 1 <= k <= {n - 1} (lower "
                          "knn_k in the preset, or add training images)")
 
     index: Any = faiss.IndexFlatIP(dim)
@@ -113,14 +113,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_stage_args(parser, argv)
 
     import faiss
-    import h5py
 
     faiss.omp_set_num_threads(max(1, args.torch_threads))
-    with h5py.File(args.features, "r") as f:
+    with open_h5(args.features, "feature store") as f:
         if "pooled" not in f:
-            raise SystemExit(
-                f"{args.features} has no dataset 'pooled' (found: {sorted(f.keys())}); rerun extract"
-            )
+            raise UserError(f"{args.features} has no dataset 'pooled' (found: {sorted(f.keys())}); it is not a "
+                            f"feature store of this workflow: delete it and rerun (extract re-makes it)")
         pooled = np.asarray(f["pooled"][...], dtype=np.float32)
     # The device as resolved for torch: on a GPU, FAISS searches on the same GPU when its build has GPU support.
     use_gpu = None if args.device.startswith("cuda") else False

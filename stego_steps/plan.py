@@ -1,6 +1,11 @@
 """Stage `plan`: before the heavy work, tell the samples per split and the size of each feature store, and
 refuse to start when the disk cannot hold them.
 
+Two checks. At start-up (the workflow's `onstart`, before the first job) `check_request` sums every store
+that the requested targets will create — all splits, every feature key, the five-crop and ablation stores —
+minus what of them is already on disk, and refuses when that sum does not fit. Then the `plan` job of each
+store, once `prepare` has counted its samples, checks that store alone (`check_space`).
+
 Bytes per store: the uncompressed size of every dataset of the store's layout (`stego_steps.store.layout`),
 HDF5 overhead aside; labels and images are written compressed, so their sizes are upper bounds.
 
@@ -22,7 +27,7 @@ from stego_steps import store
 from stego_steps.artifacts import write_text
 from stego_steps.backbones import backbone_info
 from stego_steps.cli import base_parser, parse_stage_args, settings_arg
-from stego_steps.errors import cli
+from stego_steps.errors import UserError, cli
 from stego_steps.index import is_labelled, read_index
 
 log = logging.getLogger(__name__)
@@ -30,7 +35,7 @@ log = logging.getLogger(__name__)
 MARGIN = 1.1  # needed × margin must fit: HDF5 overhead, logs and the small artifacts of the later stages
 
 
-class InsufficientSpace(RuntimeError):
+class InsufficientSpace(UserError):
     """The feature stores would not fit on the disk."""
 
 
@@ -74,7 +79,7 @@ def split_plan(split: str, samples: int, labelled: bool, settings: Mapping[str, 
     info = backbone_info(settings["backbone"])
     res, stride = int(settings["res"]), int(info["stride"])
     if res % stride:
-        raise ValueError(f"{split}: resolution {res} is not a multiple of backbone {settings['backbone']}'s "
+        raise UserError(f"{split}: resolution {res} is not a multiple of backbone {settings['backbone']}'s "
                          f"stride {stride}; pick a multiple in the preset (train_res / eval_res)")
     return SplitPlan(split=split, samples=samples, res=res, stride=stride, channels=int(info["dim"]),
                      evaluation=bool(settings["evaluation"]), labelled=labelled,
@@ -85,7 +90,7 @@ def make_plan(indexes: Mapping[str, str | Path], settings: Mapping[str, Mapping[
     """One SplitPlan per split of `indexes` (split → index CSV), with `settings[split]` its extract settings."""
     missing = sorted(set(indexes) - set(settings))
     if missing:
-        raise ValueError(f"no extract settings for split(s) {', '.join(missing)}")
+        raise UserError(f"no extract settings for split(s) {', '.join(missing)}")
     return [split_plan(split, *index_summary(path), settings[split]) for split, path in indexes.items()]
 
 
@@ -170,6 +175,64 @@ def check_space(plans: list[SplitPlan], free: int, *, store_dir: str | Path, mar
         "free there. Choices:\n" + "\n".join(f"  - {c};" for c in choices[:-1]) + f"\n  - {choices[-1]}.")
 
 
+@dataclasses.dataclass(frozen=True)
+class RequestedStore:
+    """A feature store that the request creates (`{store_dir}/{split}.h5` and its shards) and the bytes of it,
+    or of an older version it replaces, already on disk."""
+
+    store_dir: str
+    plan: SplitPlan
+    existing: int = 0
+    five_crop: bool = False
+
+    @property
+    def path(self) -> str:
+        return f"{self.store_dir}/{self.plan.split}.h5"
+
+    @property
+    def needed(self) -> int:
+        """The bytes the disk still has to give: the store less what of it (or of the store it replaces) is
+        already there."""
+        return max(self.plan.bytes - self.existing, 0)
+
+
+def request_needed(stores: list[RequestedStore], margin: float = MARGIN) -> int:
+    """Bytes the request's stores still need, with the margin."""
+    return int(sum(s.needed for s in stores) * margin)
+
+
+def check_request(stores: list[RequestedStore], free: int, *, measured: str | Path, margin: float = MARGIN,
+                  unknown: list[str] | None = None) -> None:
+    """Raise InsufficientSpace, naming every store and the choices, when the stores of the whole request do
+    not fit in `free` bytes together (each may fit alone). `unknown`: stores whose size is known only after
+    `prepare` (their `plan` job checks them)."""
+    needed = request_needed(stores, margin)
+    if needed <= free:
+        return
+    lines = [f"  {s.path}: {human(s.needed)}" + (f" ({human(s.plan.bytes)}, {human(s.existing)} already there)"
+                                                  if s.existing else "")
+             for s in sorted(stores, key=lambda s: -s.needed)]
+    stride = min(s.plan.stride for s in stores)
+    choices = ["free space on that disk",
+               "fewer targets or variants in one invocation (e.g. results/<dataset>/miou.csv before the tables: "
+               "every variant with other extraction settings, such as ablate_five_crop, has stores of its own)"]
+    if any(s.plan.dtype != "int8" for s in stores):
+        choices.append("`overrides: {store_dtype: int8}`: half the bytes of float16 features")
+    if any(s.five_crop for s in stores):
+        choices.append("no five-crop (`overrides: {five_crop: false}`): 5× fewer training samples")
+    if stride < 16:
+        choices.append(f"a /16 backbone (e.g. `overrides: {{backbone: dino_vitb16}}`): {(stride / 16) ** 2:.2g}× "
+                       "the feature bytes")
+    choices.append("another results folder on a bigger disk: run from a folder there (`snakemake --directory "
+                   "/big/disk ...`; make relative dataset roots absolute)")
+    later = (f"\n(not counted: {', '.join(unknown)}, whose sizes are known after `prepare`)" if unknown else "")
+    raise InsufficientSpace(
+        f"not enough disk for the feature stores of this request: together they need {human(needed)} "
+        f"({needed:,} bytes with a {100 * (margin - 1):.0f}% margin) more at {measured}, but only {human(free)} "
+        f"({free:,} bytes) are free there. New bytes per store:\n" + "\n".join(lines) + later
+        + "\nChoices:\n" + "\n".join(f"  - {c};" for c in choices[:-1]) + f"\n  - {choices[-1]}.")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = base_parser(__doc__)
     parser.add_argument("--index", nargs="+", required=True, metavar="SPLIT=CSV",
@@ -197,9 +260,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         check_space(plans, free + reclaimable, store_dir=args.store_dir, margin=args.margin)
     except InsufficientSpace as err:
-        log.error("%s", err)
-        print(f"PLAN REFUSED: {err}", flush=True)
-        raise SystemExit(1) from None
+        print(f"PLAN REFUSED: {err}", flush=True)  # on the console; `cli` puts the ERROR block in the log
+        raise
     write_text(args.out, text)
 
 

@@ -16,7 +16,7 @@ import torch
 
 from stego_steps.artifacts import atomic_path
 from stego_steps.cli import base_parser, parse_stage_args, progress
-from stego_steps.errors import cli
+from stego_steps.errors import UserError, cli
 from stego_steps.head import flip_tta_code, load_head
 from stego_steps.store import FeatureStore
 
@@ -34,9 +34,12 @@ def predict_codes(store: FeatureStore, head: torch.nn.Module, out: Path, *, batc
             idx = np.arange(start, min(start + batch_size, store.n))
             code = flip_tta_code(head, store.batch(idx).to(device), flips.batch(idx).to(device))
             codes[start:start + len(idx)] = code.cpu().numpy()
-        # What segmenting new images with this run needs besides the run's own files.
+        # What segmenting new images with this run needs besides the run's own files: the network
+        # (`backbone_id`) and how its features were computed and stored (`producer`: weights, seed, precision,
+        # store dtype, batch size).
         f.attrs.update(n=store.n, source=str(store.path),
-                       **{k: store.attrs[k] for k in ("backbone", "res", "class_names") if k in store.attrs})
+                       **{k: store.attrs[k] for k in ("backbone", "res", "stride", "class_names", "backbone_id",
+                                                      "producer") if k in store.attrs})
     flips.close()
 
 
@@ -49,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     device = args.device
     with FeatureStore(args.features, max_memory_gb=0) as store:
         if not store.has("feats_flip"):
-            raise ValueError(f"{args.features} has no flipped features: it is not an evaluation split store")
+            raise UserError(f"{args.features} has no flipped features: it is not an evaluation split store")
         predict_codes(store, load_head(args.head, device, store.attrs.get("backbone_id")), args.out, device=device)
     log.info("wrote %s", args.out)
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stego_steps.cli import base_parser, parse_stage_args, progress, settings_arg
-from stego_steps.errors import cli
+from stego_steps.errors import UserError, cli
 from stego_steps.head import RawFeatures, load_head, save_probe
 from stego_steps.store import FeatureStore
 
@@ -36,7 +36,7 @@ def probe_loss(probe: nn.Module, code: torch.Tensor, labels: torch.Tensor) -> to
 def train_probe(store: FeatureStore, head: nn.Module, n_classes: int, *, steps: int, batch_size: int,
                 lr: float, seed: int, device: str = "cpu") -> tuple[nn.Conv2d, list[float]]:
     if not store.has("label"):
-        raise ValueError(f"{store.path} has no labels: the linear probe needs a labelled training split")
+        raise UserError(f"{store.path} has no labels: the linear probe needs a labelled training split")
     g = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng():
         torch.manual_seed(seed)

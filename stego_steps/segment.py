@@ -18,7 +18,7 @@ import h5py
 import numpy as np
 import torch
 
-from stego_steps.artifacts import atomic_path
+from stego_steps.artifacts import atomic_path, open_h5, read_npy
 from stego_steps.cli import base_parser, parse_stage_args, progress
 from stego_steps.crf import refine_labels
 from stego_steps.errors import cli
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
             def embeddings(i: int) -> torch.Tensor:
                 return 0.5 * (store.batch([i]) + flips.batch([i]).flip(-1))
         else:
-            codes = stack.enter_context(h5py.File(args.codes, "r"))["codes"]
+            codes = stack.enter_context(open_h5(args.codes, "codes"))["codes"]
 
             def embeddings(i: int) -> torch.Tensor:
                 return torch.from_numpy(codes[i:i + 1])
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
             probe = load_probe(args.linear)
             to_log_probs, n_clusters = linear_log_probs(probe), probe.out_channels
         else:
-            centroids = np.load(args.centroids)
+            centroids = read_npy(args.centroids, "centroids")
             to_log_probs, n_clusters = cluster_log_probs(centroids), len(centroids)
         rows = shard_range(store.n, args.shard, args.n_shards)
         raw, crf = segment(embeddings, store.dataset("image"), rows, to_log_probs,

@@ -5,22 +5,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import h5py
 import matplotlib
 import numpy as np
+
+from stego_steps.artifacts import open_h5
+from stego_steps.errors import UserError
 
 
 def read_predictions(paths: list[Path], probe: str, n: int) -> dict[bool, np.ndarray]:
     """Stitch the shards of one probe back into [N,H,W] maps for raw (False) and CRF (True)."""
     shards = []
     for path in paths:
-        with h5py.File(path, "r") as f:
+        with open_h5(path, "segment shard") as f:
             if f.attrs["probe"] == probe:
                 shards.append((int(f.attrs["start"]), int(f.attrs["stop"]), f["raw"][...], f["crf"][...]))
     shards.sort(key=lambda s: s[0])
     covered = [i for start, stop, *_ in shards for i in range(start, stop)]
     if covered != list(range(n)):
-        raise ValueError(f"segment shards of probe '{probe}' do not cover images 0..{n - 1} exactly: "
+        raise UserError(f"segment shards of probe '{probe}' do not cover images 0..{n - 1} exactly: "
                          f"{[(s[0], s[1]) for s in shards]}; rerun the segment stage")
     return {False: np.concatenate([s[2] for s in shards]), True: np.concatenate([s[3] for s in shards])}
 

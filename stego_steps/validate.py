@@ -256,22 +256,40 @@ def manifest(kind: str, settings: Mapping[str, Any]) -> str:
 def train_samples(kind: str, settings: Mapping[str, Any]) -> int | None:
     """How many training samples `prepare` will index, when that is known before it runs (demo: the
     generator's n_train; directory: the image files in imgs/train), times 5 with five-crop; else None."""
+    return split_samples(kind, settings, "train")
+
+
+def split_samples(kind: str, settings: Mapping[str, Any], split: str) -> int | None:
+    """How many samples `prepare` will index in `split` when that is known before it runs (demo: the
+    generator's n_train / n_val; directory: the image files in imgs/<split>), training rows times 5 with
+    five-crop; else None."""
     if kind == "demo":
-        n = int(settings.get("generator", {}).get("n_train", 0))
+        n = int(settings.get("generator", {}).get(f"n_{split}", 0))
     elif kind == "directory" and settings.get("root"):
-        folder = Path(settings["root"]) / "imgs" / "train"
+        folder = Path(settings["root"]) / "imgs" / split
         if not folder.is_dir():
             return None
         n = sum(1 for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
                 and p.suffix.lower() in datasets.IMAGE_SUFFIXES)
     else:
         return None
-    return n * 5 if settings.get("five_crop") else n
+    return n * 5 if split == "train" and settings.get("five_crop") else n
 
 
-def knn_problem(dataset: str, kind: str, settings: Mapping[str, Any], knn_k: int) -> str | None:
-    """The message when the training split is too small for `knn_k` neighbours per sample, else None."""
-    n = train_samples(kind, settings)
+def index_rows(path: str | Path) -> int | None:
+    """Rows of an index CSV that `prepare` has written, or None when it does not exist yet."""
+    try:
+        with open(path, "rb") as f:
+            return max(sum(1 for _ in f) - 1, 0)
+    except FileNotFoundError:
+        return None
+
+
+def knn_problem(dataset: str, kind: str, settings: Mapping[str, Any], knn_k: int,
+                samples: int | None = None) -> str | None:
+    """The message when the training split is too small for `knn_k` neighbours per sample, else None.
+    `samples`: the split's size when its index exists; else it is counted from the files where possible."""
+    n = samples if samples is not None else train_samples(kind, settings)
     if n is None or n > knn_k:
         return None
     crops = " (five-crops counted)" if settings.get("five_crop") else ""

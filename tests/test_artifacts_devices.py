@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from stego_steps import artifacts, devices
+from stego_steps.errors import UserError
 
 
 def test_atomic_path_leaves_nothing_on_failure(tmp_path):
@@ -22,7 +23,7 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
 def test_cpu_when_no_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert devices.select_device("auto") == "cpu"
-    with pytest.raises(RuntimeError, match="no GPU"):
+    with pytest.raises(UserError, match="no GPU"):
         devices.select_device("cuda")
 
 

@@ -26,6 +26,7 @@ from stego_steps.backbones import (
     build_backbone,
     check_weights,
 )
+from stego_steps.errors import UserError
 
 VIT_NAMES = [
     "dino_vits8", "dino_vits16", "dino_vitb8", "dino_vitb16",
@@ -322,7 +323,7 @@ def test_official_dinov2_layout_loads(name: str, tmp_path: Path) -> None:
 def test_file_for_another_architecture_is_rejected(vits16: FeatureExtractor, tmp_path: Path) -> None:
     path = tmp_path / "vits16.pth"
     torch.save(vits16.model.state_dict(), path)
-    with pytest.raises(RuntimeError, match="do not fit backbone 'dino_vits8'"):
+    with pytest.raises(UserError, match="do not fit backbone 'dino_vits8'"):
         build_backbone("dino_vits8", weights=str(path))
 
 

@@ -91,6 +91,9 @@ def _rotated():
      "knn_k + 1 = 31 training samples"),
     ("datasets:\n  mine:\n    overrides: {backbone: vit_huge}\n",
      "dataset 'mine' (preset 'demo' and its overrides), key backbone: unknown backbone 'vit_huge'; valid names:"),
+    ("datasets:\n  mine:\n    overrides: {train_res: 60}\n",
+     "dataset 'mine': train_res 60 is not a multiple of backbone efficientnet_lite0's patch size 8; set "
+     "`datasets.mine.overrides: {train_res: 56}`"),
     ("datasets:\n  mine:\n    preset: nope\n",
      "datasets.mine.preset: unknown preset 'nope'; known presets: cityscapes, cocostuff, demo, demo_hard, potsdam"),
     ("datasets:\n  mine:\n    overrides: {train: {steps: many}}\n",

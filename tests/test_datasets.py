@@ -12,6 +12,7 @@ import pytest
 from helpers import LIST7, make_cityscapes, make_coco, make_directory, make_potsdam, png, rgb, shared_coco, text
 
 from stego_steps import datasets, images, prepare
+from stego_steps.errors import UserError
 from stego_steps.index import COLUMNS, SPLITS, read_index, row_box
 
 # ---------------------------------------------------------------------------------------------------------
@@ -108,7 +109,7 @@ def test_fetch_curated_lists_checksum_mismatch(tmp_path):
                                      lists=[("val2017", LIST7)])
     assert not dest.exists()
     assert list(dest.parent.iterdir()) == []  # no temporary left behind
-    with pytest.raises(RuntimeError, match="could not download"):
+    with pytest.raises(UserError, match="could not download"):
         datasets.fetch_curated_lists(tmp_path / "root", serve.as_uri() + "/missing_{split}_{name}.txt",
                                      lists=[("val2017", LIST7)])
 

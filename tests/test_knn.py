@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 
+from stego_steps.errors import UserError
 from stego_steps.knn import _self_first, knn_table, main
 
 
@@ -81,7 +82,7 @@ def test_use_gpu_without_gpu_is_an_error():
 
     if faiss.get_num_gpus() > 0:
         pytest.skip("a GPU is present")
-    with pytest.raises(RuntimeError, match="no GPU"):
+    with pytest.raises(UserError, match="no GPU"):
         knn_table(np.eye(5), 2, use_gpu=True)
 
 
@@ -98,5 +99,5 @@ def test_cli_round_trip(tmp_path):
 
     with h5py.File(tmp_path / "empty.h5", "w") as f:
         f["other"] = np.zeros(3)
-    with pytest.raises(SystemExit, match="no dataset 'pooled'"):
+    with pytest.raises(UserError, match="no dataset 'pooled'"):
         main(["--features", str(tmp_path / "empty.h5"), "--k", "7", "--out", str(tmp_path / "x.npy")])

@@ -14,6 +14,7 @@ from helpers import snakemake
 from stego_steps import plan
 from stego_steps.artifacts import write_csv
 from stego_steps.config import stage_settings
+from stego_steps.errors import EXIT_USER_ERROR, cli
 from stego_steps.index import index_frame
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,8 +139,8 @@ def test_cli_refuses_when_the_disk_cannot_hold_the_stores(tmp_path, monkeypatch,
     out.unlink()
     monkeypatch.setattr(plan.shutil, "disk_usage", _usage(int(total * 1.1) - 1000))
     with pytest.raises(SystemExit) as exc:
-        plan.main(argv)
-    assert exc.value.code == 1
+        cli(lambda: plan.main(argv))
+    assert exc.value.code == EXIT_USER_ERROR
     assert not out.exists()
     captured = capsys.readouterr()
     message = captured.out
@@ -147,7 +148,7 @@ def test_cli_refuses_when_the_disk_cannot_hold_the_stores(tmp_path, monkeypatch,
     assert f"({int(total * 1.1):,} bytes" in message and f"({int(total * 1.1) - 1000:,} bytes) are free" in message
     for choice in ("Coco164kFull_Stuff_Coarse_7", "five_crop: false", "a /16 backbone", "--directory"):
         assert choice in message
-    assert "ERROR" in captured.err and "not enough disk" in captured.err  # also in the rule's log
+    assert "\nERROR: not enough disk" in captured.err  # the rule's log, shown by onerror
     # Stores already in the folder are replaced, so their bytes count as free.
     store = tmp_path / "features" / "bb"
     store.mkdir(parents=True)

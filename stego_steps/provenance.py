@@ -5,16 +5,16 @@ What counts as a stage's code: its `main()` and, transitively, every function, c
 of this package that it refers to (imports inside functions included), parsed as an abstract syntax tree.
 Docstrings, comments and formatting are not part of the tree; calls to the logger (`log.…`, `logger.…`,
 `logging.…`), the `help=` texts of command-line options and the messages of raised errors are removed from it;
-the modules `cli` (argument parsing, logging set-up, progress lines) and `errors` (how an error is shown) are not
-followed. So an edit that cannot change a result changes no digest, and an edit of any function a stage
-computes with changes that stage's digest. Third-party packages (torch, FAISS, …) and the package's version are
-recorded but decide nothing.
+the modules `cli` (argument parsing, logging set-up, progress lines), `errors` (how an error is shown) and
+`testhooks` (pauses for the interruption tests) are not followed. So an edit that cannot change a result changes
+no digest, and an edit of any function a stage computes with changes that stage's digest. Third-party packages
+(torch, FAISS, …) and the package's version are recorded but decide nothing.
 
 A rule's provenance (`chain`) is the digest over the steps that decide its output: its own stage and every
 stage upstream of it, each with its code digest and its settings. Snakemake receives it as a param, so a change
 anywhere upstream re-runs the whole chain even where an intermediate was lost; each job records it beside its
 outputs (`record`, under `.provenance/` in the working directory), so that a run without Snakemake's metadata
-(a deleted `.snakemake`) still finds artifacts made by other code or settings (`stale`).
+(a deleted `.snakemake`) still finds artifacts made by other code or settings, or truncated since.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import functools
 import hashlib
 import json
 import os
-import shutil
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,8 +33,8 @@ from typing import Any
 
 PACKAGE = "stego_steps"
 PACKAGE_DIR = Path(__file__).resolve().parent
-# Modules whose functions only parse arguments, set up logging, show progress or format errors.
-BOOKKEEPING_MODULES = frozenset({"cli", "errors", "provenance"})
+# Modules whose functions only parse arguments, set up logging, show progress, format errors or pause for tests.
+BOOKKEEPING_MODULES = frozenset({"cli", "errors", "provenance", "testhooks"})
 LOGGER_NAMES = frozenset({"log", "logger", "logging", "LOG"})
 RECORDS = ".provenance"
 
@@ -224,9 +223,18 @@ def write_records(outputs: Iterable[str], provenance: Mapping[str, Any], workdir
     paths = []
     for output in outputs:
         path = record_path(output, workdir)
-        write_json(path, {**provenance, "artifact": str(output), "version": version()})
+        write_json(path, {**provenance, "artifact": str(output), "bytes": size(output), "version": version()})
         paths.append(path)
     return paths
+
+
+def size(artifact: str | os.PathLike) -> int:
+    """Bytes of a file, or of every file under a folder: a record that disagrees means a truncated or replaced
+    artifact."""
+    path = Path(artifact)
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return path.stat().st_size
 
 
 def read_record(artifact: str | os.PathLike, workdir: str | os.PathLike = ".") -> dict | None:
@@ -259,16 +267,6 @@ def summary(phrases: list[str], limit: int = 4) -> str:
 
 def only_code_differs(recorded: Mapping[str, Any], expected: Mapping[str, Any]) -> bool:
     return all(phrase.startswith("code of ") for phrase in differences(recorded, expected))
-
-
-def remove_artifact(path: str | os.PathLike, workdir: str | os.PathLike = ".") -> None:
-    """Remove a stale artifact (file or folder) and its record, so that the run re-makes it."""
-    path = Path(path)
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
-    record_path(path, workdir).unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -2,8 +2,8 @@
 # every stage upstream of it (stego_steps/provenance.py says what counts as code). Snakemake re-runs a job
 # whose param changed, so an edit of a compute function or a setting re-runs its stage and everything
 # downstream, in one invocation, even where an intermediate was lost. Each job ends by recording the digest
-# under .provenance/; an existing output whose record differs from the expected digest is removed before the
-# DAG is decided (so that it is re-made), which also holds after `rm -rf .snakemake`.
+# under .provenance/; an existing output whose record differs from the expected digest, or whose size is not
+# the one its job wrote, is re-made (forced) with everything after it, which also holds after `rm -rf .snakemake`.
 from stego_steps import provenance as stego_provenance
 
 # `code_changes: keep` keeps artifacts whose settings match but whose code differs (they are listed).
@@ -78,59 +78,59 @@ def run_steps(ds, variant, seed):
     return _evaluation_steps(ds, variant, int(seed), UNSUPERVISED_PROBES, "evaluate_unlabelled")
 
 
-def deciding_steps(rule, w):
-    """Step name → (stage module, settings) of everything that decides the outputs of `rule` for wildcards `w`."""
-    if rule == "render_demo":
+def deciding_steps(name, w):
+    """Step name → (stage module, settings) of everything that decides the outputs of rule `name`, wildcards `w`."""
+    if name == "render_demo":
         return {"data": _extraction_steps(DEMO_ROOTS[w.demo_root], DEFAULT_VARIANT, "train")["data"]}
-    if rule in ("table_main", "table_ablation"):
-        runs = main_table_runs() if rule == "table_main" else ablation_runs(w)
+    if name in ("table_main", "table_ablation"):
+        runs = main_table_runs() if name == "table_main" else ablation_runs(w)
         steps = {}
         for run in runs:
             key = f"{run['dataset']}/{run['variant']}/seed{run['seed']}"
             steps.update({f"{key}/{step}": value for step, value in
                           run_steps(run["dataset"], run["variant"], run["seed"]).items()})
-        return {**steps, "table": ("tables", {"kind": rule})}
+        return {**steps, "table": ("tables", {"kind": name})}
     ds = w.ds
-    if rule == "dataset_table":
+    if name == "dataset_table":
         run = default_run(ds).split("/")
         return run_steps(ds, run[3], int(run[4].removeprefix("seed")))
-    if rule in ("extract", "gather_features"):
+    if name in ("extract", "gather_features"):
         return _extraction_steps(ds, variant_of(w), w.split)
-    if rule == "prepare":
+    if name == "prepare":
         variant = next(v for v in RESOLVED[ds] if index_name(RESOLVED[ds][v]) == w.idx)
         steps = _extraction_steps(ds, variant, "train")
         return {"data": steps["data"], "prepare": steps["prepare"]}
-    if rule == "knn":
+    if name == "knn":
         return {**_extraction_steps(ds, variant_of(w), "train"), "knn": ("knn", {"k": int(w.k)})}
-    if rule == "segment":
+    if name == "segment":
         kind, name, seed = w.owner.split("/")
         variant = name if kind == "runs" else BASELINES[(ds, name)]
         return _probe_steps(ds, variant, int(seed.removeprefix("seed")), w.probe)
     seed = int(w.seed)
-    if rule in ("backbone_kmeans", "backbone_linear"):
-        probe = {"backbone_kmeans": "backbone_kmeans", "backbone_linear": "backbone_linear"}[rule]
+    if name in ("backbone_kmeans", "backbone_linear"):
+        probe = name
         steps = _probe_steps(ds, variant_of(w), seed, probe)
         return {k: v for k, v in steps.items() if k not in ("extract_val", f"segment_{probe}")} | \
             _extraction_steps(ds, variant_of(w), "train")
     variant = w.variant
     head = _head_steps(ds, variant, seed)
-    if rule == "calibrate":
+    if name == "calibrate":
         return {k: v for k, v in head.items() if k != "train"}
-    if rule in ("train", "import_checkpoint"):
+    if name in ("train", "import_checkpoint"):
         return head
-    if rule == "cluster":
+    if name == "cluster":
         return {**head, "cluster": ("cluster", stage_settings(config, ds, "cluster", variant=variant, seed=seed))}
-    if rule == "linear_probe":
+    if name == "linear_probe":
         return {**head, "probe": ("probe", stage_settings(config, ds, "probe", variant=variant, seed=seed))}
-    if rule == "predict":
+    if name == "predict":
         return {**head, **_extraction_steps(ds, variant, "val"), "predict": ("predict", {})}
-    if rule in ("evaluate", "evaluate_unlabelled"):
+    if name in ("evaluate", "evaluate_unlabelled"):
         return run_steps(ds, variant, seed)
-    if rule in ("figure_panels", "figure_metrics"):
+    if name in ("figure_panels", "figure_metrics"):
         return {**run_steps(ds, variant, seed), "figures": ("figures", {})}
-    if rule in ("figure_training", "figure_correlations"):
+    if name in ("figure_training", "figure_correlations"):
         return {**head, "figures": ("figures", {})}
-    raise WorkflowError(f"no provenance steps for rule '{rule}'")
+    raise WorkflowError(f"no provenance steps for rule '{name}'")
 
 
 def _expected(rule, wildcards):
@@ -176,24 +176,27 @@ _REPORTED = set()
 
 
 def _check_outputs(rule, wildcards, expected):
-    """Remove this job's outputs whose record says another chain made them (dry runs and reports only say so).
+    """Have Snakemake re-make this job's outputs whose record says another chain made them, or whose size is not
+    the one their job wrote (truncated or replaced).
 
-    Called while the DAG is built, before Snakemake looks at the job's outputs; outputs without a record (made
-    before records existed, or by hand) are left to Snakemake's own checks."""
+    Called while the DAG is built, before Snakemake decides which jobs run: such an output is added to the DAG's
+    forced files (a dry run lists the job as forced; a real run re-makes it and what follows). Outputs without
+    a record (made before records existed, or by hand) are left to Snakemake's own checks."""
     for path in _outputs(rule, wildcards):
         recorded = stego_provenance.read_record(path)
-        if recorded is None or not os.path.exists(path) or recorded["digest"] == expected["digest"] \
-                or path in _REPORTED:
+        if recorded is None or not os.path.exists(path) or path in _REPORTED:
+            continue
+        damaged = recorded.get("bytes") not in (None, stego_provenance.size(path))
+        if recorded["digest"] == expected["digest"] and not damaged:
             continue
         _REPORTED.add(path)
-        what = stego_provenance.summary(stego_provenance.differences(recorded, expected))
-        if KEEP_CODE and stego_provenance.only_code_differs(recorded, expected):
-            logger.warning(f"{path} was made by other code ({what}): kept (`code_changes: keep`)")
-            continue
-        executing = workflow.executor_plugin is not None and not workflow.dryrun and not workflow.touch \
-            and workflow.is_main_process
-        if executing:
-            stego_provenance.remove_artifact(path)
-            logger.warning(f"{path} was made by other code or settings ({what}): removed, to be re-made")
+        if damaged:
+            why = (f"is damaged ({stego_provenance.size(path)} bytes where its job wrote {recorded['bytes']}: "
+                   "truncated or replaced)")
         else:
-            logger.warning(f"{path} was made by other code or settings ({what}): a real run re-makes it")
+            why = f"was made by other code or settings ({stego_provenance.summary(stego_provenance.differences(recorded, expected))})"
+            if KEEP_CODE and stego_provenance.only_code_differs(recorded, expected):
+                logger.warning(f"{path} {why}: kept (`code_changes: keep`)")
+                continue
+        logger.warning(f"{path} {why}: re-made")
+        workflow.dag.forcefiles.add(path)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import signal
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -148,7 +149,9 @@ def refine_labels(
 
 
 def _init_worker() -> None:
-    """One thread per worker process: the parallelism comes from the processes."""
+    """One thread per worker process: the parallelism comes from the processes. Workers ignore Ctrl-C (it
+    reaches the whole process group): the parent stops them, and each would print a traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = "1"
     import torch

@@ -5,10 +5,15 @@ says what is wrong and how to fix it. A stage's `main()` run through `cli()` pri
 that starts with `ERROR:` on stderr (no traceback) and exits with status 2. Snakemake redirects stderr into the
 job's log, and the workflow's `onerror:` handler prints the `ERROR:` blocks of the failed jobs' logs on the
 terminal (see `error_blocks`). Any other exception is a bug and keeps its traceback.
+
+Ctrl-C (SIGINT) and SIGTERM (`timeout`, a scheduler's cancel, `kill`) end a stage with one line,
+`INTERRUPTED: <stage> stopped by <signal>`, and the shell's status for that signal (128 + its number), no
+traceback; SIGTERM unwinds like Ctrl-C, so open files are closed and partial files stay resumable.
 """
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -16,6 +21,7 @@ from typing import TextIO
 
 EXIT_USER_ERROR = 2
 PREFIX = "ERROR: "
+INTERRUPTED = "INTERRUPTED: "
 
 
 class UserError(ValueError):
@@ -28,13 +34,33 @@ def format_error(err: BaseException) -> str:
     return "\n".join([PREFIX + lines[0], *("    " + line.strip() for line in lines[1:])])
 
 
+class Interrupted(BaseException):
+    """Raised in the main thread by SIGTERM, so that a stage unwinds as it does on Ctrl-C."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_interrupted(signum: int, frame: object) -> None:
+    raise Interrupted(signum)
+
+
 def cli(main: Callable[[], object]) -> None:
-    """Run a stage's `main()`: a `UserError` becomes an `ERROR:` block on stderr and exit status 2."""
+    """Run a stage's `main()`: a `UserError` becomes an `ERROR:` block on stderr and exit status 2; SIGINT and
+    SIGTERM become one `INTERRUPTED:` line and exit status 128 + the signal's number."""
+    signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
         main()
     except UserError as err:
         print(format_error(err), file=sys.stderr, flush=True)
         raise SystemExit(EXIT_USER_ERROR) from None
+    except (KeyboardInterrupt, Interrupted) as err:
+        signum = err.signum if isinstance(err, Interrupted) else signal.SIGINT
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM while exiting ends the process
+        stage = Path(sys.argv[0]).stem if sys.argv and sys.argv[0] else "stage"
+        print(f"{INTERRUPTED}{stage} stopped by {signal.Signals(signum).name}", file=sys.stderr, flush=True)
+        raise SystemExit(128 + signum) from None
 
 
 def error_blocks(text: str) -> list[str]:

@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from stego_steps import __version__, images, store
+from stego_steps import __version__, images, store, testhooks
 from stego_steps.artifacts import fingerprint
 from stego_steps.backbones import FeatureExtractor, backbone_id, build_backbone
 from stego_steps.cli import base_parser, parse_stage_args, progress, settings_arg
@@ -95,11 +95,18 @@ class Writer:
                     self._write(*item)
                 except BaseException as err:  # raised in the main thread
                     self._error = err
+            self._queue.task_done()
 
     def put(self, *item: object) -> None:
         if self._error is not None:
             raise self._error
         self._queue.put(item)
+
+    def wait(self) -> None:
+        """Block until every batch put so far is written."""
+        self._queue.join()
+        if self._error is not None:
+            raise self._error
 
     def close(self) -> None:
         self._queue.put(None)
@@ -177,6 +184,9 @@ def extract(index: pd.DataFrame, classes: dict, out: Path, *, backbone: str, wei
                 flips = features_of(net, imgs.flip(-1), device, precision) if evaluation else None
                 writer.put(done, feats, flips, batch)
                 done += len(imgs)
+                if testhooks.pauses_at("extract:shard"):
+                    writer.wait()  # the batch is in the partial store before the pause
+                    testhooks.reached("extract:shard")
         finally:
             writer.close()
     os.replace(partial, out)

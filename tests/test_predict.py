@@ -33,3 +33,25 @@ def test_segment_gives_argmax_and_crf_maps(tmp_path):
                                    head.cluster_log_probs(protos), crf_workers=1)
     assert raw.shape == crf.shape == (2, 32, 32) and raw.dtype == crf.dtype == np.uint8
     assert raw.max() < 3 and crf.max() < 3
+
+
+def test_a_partial_crf_shard_resumes_after_its_finished_images_and_only_for_its_inputs(tmp_path):
+    path, partial = write_store(tmp_path / "val.h5", n=4, evaluation=True), tmp_path / "seg.h5.partial"
+    with FeatureStore(path, max_memory_gb=0) as store:
+        protos = np.random.default_rng(0).standard_normal((3, 16))
+
+        def run(key: str) -> tuple[np.ndarray, np.ndarray]:
+            return segment.segment(lambda i: store.batch([i]), store.dataset("image"), range(4),
+                                   head.cluster_log_probs(protos), crf_workers=1, partial=partial, key=key)
+
+        raw, crf = run("a")
+        with h5py.File(partial, "a") as f:  # as if killed after two images, with a mark of what it wrote
+            f.attrs["done"] = 2
+            f["crf"][:2] = 7
+        resumed_raw, resumed_crf = run("a")
+        np.testing.assert_array_equal(resumed_crf[:2], 7)  # read back, not recomputed
+        np.testing.assert_array_equal(resumed_crf[2:], crf[2:])
+        np.testing.assert_array_equal(resumed_raw, raw)
+        with h5py.File(partial, "a") as f:
+            f.attrs["done"] = 2
+        np.testing.assert_array_equal(run("other inputs")[1], crf)  # discarded and recomputed

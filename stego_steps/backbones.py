@@ -559,3 +559,26 @@ def build_backbone(name: str, weights: str | os.PathLike | None = None, seed: in
     _load_vit_weights(spec, model, path)
     log.info("backbone %s (%s) loaded from %s", name, spec.timm_name, source)
     return ViTFeatureExtractor(spec, model, source)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Computing features (the extraction, and segmenting new images the same way)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def to_float(batch_uint8: torch.Tensor) -> torch.Tensor:
+    """[B,H,W,3] uint8 → [B,3,H,W] float in [0, 1]."""
+    return batch_uint8.permute(0, 3, 1, 2).float().div_(255.0)
+
+
+PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+@torch.no_grad()
+def features_of(backbone: FeatureExtractor, batch: torch.Tensor, device: str, precision: str = "float32"
+                ) -> torch.Tensor:
+    """float32 features [B,C,h,w] on the CPU; `precision` bfloat16 runs the forward under autocast (matrix
+    products and attention in bfloat16, norms and softmax in float32)."""
+    dtype = PRECISIONS[precision]
+    with torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype != torch.float32):
+        return backbone(batch.to(device, non_blocking=True)).float().cpu()

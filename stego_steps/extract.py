@@ -27,7 +27,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from stego_steps import __version__, images, store, testhooks
 from stego_steps.artifacts import fingerprint
-from stego_steps.backbones import FeatureExtractor, backbone_id, build_backbone
+from stego_steps.backbones import (  # noqa: F401 (PRECISIONS re-exported)
+    PRECISIONS,
+    backbone_id,
+    build_backbone,
+    features_of,
+    to_float,
+)
 from stego_steps.cli import base_parser, parse_stage_args, progress, settings_arg
 from stego_steps.devices import select_device
 from stego_steps.errors import UserError, cli
@@ -57,24 +63,6 @@ class IndexDataset(Dataset):
             raw = images.apply_lut(images.read_label(row["label"]), self.lut)
             item["label"] = torch.from_numpy(images.transform_label(raw, self.res, box))
         return item
-
-
-def to_float(batch_uint8: torch.Tensor) -> torch.Tensor:
-    """[B,H,W,3] uint8 → [B,3,H,W] float in [0, 1]."""
-    return batch_uint8.permute(0, 3, 1, 2).float().div_(255.0)
-
-
-PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-
-
-@torch.no_grad()
-def features_of(backbone: FeatureExtractor, batch: torch.Tensor, device: str, precision: str = "float32"
-                ) -> torch.Tensor:
-    """float32 features [B,C,h,w] on the CPU; `precision` bfloat16 runs the forward under autocast (matrix
-    products and attention in bfloat16, norms and softmax in float32)."""
-    dtype = PRECISIONS[precision]
-    with torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype != torch.float32):
-        return backbone(batch.to(device, non_blocking=True)).float().cpu()
 
 
 class Writer:

@@ -57,6 +57,15 @@ def open_image(path: str | Path) -> Image.Image:
         raise UserError(f"{path} {what}: replace it, or remove it from the dataset and rerun") from err
 
 
+def folder_files(folder: str | Path) -> list[Path]:
+    """Every regular file directly in `folder` (not hidden, not recursive), sorted: the files that
+    `segment_images` segments and that its rule tracks as inputs (non-images are reported when read)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"{folder} is not a folder: name a folder of images")
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+
+
 def displayed_size(path: str | Path) -> tuple[int, int]:
     """(height, width) as displayed (EXIF orientation 5–8 swaps the stored sides), from the header only."""
     with Image.open(path) as img:

@@ -135,6 +135,57 @@ def test_images_of_odd_sizes_keep_their_size_and_bad_files_are_counted(run_dir, 
     assert "segmented 6 of 8 files" in text and "skipped 2" in text
 
 
+def _planned(out) -> dict[str, int]:
+    """Rule → job count of a dry run ({} when there is nothing to be done)."""
+    assert out.returncode == 0, out.stderr[-4000:]
+    text = out.stdout + out.stderr
+    if "Nothing to be done" in text:
+        return {}
+    jobs = {}
+    for line in text.split("Job stats:", 1)[1].splitlines()[3:]:
+        parts = line.split()
+        if len(parts) != 2 or parts[0] == "total":
+            break
+        jobs[parts[0]] = int(parts[1])
+    return jobs
+
+
+@pytest.mark.slow
+def test_the_rule_tracks_each_image_of_its_folder(run_dir):
+    rng = np.random.default_rng(1)
+    photos = run_dir / "photos"
+    photos.mkdir()
+
+    def photo(name: str) -> None:
+        Image.fromarray(rng.integers(0, 256, (90, 120, 3), dtype=np.uint8)).save(photos / name)
+
+    photo("a.png")
+    photo("b.png")
+    target, folder = "results/demo/segmented/photos", 'segment_images={"photos": "photos"}'
+    out = snakemake(run_dir, "--cores", "2", target, "--config", folder)
+    assert out.returncode == 0, out.stderr[-4000:]
+    outputs = {f"{s}{k}.png" for s in "ab" for k in ("", "_overlay", "_crf", "_crf_overlay")}
+    written = {p.name for p in (run_dir / target).iterdir() if not p.name.startswith(".")}
+    assert written == {*outputs, "legend.csv", "skipped.txt"}
+    assert _planned(snakemake(run_dir, "-n", target, "--config", folder)) == {}
+    photo("c.png")  # an added image re-runs the folder's job and nothing else
+    assert _planned(snakemake(run_dir, "-n", target, "--config", folder)) == {"segment_images": 1}
+    out = snakemake(run_dir, "--cores", "2", target, "--config", folder)
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert (run_dir / target / "c_crf.png").exists()
+    photo("a.png")  # an edited one
+    assert _planned(snakemake(run_dir, "-n", target, "--config", folder)) == {"segment_images": 1}
+    (photos / "b.png").unlink()  # a removed one
+    assert _planned(snakemake(run_dir, "-n", target, "--config", folder)) == {"segment_images": 1}
+    # A folder that is not there or holds nothing: an error naming the key before any job.
+    (run_dir / "empty").mkdir()
+    for name, path, message in (("gone", "nowhere", "segment_images.gone: nowhere is not a folder"),
+                                ("empty", "empty", "segment_images.empty: the folder empty holds no files")):
+        out = snakemake(run_dir, "-n", f"results/demo/segmented/{name}", "--config",
+                        f'segment_images={{"{name}": "{path}"}}')
+        assert out.returncode != 0 and message in out.stdout + out.stderr, out.stderr[-2000:]
+
+
 def test_block_upsampling_is_the_bilinear_upsampling(monkeypatch):
     import torch
 

@@ -1,5 +1,6 @@
 # Segment a folder of new images with a dataset's default run: name the folder under `segment_images:` in the
-# config, then `snakemake --cores 2 results/{ds}/segmented/{name}`.
+# config, then `snakemake --cores 2 results/{ds}/segmented/{name}`. Each file of the folder is an input, so an
+# added, removed or edited image re-runs this job; the run's codes say how its features were computed.
 
 
 rule segment_images:

@@ -273,7 +273,8 @@ def only_code_differs(recorded: Mapping[str, Any], expected: Mapping[str, Any]) 
 # `python -m stego_steps.provenance record …`: the last command of every job
 
 
-def main(argv: list[str] | None = None) -> None:
+def record_main(argv: list[str] | None = None) -> None:
+    """The jobs' last command; not a stage (it computes nothing)."""
     parser = argparse.ArgumentParser(description="Record the provenance of a finished job's outputs.")
     sub = parser.add_subparsers(dest="command", required=True)
     rec = sub.add_parser("record", help="write the records of a finished job's outputs")
@@ -284,4 +285,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    record_main()

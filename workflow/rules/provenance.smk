@@ -91,6 +91,16 @@ def deciding_steps(name, w):
                           run_steps(run["dataset"], run["variant"], run["seed"]).items()})
         return {**steps, "table": ("tables", {"kind": name})}
     ds = w.ds
+    if name == "segment_images":
+        # the default run's chain, the folder's files (names, sizes, times) and the stage's code
+        run = default_run(ds).split("/")
+        folder = config["segment_images"].get(w.name)
+        if folder is None:
+            return {}  # segment_images_inputs names the mistake
+        images = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(Path(folder).rglob("*"))
+                  if p.is_file()] if os.path.isdir(folder) else []
+        return {**run_steps(ds, run[3], int(run[4].removeprefix("seed"))), "images": (None, images),
+                "segment_images": ("segment_images", {"folder": folder})}
     if name == "dataset_table":
         run = default_run(ds).split("/")
         return run_steps(ds, run[3], int(run[4].removeprefix("seed")))

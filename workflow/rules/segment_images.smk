@@ -6,10 +6,12 @@
 rule segment_images:
     """Label PNGs and colour overlays (and the CRF-refined ones) of a folder of new images, at their own sizes."""
     input:
+        provenance_check("segment_images"),
         unpack(segment_images_inputs),
     output:
         directory("results/{ds}/segmented/{name}"),
     params:
+        provenance=provenance("segment_images"),
         run=lambda w: default_run(w.ds),
         images=lambda w: config["segment_images"][w.name],
         torch_threads=TORCH_THREADS,
@@ -29,3 +31,4 @@ rule segment_images:
         "python -m stego_steps.segment_images --run {params.run} --images {params.images:q} --out {output}"
         " --crf --device {resources.device} --threads {threads}"
         " --torch-threads {params.torch_threads} 2> {log}"
+        " && python -m stego_steps.provenance record --provenance {params.provenance:q} {output:q}"

@@ -61,6 +61,8 @@ def _model(mem_mb: int, runtime_min: int, **kwargs: object) -> Rule:
     return Rule(device=True, compute="torch", mem_mb=mem_mb, runtime_min=runtime_min, **kwargs)  # type: ignore[arg-type]
 
 
+PROBE_NOTE = "beyond the store, holds the codes in float32 and the labels of the training set, up to 2 GB each"
+
 #: Every rule of the workflow that runs as a job (target-only rules such as `all`, `tables`, `figures` run nothing).
 RULES: dict[str, Rule] = {
     # data
@@ -84,9 +86,9 @@ RULES: dict[str, Rule] = {
                              "thread"),
     "train": _model(4000, 720, holds_store=True),
     "cluster": _model(4000, 240, holds_store=True),
-    "linear_probe": _model(4000, 240, holds_store=True),
+    "linear_probe": _model(8000, 240, holds_store=True, note=PROBE_NOTE),
     "backbone_kmeans": _model(4000, 240, holds_store=True),
-    "backbone_linear": _model(4000, 240, holds_store=True),
+    "backbone_linear": _model(8000, 240, holds_store=True, note=PROBE_NOTE),
     "import_checkpoint": Rule(mem_mb=4000, runtime_min=30, note="converts a checkpoint on the CPU"),
     # evaluation
     "predict": _model(8000, 120),

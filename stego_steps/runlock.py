@@ -20,22 +20,33 @@ from stego_steps.errors import UserError
 LOCK = Path(".snakemake") / "stego_steps.lock"
 
 
-def alive(pid: int) -> bool:
-    """Whether a process with this id exists on this machine."""
+def started(pid: int) -> str | None:
+    """When process `pid` started (clock ticks since boot, from /proc), or None where that cannot be read.
+    Process ids are reused (32,768 of them by default on Linux), so a lock names its holder by both."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22; the command name before it may hold spaces
+
+
+def alive(pid: int, start: str | None = None) -> bool:
+    """Whether the process with this id (and, when known, this start time) exists on this machine."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # exists, owned by another user
-        return True
-    return True
+        pass
+    return start is None or started(pid) in (None, start)
 
 
 def holder(path: str | os.PathLike = LOCK) -> dict | None:
-    """{pid, host, command} of the lock at `path`, or None when there is none (or it is unreadable)."""
+    """{pid, host, command, start} of the lock at `path`, or None when there is none (or it is unreadable)."""
     try:
         data = json.loads(Path(path).read_text())
-        return {"pid": int(data["pid"]), "host": str(data["host"]), "command": str(data.get("command", ""))}
+        return {"pid": int(data["pid"]), "host": str(data["host"]), "command": str(data.get("command", "")),
+                "start": data.get("start")}
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -44,7 +55,7 @@ def live_holder(path: str | os.PathLike = LOCK) -> dict | None:
     """The lock's holder when it is a live process (or one on another host, which cannot be checked from
     here); a stale lock (dead process on this host, or unreadable file) is removed and None returned."""
     who = holder(path)
-    if who is not None and (who["host"] != socket.gethostname() or alive(who["pid"])):
+    if who is not None and (who["host"] != socket.gethostname() or alive(who["pid"], who["start"])):
         return who
     Path(path).unlink(missing_ok=True)
     return None
@@ -61,7 +72,8 @@ def acquire(path: str | os.PathLike = LOCK, pid: int | None = None, command: str
     """Take the lock for process `pid` (default: this one), or raise UserError naming the live holder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    record = json.dumps({"pid": pid or os.getpid(), "host": socket.gethostname(), "command": command})
+    pid = pid or os.getpid()
+    record = json.dumps({"pid": pid, "host": socket.gethostname(), "command": command, "start": started(pid)})
     for _ in range(3):  # a stale lock is removed and the creation retried
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)

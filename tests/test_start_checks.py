@@ -4,6 +4,7 @@ torch_threads above the cores, and truncated or garbage artifacts."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -100,6 +101,11 @@ def test_the_run_lock_refuses_a_live_holder_and_clears_a_stale_one(tmp_path):
     assert runlock.holder(lock)["pid"] == os.getpid()
     runlock.release(lock)
     assert not lock.exists()
+    # a live process that reuses a dead holder's id (ids wrap around) is not the holder: its start time differs
+    if runlock.started(os.getpid()) is not None:
+        lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "start": "1"}))
+        runlock.check_unlock(lock)
+        assert not lock.exists()
 
 
 def test_knn_k_is_checked_against_the_written_index(tmp_path):

@@ -134,6 +134,19 @@ def resume_line(workdir: Path, stage: str, path: Path, done: int) -> tuple[Path,
 
 
 @pytest.mark.parametrize("stage, sig, target", cases())
+def group_gone(pgid: int, timeout_s: float = 30) -> None:
+    """Wait until the group's processes have exited: a SIGKILLed job's loader processes hold the partial store
+    open (and HDF5's file lock) until the kernel has torn them down, which is not instant. (Where nothing reaps
+    orphans, zombies stay in the group: then this waits `timeout_s` and the checks below say what is wrong.)"""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+
+
 def test_a_job_killed_at_its_first_durable_state_resumes_to_the_uninterrupted_table(tmp_path, stages, stage, sig,
                                                                                      target):
     config, workdir = stages["config"], tmp_path / "run"
@@ -158,6 +171,7 @@ def test_a_job_killed_at_its_first_durable_state_resumes_to_the_uninterrupted_ta
         with contextlib.suppress(ProcessLookupError):  # what is left of the group (e.g. a killed job's CRF workers)
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+        group_gone(proc.pid)
     assert not (workdir / TARGET).exists()
     path, done = resumable_state(workdir, stage, stages["steps"])
     if any((workdir / ".snakemake" / "locks").glob("*")):  # a killed Snakemake leaves its lock

@@ -133,7 +133,6 @@ def resume_line(workdir: Path, stage: str, path: Path, done: int) -> tuple[Path,
     return workdir / f"logs/demo/runs/default/seed0/segment_{probe}.{item}.log", f"resuming {rel} at image {done} of"
 
 
-@pytest.mark.parametrize("stage, sig, target", cases())
 def group_gone(pgid: int, timeout_s: float = 30) -> None:
     """Wait until the group's processes have exited: a SIGKILLed job's loader processes hold the partial store
     open (and HDF5's file lock) until the kernel has torn them down, which is not instant. (Where nothing reaps
@@ -147,6 +146,7 @@ def group_gone(pgid: int, timeout_s: float = 30) -> None:
         time.sleep(0.1)
 
 
+@pytest.mark.parametrize("stage, sig, target", cases())
 def test_a_job_killed_at_its_first_durable_state_resumes_to_the_uninterrupted_table(tmp_path, stages, stage, sig,
                                                                                      target):
     config, workdir = stages["config"], tmp_path / "run"

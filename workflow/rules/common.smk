@@ -361,10 +361,21 @@ def prepare_settings(wildcards):
     return json.dumps({**dataset_settings(config, wildcards.ds), **crop_of_index(wildcards.idx)})
 
 
+_MANIFESTS = {}
+
+
+def manifest_of(ds):
+    """Summary of a dataset's files (count, bytes, digest of names, sizes and times), read once per invocation:
+    `prepare`'s param and every rule's provenance use it."""
+    if ds not in _MANIFESTS:
+        _MANIFESTS[ds] = stego_validate.manifest(config["datasets"][ds]["kind"], dataset_settings(config, ds))
+    return _MANIFESTS[ds]
+
+
 def dataset_manifest(wildcards):
-    """Summary of the dataset's files (count, bytes, digest of names, sizes and times), as a parameter of
-    `prepare`: adding, removing or editing a file re-runs it (and everything after it)."""
-    return stego_validate.manifest(config["datasets"][wildcards.ds]["kind"], dataset_settings(config, wildcards.ds))
+    """The manifest as a parameter of `prepare`: adding, removing or editing a file re-runs it (and everything
+    after it)."""
+    return manifest_of(wildcards.ds)
 
 
 def segment_inputs(wildcards):

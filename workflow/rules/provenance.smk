@@ -8,14 +8,6 @@ from stego_steps import provenance as stego_provenance
 
 # `code_changes: keep` keeps artifacts whose settings match but whose code differs (they are listed).
 KEEP_CODE = config["code_changes"] == "keep"
-_MANIFESTS = {}
-
-
-def _manifest(ds):
-    if ds not in _MANIFESTS:
-        _MANIFESTS[ds] = stego_validate.manifest(config["datasets"][ds]["kind"], dataset_settings(config, ds))
-    return _MANIFESTS[ds]
-
 
 def _extraction_steps(ds, variant, split):
     """The steps that decide a split's features: the data (or the demo's rendering), its index, the extraction."""
@@ -24,7 +16,7 @@ def _extraction_steps(ds, variant, split):
     if entry["kind"] == "demo":
         data = ("prepare", {"root": entry["root"], "generator": entry["generator"]})
     else:
-        data = (None, _manifest(ds))
+        data = (None, manifest_of(ds))
     extract = {k: v for k, v in stage_settings(config, ds, "extract", split, variant).items() if k != "batch_size"}
     return {"data": data,
             "prepare": ("prepare", {**dataset_settings(config, ds, variant), **crop_of_index(index_name(r))}),
@@ -46,13 +38,18 @@ def _head_steps(ds, variant, seed):
             "train": ("train", stage_settings(config, ds, "train", variant=variant, seed=seed))}
 
 
+def _baseline_steps(ds, variant, seed, probe):
+    """The steps that decide a backbone baseline (K-Means or the linear probe on the raw training features)."""
+    stage = "cluster" if probe == "backbone_kmeans" else "probe"
+    return {**_extraction_steps(ds, variant, "train"),
+            probe: (stage, stage_settings(config, ds, stage, variant=variant, seed=seed))}
+
+
 def _probe_steps(ds, variant, seed, probe):
     """The steps that decide one probe's segmentation of the evaluation images."""
     steps = _extraction_steps(ds, variant, "val")
     if probe in BASELINE_PROBES:
-        stage = "cluster" if probe == "backbone_kmeans" else "probe"
-        steps.update(_extraction_steps(ds, variant, "train"))
-        steps[probe] = (stage, stage_settings(config, ds, stage, variant=variant, seed=seed))
+        steps.update(_baseline_steps(ds, variant, seed, probe))
     else:
         steps.update(_head_steps(ds, variant, seed))
         steps["predict"] = ("predict", {})
@@ -93,17 +90,15 @@ def deciding_steps(name, w):
     ds = w.ds
     if name == "segment_images":
         # the default run's chain, the folder's files (names, sizes, times) and the stage's code
-        run = default_run(ds).split("/")
         folder = config["segment_images"].get(w.name)
         if folder is None:
             return {}  # segment_images_inputs names the mistake
         images = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(Path(folder).rglob("*"))
                   if p.is_file()] if os.path.isdir(folder) else []
-        return {**run_steps(ds, run[3], int(run[4].removeprefix("seed"))), "images": (None, images),
+        return {**run_steps(ds, DEFAULT_VARIANT, seeds(config, ds)[0]), "images": (None, images),
                 "segment_images": ("segment_images", {"folder": folder})}
     if name == "dataset_table":
-        run = default_run(ds).split("/")
-        return run_steps(ds, run[3], int(run[4].removeprefix("seed")))
+        return run_steps(ds, DEFAULT_VARIANT, seeds(config, ds)[0])
     if name in ("extract", "gather_features"):
         return _extraction_steps(ds, variant_of(w), w.split)
     if name == "prepare":
@@ -118,10 +113,7 @@ def deciding_steps(name, w):
         return _probe_steps(ds, variant, int(seed.removeprefix("seed")), w.probe)
     seed = int(w.seed)
     if name in ("backbone_kmeans", "backbone_linear"):
-        probe = name
-        steps = _probe_steps(ds, variant_of(w), seed, probe)
-        return {k: v for k, v in steps.items() if k not in ("extract_val", f"segment_{probe}")} | \
-            _extraction_steps(ds, variant_of(w), "train")
+        return _baseline_steps(ds, variant_of(w), seed, name)
     variant = w.variant
     head = _head_steps(ds, variant, seed)
     if name == "calibrate":
@@ -143,9 +135,16 @@ def deciding_steps(name, w):
     raise WorkflowError(f"no provenance steps for rule '{name}'")
 
 
+_EXPECTED = {}
+
+
 def _expected(rule, wildcards):
-    return {"rule": rule, "wildcards": dict(wildcards.items()),
-            **stego_provenance.chain(deciding_steps(rule, wildcards))}
+    """The provenance a job of `rule` makes now; computed once per job (its input check and its param ask)."""
+    key = (rule, tuple(sorted(wildcards.items())))
+    if key not in _EXPECTED:
+        _EXPECTED[key] = {"rule": rule, "wildcards": dict(wildcards.items()),
+                          **stego_provenance.chain(deciding_steps(rule, wildcards))}
+    return _EXPECTED[key]
 
 
 def _outputs(rule, wildcards):
@@ -196,13 +195,13 @@ def _check_outputs(rule, wildcards, expected):
         recorded = stego_provenance.read_record(path)
         if recorded is None or not os.path.exists(path) or path in _REPORTED:
             continue
-        damaged = recorded.get("bytes") not in (None, stego_provenance.size(path))
+        size = stego_provenance.size(path)
+        damaged = recorded.get("bytes") not in (None, size)
         if recorded["digest"] == expected["digest"] and not damaged:
             continue
         _REPORTED.add(path)
         if damaged:
-            why = (f"is damaged ({stego_provenance.size(path)} bytes where its job wrote {recorded['bytes']}: "
-                   "truncated or replaced)")
+            why = f"is damaged ({size} bytes where its job wrote {recorded['bytes']}: truncated or replaced)"
         else:
             why = f"was made by other code or settings ({stego_provenance.summary(stego_provenance.differences(recorded, expected))})"
             if KEEP_CODE and stego_provenance.only_code_differs(recorded, expected):

@@ -49,7 +49,7 @@ def test_bytes_per_store_follow_the_extract_layout():
     unlabelled = plan.SplitPlan("val", samples=3, res=320, stride=8, channels=768, evaluation=True,
                                 labelled=False)
     assert "label" not in unlabelled.parts and unlabelled.bytes == val.bytes - 3 * 320 * 320 * 2
-    # The README's figure: COCO-Stuff five-crop of the full training list at ViT-B/8, ≈ 590 GB of features.
+    # The figure in docs/performance.md ("Sizes"): COCO-Stuff five-crop of the full list at ViT-B/8, ≈ 590 GB.
     coco = plan.SplitPlan("train", samples=488_510, res=224, stride=8, channels=768, evaluation=False,
                           labelled=True)
     assert coco.parts["feats"] == pytest.approx(590e9, rel=0.01)

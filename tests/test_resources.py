@@ -146,9 +146,9 @@ def test_default_profile_leaves_threads_and_resources_to_the_rules():
 
 
 def test_the_docs_list_the_table():
-    readme = (ROOT / "README.md").read_text()
-    block = re.search(r"<!-- resources table: [^>]*-->\n(.*?)\n<!-- end of resources table -->", readme, re.S)
-    assert block, "README.md: the generated table of what each job asks for is missing"
+    page = (ROOT / "docs" / "performance.md").read_text()
+    block = re.search(r"<!-- resources table: [^>]*-->\n(.*?)\n<!-- end of resources table -->", page, re.S)
+    assert block, "docs/performance.md: the generated table of what each job asks for is missing"
     assert block.group(1) == resources.markdown_table(), "regenerate it: stego_steps.resources.markdown_table()"
     slurm_readme = " ".join((SLURM_PROFILE / "README.md").read_text().split())
     listed = re.search(r"the rules that run their model on the device: ([^;]*);", slurm_readme)
@@ -156,7 +156,7 @@ def test_the_docs_list_the_table():
     common = (RULES_DIR / "common.smk").read_text()
     assert "stego_steps.resources.DEVICE_RULES" in common
     # no other list of device rules beside the table's
-    assert "GPU rules (`" not in readme and "(extract, knn, train" not in common
+    assert "GPU rules (`" not in page and "(extract, knn, train" not in common
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""Bad input files: each case of the README's table ("What happens to bad input") gets its message or its
-documented conversion, checked on small synthetic files; every bad file is listed in one error."""
+"""Bad input files: each case of the table in docs/reliability.md ("What happens to bad input") gets its message
+or its documented conversion, checked on small synthetic files; every bad file is listed in one error."""
 
 from __future__ import annotations
 

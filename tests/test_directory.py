@@ -16,7 +16,7 @@ from stego_steps import calibrate, demo
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = list(demo.CLASS_NAMES)
-# What a user writes (docs/datasets.md, "directory"), plus the tiny sizes of tests/data/tiny_config.yaml.
+# What a user writes (the README's mine.yaml), plus the tiny sizes of tests/data/tiny_config.yaml.
 CONFIG = """\
 run: [mine]
 device: cpu

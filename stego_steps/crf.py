@@ -22,7 +22,8 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-#: Official CRF parameters (official `crf.py`: MAX_ITER, POS_XY_STD/POS_W, Bi_XY_STD/Bi_RGB_STD/Bi_W).
+#: Official CRF parameters (official `crf.py`: MAX_ITER, POS_XY_STD/POS_W, Bi_XY_STD/Bi_RGB_STD/Bi_W); the one
+#: definition, which `dense_crf`'s defaults and the segment shards' fingerprint read.
 CRF_DEFAULTS: dict[str, float] = {
     "iterations": 10,
     "gauss_sxy": 1,
@@ -63,12 +64,12 @@ def dense_crf(
     image_uint8_hwc: Any,
     log_probs_chw: Any,
     *,
-    iterations: int = 10,
-    gauss_sxy: float = 1,
-    gauss_compat: float = 3,
-    bilat_sxy: float = 67,
-    bilat_srgb: float = 3,
-    bilat_compat: float = 4,
+    iterations: int = int(CRF_DEFAULTS["iterations"]),
+    gauss_sxy: float = CRF_DEFAULTS["gauss_sxy"],
+    gauss_compat: float = CRF_DEFAULTS["gauss_compat"],
+    bilat_sxy: float = CRF_DEFAULTS["bilat_sxy"],
+    bilat_srgb: float = CRF_DEFAULTS["bilat_srgb"],
+    bilat_compat: float = CRF_DEFAULTS["bilat_compat"],
 ) -> np.ndarray:
     """Refine class log-probabilities `[C,H,W]` with a fully connected CRF on the image `[H,W,3]` uint8.
 

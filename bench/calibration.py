@@ -30,12 +30,12 @@ import torch
 from scipy.stats import spearmanr
 
 from stego_steps import metrics
-from stego_steps.calibrate import calibrate
+from stego_steps.calibration import calibrate
 from stego_steps.cli import setup_logging
 from stego_steps.config import features_key, index_name, load_schema, resolve, stage_settings
-from stego_steps.head import flip_tta_code
+from stego_steps.head import cluster_log_probs, flip_tta_code
 from stego_steps.kmeans import spherical_kmeans
-from stego_steps.segment import cluster_log_probs, segment
+from stego_steps.label_maps import segment
 from stego_steps.store import FeatureStore
 from stego_steps.training import train
 

@@ -24,7 +24,7 @@ import torch
 
 from stego_steps import metrics
 from stego_steps.head import cluster_log_probs
-from stego_steps.segment import segment
+from stego_steps.label_maps import segment
 from stego_steps.store import FeatureStore
 
 

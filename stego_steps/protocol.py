@@ -14,3 +14,9 @@ UNSUPERVISED_PROBES = tuple(p for p in PROBES if p not in SUPERVISED_PROBES)
 # (probe, crf) rows of the table, in the order of PROBES: every probe without and with the CRF (the CRF does
 # not help every probe equally, so each comparison is shown both ways).
 ROWS = tuple((probe, crf) for probe in PROBES for crf in (False, True))
+
+
+def row_key(probe: str, crf: bool) -> str:
+    """The name of an evaluated row's files (`cluster_crf`, `linear_raw`, ...): its confusion and mapping tables,
+    its figures, the mapping that segment_images reads."""
+    return f"{probe}_{'crf' if crf else 'raw'}"

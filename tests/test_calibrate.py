@@ -10,9 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from stego_steps import calibrate, knn
+from stego_steps import calibration, knn
 from stego_steps.errors import UserError
 from stego_steps.loss import correlation_term, feature_correlation
+from stego_steps.stages import calibrate
 from stego_steps.store import FeatureStore
 
 SETTINGS = {
@@ -49,15 +50,15 @@ def with_images(store_path, tmp_path):
 def test_quantile_shifts_on_known_distributions():
     # Values 0, 1/1000, ..., 1: the q-quantile (linear interpolation) is exactly q.
     uniform = np.arange(1001) / 1000
-    shifts = calibrate.quantile_shifts({"self": uniform, "knn": uniform * 2, "random": uniform - 1},
+    shifts = calibration.quantile_shifts({"self": uniform, "knn": uniform * 2, "random": uniform - 1},
                                        {"self": 0.5, "knn": 0.25, "random": 0.9})
     assert shifts == pytest.approx({"self": 0.5, "knn": 0.5, "random": -0.1}, abs=1e-12)
-    stats = calibrate.term_statistics(uniform, preset_shift=0.3)
+    stats = calibration.term_statistics(uniform, preset_shift=0.3)
     # 300 of the 1001 values lie below 0.3: the fraction of pairs a shift of 0.3 makes repel.
     assert stats["preset_shift_quantile"] == 300 / 1001
     assert stats["quantiles"]["0.50"] == 0.5 and stats["mean"] == pytest.approx(0.5)
     with pytest.raises(ValueError, match="must lie in"):
-        calibrate.quantile_shifts({"self": uniform, "knn": uniform, "random": uniform},
+        calibration.quantile_shifts({"self": uniform, "knn": uniform, "random": uniform},
                                   {"self": 1.5, "knn": 0.5, "random": 0.5})
 
 
@@ -66,8 +67,8 @@ def test_shifted_distribution_gives_a_shifted_shift():
     rng = np.random.default_rng(0)
     values = {t: rng.normal(0.1 * i, 0.2, 5000) for i, t in enumerate(("self", "knn", "random"))}
     targets = {"self": 0.3, "knn": 0.6, "random": 0.95}
-    base = calibrate.quantile_shifts(values, targets)
-    moved = calibrate.quantile_shifts({t: v + 0.3 for t, v in values.items()}, targets)
+    base = calibration.quantile_shifts(values, targets)
+    moved = calibration.quantile_shifts({t: v + 0.3 for t, v in values.items()}, targets)
     assert moved == pytest.approx({t: b + 0.3 for t, b in base.items()}, abs=1e-9)
 
 
@@ -85,12 +86,12 @@ def test_feature_correlation_is_what_the_loss_compares_with_the_shift():
 
 
 def test_auto_mode():
-    assert calibrate.calibration_enabled("auto", "directory", "dino_vitb8")[0]
-    assert not calibrate.calibration_enabled("auto", "demo", "efficientnet_lite0")[0]
-    assert calibrate.calibration_enabled("auto", "cocostuff", "efficientnet_lite0")[0]
-    assert not calibrate.calibration_enabled("auto", "cocostuff", "dino_vitb8")[0]
-    assert calibrate.calibration_enabled(True, "potsdam", "dino_vits8")[0]
-    assert not calibrate.calibration_enabled(False, "directory", "dinov2_vits14")[0]
+    assert calibration.calibration_enabled("auto", "directory", "dino_vitb8")[0]
+    assert not calibration.calibration_enabled("auto", "demo", "efficientnet_lite0")[0]
+    assert calibration.calibration_enabled("auto", "cocostuff", "efficientnet_lite0")[0]
+    assert not calibration.calibration_enabled("auto", "cocostuff", "dino_vitb8")[0]
+    assert calibration.calibration_enabled(True, "potsdam", "dino_vits8")[0]
+    assert not calibration.calibration_enabled(False, "directory", "dinov2_vits14")[0]
 
 
 def _run(store, table, tmp_path, name, settings=SETTINGS):
@@ -121,7 +122,7 @@ def test_deterministic_and_blind_to_labels(store_path, tmp_path):
     assert first["calibrated"] and first["shifts"] != first["preset"]["shifts"]
     # The candidate the rule picks from the CRF agreements is the one used.
     scores = [c["crf_agreement"] for c in first["candidates"]]
-    assert all(0.0 <= v <= 1.0 for v in scores) and first["chosen"] == calibrate.choose(scores, 0.8)
+    assert all(0.0 <= v <= 1.0 for v in scores) and first["chosen"] == calibration.choose(scores, 0.8)
     assert first["shifts"] == first["candidates"][first["chosen"]]["shifts"]
     assert first["selection"] == SELECTING["calibration"]["selection"]
     # The same features without labels, and with other labels: the same artifact, to the bit.
@@ -143,13 +144,13 @@ def test_deterministic_and_blind_to_labels(store_path, tmp_path):
 
 def test_another_candidate_replaces_the_default_only_when_the_crf_changes_clearly_less():
     # Changes 0.25 (default) against 0.15: 0.6 times as many, fewer than 0.8 times → the second.
-    assert calibrate.choose([0.75, 0.85], 0.8) == 1
+    assert calibration.choose([0.75, 0.85], 0.8) == 1
     # 0.25 against 0.22: 0.88 times, not enough → the default; and a worse one never replaces it.
-    assert calibrate.choose([0.75, 0.78], 0.8) == 0 and calibrate.choose([0.75, 0.6], 0.8) == 0
+    assert calibration.choose([0.75, 0.78], 0.8) == 0 and calibration.choose([0.75, 0.6], 0.8) == 0
     # Exactly 0.8 times qualifies; among several that qualify, the one the CRF changes least.
-    assert calibrate.choose([0.5, 0.6], 0.8) == 1 and calibrate.choose([0.5, 0.7, 0.9, 0.8], 0.8) == 2
+    assert calibration.choose([0.5, 0.6], 0.8) == 1 and calibration.choose([0.5, 0.7, 0.9, 0.8], 0.8) == 2
     # ratio 1: plain "fewest changes", ties to the first.
-    assert calibrate.choose([0.8, 0.8, 0.7], 1.0) == 0
+    assert calibration.choose([0.8, 0.8, 0.7], 1.0) == 0
 
 
 def test_crf_agreement_prefers_clusters_that_follow_the_image(store_path):
@@ -169,7 +170,7 @@ def test_crf_agreement_prefers_clusters_that_follow_the_image(store_path):
 
     def agreement(embed):
         with FeatureStore(store_path) as store:
-            return calibrate.crf_agreement(embed, store, np.array([0]), [picture], centroids, workers=1)
+            return calibration.crf_agreement(embed, store, np.array([0]), [picture], centroids, workers=1)
 
     aligned = agreement(codes(4))
     assert aligned > 0.99
@@ -180,12 +181,12 @@ def test_crf_agreement_prefers_clusters_that_follow_the_image(store_path):
 def test_training_images_must_match_the_store(store_path, tmp_path):
     index = pd.read_csv(with_images(store_path, tmp_path), dtype={"id": str})
     with FeatureStore(store_path) as store:
-        pictures = calibrate.training_images(index, store, np.array([0, 5]))
+        pictures = calibration.training_images(index, store, np.array([0, 5]))
         assert [p.shape for p in pictures] == [(32, 32, 3)] * 2
         with h5py.File(store_path, "r") as f:
             assert np.array_equal(pictures[1], COLOURS[f["label"][5]])
         with pytest.raises(UserError, match="does not list"):
-            calibrate.training_images(index.iloc[1:], store, np.array([0]))
+            calibration.training_images(index.iloc[1:], store, np.array([0]))
 
 
 def test_off_keeps_the_preset_and_still_reports(store_path, tmp_path):

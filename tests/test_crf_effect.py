@@ -2,7 +2,7 @@
 
 import pandas as pd
 
-from stego_steps.evaluate import crf_effect
+from stego_steps.evaluation import crf_effect
 
 
 def test_crf_effect_pairs_raw_and_crf_rows_per_class():

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from helpers import default_run, only_baseline, snakemake
 
-from stego_steps import calibrate, demo
+from stego_steps import demo
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = list(demo.CLASS_NAMES)
@@ -99,7 +99,7 @@ def test_directory_with_labels_end_to_end(tmp_path):
     # A directory dataset calibrates its shifts: each candidate scored, the best used and shown in the report.
     calibration = json.loads((default_run(tmp_path, "mine") / "calibration.json").read_text())
     scores = [c["crf_agreement"] for c in calibration["candidates"]]
-    assert calibration["calibrated"] and len(scores) == 2 and calibration["chosen"] == calibrate.choose(scores, 0.8)
+    assert calibration["calibrated"] and len(scores) == 2 and calibration["chosen"] == calibration.choose(scores, 0.8)
     shown = pd.read_csv(default_run(tmp_path, "mine") / "figures" / "calibration.csv")
     assert shown["used"].tolist() == [False, *(i == calibration["chosen"] for i in range(2))]
     (plans,) = (base / "plan").iterdir()

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from stego_steps import evaluate, head, segmentations, store
+from stego_steps import evaluation, head, label_maps, store
 
 
 def test_evaluate_rows_for_a_permuted_perfect_clustering():
@@ -16,8 +16,8 @@ def test_evaluate_rows_for_a_permuted_perfect_clustering():
              "linear": {False: np.clip(labels, 0, None), True: np.zeros_like(perfect)},
              "backbone_kmeans": {False: perfect, True: perfect},
              "backbone_linear": {False: perfect, True: np.clip(labels, 0, None)}}
-    rows, conf = evaluate.evaluate(labels, preds, {probe: 3 for probe in preds}, 3)
-    assert [(r["probe"], r["crf"]) for r in rows] == list(evaluate.ROWS)
+    rows, conf = evaluation.evaluate(labels, preds, {probe: 3 for probe in preds}, 3)
+    assert [(r["probe"], r["crf"]) for r in rows] == list(evaluation.ROWS)
     by = {(r["probe"], r["crf"]): r for r in rows}
     assert by["cluster", True]["miou"] == pytest.approx(100.0)
     assert by["linear", False]["miou"] == pytest.approx(100.0)  # identity mapping, no Hungarian
@@ -37,10 +37,10 @@ def test_shards_are_stitched_and_gaps_detected(tmp_path):
             f["crf"] = np.full((stop - start, 3, 3), shard + 5, np.uint8)
             f.attrs.update(start=start, stop=stop, probe="cluster", n_clusters=3)
         paths.append(path)
-    out = segmentations.read_predictions(paths[::-1], "cluster", 5)
+    out = label_maps.read_predictions(paths[::-1], "cluster", 5)
     assert out[False][:, 0, 0].tolist() == [0, 0, 1, 1, 1] and out[True][:, 0, 0].tolist() == [5, 5, 6, 6, 6]
     with pytest.raises(ValueError, match="do not cover"):
-        segmentations.read_predictions(paths[:1], "cluster", 5)
+        label_maps.read_predictions(paths[:1], "cluster", 5)
 
 
 def test_shard_ranges_partition_the_images():
@@ -66,27 +66,27 @@ def test_cluster_counts_come_from_the_segment_shards(tmp_path):
         paths.append(tmp_path / f"{name}.h5")
         with h5py.File(paths[-1], "w") as f:
             f.attrs.update(probe=probe, n_clusters=k)
-    assert evaluate.segment_clusters(paths) == {"cluster": 7, "linear": 3}
+    assert evaluation.segment_clusters(paths) == {"cluster": 7, "linear": 3}
     with h5py.File(paths[1], "a") as f:
         f.attrs["n_clusters"] = 8
     with pytest.raises(ValueError, match="disagree on the number of clusters"):
-        evaluate.segment_clusters(paths)
+        evaluation.segment_clusters(paths)
 
 
 def test_rows_follow_the_declared_probes():
-    assert [probe for probe, crf in evaluate.ROWS if crf] == list(head.PROBES)
+    assert [probe for probe, crf in evaluation.ROWS if crf] == list(head.PROBES)
     assert set(head.UNSUPERVISED_PROBES) | set(head.SUPERVISED_PROBES) == set(head.PROBES)
 
 
 def test_mapping_and_confusion_tables_name_the_classes():
     conf = np.array([[5, 1, 0], [0, 0, 7], [2, 9, 0], [1, 1, 1]])  # 4 clusters, 3 classes
-    s = evaluate.metrics.scores(conf)
+    s = evaluation.metrics.scores(conf)
     names = ["sky", "tree", "road"]
-    mapping = evaluate.mapping_table(conf, s["assignment"], names)
+    mapping = evaluation.mapping_table(conf, s["assignment"], names)
     assert mapping["class"].tolist() == ["sky", "road", "tree", ""]
     assert mapping["class_id"].tolist() == [0, 2, 1, -1]
     assert mapping["matched_pixels"].tolist() == [5, 7, 9, 0]
     assert mapping["cluster_pixels"].tolist() == [6, 7, 11, 3]
-    table = evaluate.confusion_table(conf, mapping, names)
+    table = evaluation.confusion_table(conf, mapping, names)
     assert table.columns.tolist() == ["cluster", "class", *names]
     np.testing.assert_array_equal(table[names].to_numpy(), conf)

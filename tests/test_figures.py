@@ -8,25 +8,26 @@ import pytest
 import torch
 from PIL import Image
 
-from stego_steps import figures, loss, segmentations
+from stego_steps import correlations, label_maps, loss, plots, protocol
+from stego_steps.stages import figures
 from stego_steps.store import FeatureStore
 
 
 def test_palette_is_distinct_and_stable():
     for n in (3, 10, 27, 70):
-        colours = segmentations.palette(n)
+        colours = label_maps.palette(n)
         assert colours.shape == (n, 3) and colours.dtype == np.uint8
         assert len({tuple(c) for c in colours}) == n
-        np.testing.assert_array_equal(colours, segmentations.palette(n))
+        np.testing.assert_array_equal(colours, label_maps.palette(n))
 
 
 def test_colourize_goes_through_the_mapping():
-    colours = segmentations.palette(3)
+    colours = label_maps.palette(3)
     lut = np.array([2, -1, 0])  # cluster 0 → class 2, cluster 1 unmatched, cluster 2 → class 0
-    out = figures.colourize(np.array([[0, 1, 2]]), colours, lut)
-    np.testing.assert_array_equal(out[0], [colours[2], figures.UNMATCHED, colours[0]])
-    truth = figures.colourize(np.array([[-1, 1]]), colours)
-    np.testing.assert_array_equal(truth[0], [figures.UNLABELLED, colours[1]])
+    out = plots.colourize(np.array([[0, 1, 2]]), colours, lut)
+    np.testing.assert_array_equal(out[0], [colours[2], plots.UNMATCHED, colours[0]])
+    truth = plots.colourize(np.array([[-1, 1]]), colours)
+    np.testing.assert_array_equal(truth[0], [plots.UNLABELLED, colours[1]])
 
 
 def test_self_correlations_without_centering_hold_the_diagonal(store_path):
@@ -34,8 +35,8 @@ def test_self_correlations_without_centering_hold_the_diagonal(store_path):
     knn[:, 1:] = (knn[:, 1:] + np.arange(1, 8)) % 24
     settings = {"batch_size": 8, "neighbours": 7, "spatial_centering": False, "samples": 5, "negatives": 2}
     with FeatureStore(store_path) as store:
-        values = figures.correlation_samples(store, knn, settings, batches=3, seed=1)
-        again = figures.correlation_samples(store, knn, settings, batches=3, seed=1)
+        values = correlations.term_correlations(store, knn, settings, batches=3, seed=1, dropout=False)
+        again = correlations.term_correlations(store, knn, settings, batches=3, seed=1, dropout=False)
     assert {k: len(v) for k, v in values.items()} == {"self": 3 * 8 * 5**4, "knn": 3 * 8 * 5**4,
                                                        "random": 3 * 2 * 8 * 5**4}
     for k in values:
@@ -44,7 +45,7 @@ def test_self_correlations_without_centering_hold_the_diagonal(store_path):
     diagonal = values["self"].reshape(3, 8, 25, 25)[:, :, np.arange(25), np.arange(25)]
     np.testing.assert_allclose(diagonal, 1.0, atol=1e-5)
     assert values["self"].max() <= 1 + 1e-5 and values["random"].min() >= -1 - 1e-5
-    summary = figures.correlation_summary(values, {"self": 0.5, "knn": 0.2, "random": 0.9})
+    summary = plots.correlation_summary(values, {"self": 0.5, "knn": 0.2, "random": 0.9})
     assert summary["term"].tolist() == ["self", "knn", "random"]
     assert summary.loc[0, "share_above_shift"] == pytest.approx(100 * (values["self"] > 0.5).mean())
 
@@ -73,8 +74,8 @@ def test_figure_commands_write_pictures(tmp_path):
     conf_dir = tmp_path / "confusion"
     conf_dir.mkdir()
     rows = []
-    for probe, crf in figures.ROWS:
-        key = figures.row_key(probe, crf)
+    for probe, crf in protocol.ROWS:
+        key = protocol.row_key(probe, crf)
         table = pd.DataFrame({"cluster": [0, 1, 2], "class": ["tree", "", "sky"], "sky": [1, 2, 30],
                               "tree": [20, 1, 0], "road": [3, 9, 1]})
         table.to_csv(conf_dir / f"{key}.csv", index=False)
@@ -83,7 +84,7 @@ def test_figure_commands_write_pictures(tmp_path):
     figures.main(["metrics", "--confusion", str(conf_dir), "--per-class", str(tmp_path / "per_class.csv"),
                   "--out-dir", str(tmp_path / "figs")])
     written = sorted(p.name for p in (tmp_path / "figs").iterdir())
-    assert written == sorted([f"confusion_{figures.row_key(p, c)}.png" for p, c in figures.ROWS]
+    assert written == sorted([f"confusion_{protocol.row_key(p, c)}.png" for p, c in protocol.ROWS]
                              + ["per_class_iou.png"])
 
 
@@ -103,10 +104,10 @@ def test_panels_colour_every_probe(tmp_path):
         segments.append(str(seg))
     mapping = tmp_path / "mapping"
     mapping.mkdir()
-    for probe, crf in figures.ROWS:
+    for probe, crf in protocol.ROWS:
         pd.DataFrame({"cluster": [0, 1, 2], "class_id": [1, 2, 0], "class": ["c1", "c2", "c0"],
                       "matched_pixels": 1, "cluster_pixels": 1}).to_csv(
-            mapping / f"{figures.row_key(probe, crf)}.csv", index=False)
+            mapping / f"{protocol.row_key(probe, crf)}.csv", index=False)
     figures.main(["panels", "--features", str(path), "--segments", *segments, "--mapping", str(mapping),
                   "--count", "3", "--out", str(tmp_path / "panels.png")])
     figures.main(["panels", "--features", str(path), "--segments", *segments[::2], "--count", "2",
@@ -114,7 +115,7 @@ def test_panels_colour_every_probe(tmp_path):
     w, h = _png(tmp_path / "panels.png")
     w2, h2 = _png(tmp_path / "unlabelled.png")
     assert w > w2 and h > h2  # 6 columns × 3 rows against 4 columns × 2 rows
-    assert json.loads(json.dumps(figures.panel_indices(60, 6).tolist())) == [0, 12, 24, 35, 47, 59]
+    assert json.loads(json.dumps(plots.panel_indices(60, 6).tolist())) == [0, 12, 24, 35, 47, 59]
 
 
 def test_calibration_table_marks_the_shifts_used():
@@ -125,12 +126,12 @@ def test_calibration_table_marks_the_shifts_used():
              {"quantiles": {"self": 0.7, "knn": 0.7, "random": 0.95}, "shifts": {"self": 0.3, "knn": 0.2,
                                                                                   "random": 0.4},
               "crf_agreement": 0.9}]
-    chosen = figures.calibration_table({"calibrated": True, "chosen": 1, "preset": {"shifts": preset},
+    chosen = plots.calibration_table({"calibrated": True, "chosen": 1, "preset": {"shifts": preset},
                                         "candidates": cands})
     assert chosen["setting"].tolist() == ["preset", "candidate 1", "candidate 2"]
     assert chosen["used"].tolist() == [False, False, True]
     assert chosen["shift_random"].tolist() == [0.76, 0.9, 0.4] and chosen["crf_agreement"].iloc[2] == 0.9
     assert chosen["quantile_self"].iloc[1] == 0.2 and np.isnan(chosen["quantile_self"].iloc[0])
-    off = figures.calibration_table({"calibrated": False, "chosen": None, "preset": {"shifts": preset},
+    off = plots.calibration_table({"calibrated": False, "chosen": None, "preset": {"shifts": preset},
                                      "candidates": cands})
     assert off["used"].tolist() == [True, False, False]

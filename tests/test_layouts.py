@@ -19,9 +19,10 @@ import pytest
 import yaml
 from helpers import LIST7, SHARED, make_cityscapes, make_coco, make_directory, make_potsdam
 
-from stego_steps import cluster, evaluate, extract, images, knn, plan, predict, prepare, probe, segment, train
+from stego_steps import cluster, extract, images, knn, plan, predict, prepare, probe, protocol, train
 from stego_steps import config as C
 from stego_steps.index import read_index, row_box
+from stego_steps.stages import evaluate, segment
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
@@ -32,7 +33,7 @@ OVERRIDES = {
     "cluster": {"iterations": 3, "batch_images": 2, "init_images": 4, "n_init": 1},
     "probe": {"steps": 3, "batch_size": 2},
 }
-ROWS = list(evaluate.ROWS)
+ROWS = list(protocol.ROWS)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -11,7 +11,8 @@ import pytest
 from helpers import default_run, only_features, snakemake
 from PIL import Image
 
-from stego_steps import segment_images
+from stego_steps import segmenter
+from stego_steps.stages import segment_images
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +100,7 @@ def test_segmenting_the_evaluation_crops_gives_the_evaluation_clusters(run_dir, 
     segment_images.main(["--run", str(results), "--images", str(tmp_path), "--out", str(mapped_out),
                          "--batch-size", "16", "--device", "cpu"])
     mapping = pd.read_csv(results / "mapping" / "cluster_raw.csv")
-    lut = np.where(mapping["class_id"] >= 0, mapping["class_id"], segment_images.NO_CLASS)
+    lut = np.where(mapping["class_id"] >= 0, mapping["class_id"], segmenter.NO_CLASS)
     for i in range(len(crops)):
         np.testing.assert_array_equal(_labels(mapped_out / f"{i:03d}.png"), lut[raw[i]])
     legend = pd.read_csv(mapped_out / "legend.csv")
@@ -119,7 +120,7 @@ def test_images_of_odd_sizes_keep_their_size_and_bad_files_are_counted(run_dir, 
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
     sizes["grey"] = (50, 70)
     # A small block budget: the large image is upsampled in blocks of rows.
-    monkeypatch.setattr(segment_images, "BLOCK_BYTES", 2**20)
+    monkeypatch.setattr(segmenter, "BLOCK_BYTES", 2**20)
     monkeypatch.setattr("stego_steps.cli.setup_logging", lambda verbose=False: None)  # keep caplog's handler
     out = tmp_path / "out"
     with caplog.at_level("INFO"):
@@ -191,17 +192,17 @@ def test_block_upsampling_is_the_bilinear_upsampling(monkeypatch):
 
     code = torch.randn(1, 5, 7, 9, generator=torch.Generator().manual_seed(0))
     identity = torch.nn.Identity()
-    whole = segment_images.labels_at(code, 61, 83, identity)
-    monkeypatch.setattr(segment_images, "BLOCK_BYTES", 5 * 83 * 4 * 6)  # blocks of 6 rows
-    blocks = segment_images.labels_at(code, 61, 83, identity)
+    whole = segmenter.labels_at(code, 61, 83, identity)
+    monkeypatch.setattr(segmenter, "BLOCK_BYTES", 5 * 83 * 4 * 6)  # blocks of 6 rows
+    blocks = segmenter.labels_at(code, 61, 83, identity)
     # The same interpolation by two kernels: values agree to float32 rounding (~1e-7), so only a near-tie
     # between two channels could flip an argmax; on 5063 random pixels there is none.
     np.testing.assert_array_equal(whole, blocks)
 
 
 def test_window_layout():
-    assert segment_images.window_starts(96, 96, 48) == [0]
-    assert segment_images.window_starts(200, 96, 48) == [0, 48, 96, 104]
-    assert segment_images.working_size(1500, 1100, 96, 8) == (128, 96)
-    assert segment_images.working_size(40, 300, 96, 8) == (96, 720)
-    assert segment_images.working_size(5, 3, 96, 8) == (160, 96)
+    assert segmenter.window_starts(96, 96, 48) == [0]
+    assert segmenter.window_starts(200, 96, 48) == [0, 48, 96, 104]
+    assert segmenter.working_size(1500, 1100, 96, 8) == (128, 96)
+    assert segmenter.working_size(40, 300, 96, 8) == (96, 720)
+    assert segmenter.working_size(5, 3, 96, 8) == (160, 96)

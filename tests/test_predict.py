@@ -5,7 +5,7 @@ import numpy as np
 import torch
 from helpers import write_store
 
-from stego_steps import head, segment
+from stego_steps import head, label_maps
 from stego_steps.head import SegmentationHead, flip_tta_code
 from stego_steps.predict import predict_codes
 from stego_steps.store import FeatureStore
@@ -29,7 +29,7 @@ def test_segment_gives_argmax_and_crf_maps(tmp_path):
     with FeatureStore(path, max_memory_gb=0) as store:
         protos = np.stack([store.batch([0])[0, :, 0, 0].numpy(), store.batch([0])[0, :, 0, -1].numpy(),
                            np.random.default_rng(0).standard_normal(16)])
-        raw, crf = segment.segment(lambda i: store.batch([i]), store.dataset("image"), range(1, 3),
+        raw, crf = label_maps.segment(lambda i: store.batch([i]), store.dataset("image"), range(1, 3),
                                    head.cluster_log_probs(protos), crf_workers=1)
     assert raw.shape == crf.shape == (2, 32, 32) and raw.dtype == crf.dtype == np.uint8
     assert raw.max() < 3 and crf.max() < 3
@@ -41,7 +41,7 @@ def test_a_partial_crf_shard_resumes_after_its_finished_images_and_only_for_its_
         protos = np.random.default_rng(0).standard_normal((3, 16))
 
         def run(key: str) -> tuple[np.ndarray, np.ndarray]:
-            return segment.segment(lambda i: store.batch([i]), store.dataset("image"), range(4),
+            return label_maps.segment(lambda i: store.batch([i]), store.dataset("image"), range(4),
                                    head.cluster_log_probs(protos), crf_workers=1, partial=partial, key=key)
 
         raw, crf = run("a")

@@ -12,10 +12,11 @@ import torch
 from helpers import TINY, default_run, only_features, snakemake
 from PIL import Image
 
-from stego_steps import segment, segment_images
+from stego_steps import label_maps, segmenter
 from stego_steps.backbones import backbone_id
 from stego_steps.errors import UserError
 from stego_steps.head import SegmentationHead, save_head
+from stego_steps.stages import segment_images
 from stego_steps.validate import MAX_ASPECT
 
 RUN_SETTINGS = {"backbone": "dino_vits16_random", "seed": 3, "store_dtype": "int8", "precision": "bfloat16",
@@ -107,13 +108,13 @@ def test_extreme_aspect_ratios_are_skipped_and_the_working_image_stays_bounded(w
     for name, size in sizes.items():
         Image.new("RGB", size, (120, 60, 30)).save(folder / f"{name}.png")
     working = {}
-    windows = segment_images.Segmenter.windows
+    windows = segmenter.Segmenter.windows
 
     def spy(self, item):
         working[item.path.stem] = item.working.shape[:2]
         return windows(self, item)
 
-    monkeypatch.setattr(segment_images.Segmenter, "windows", spy)
+    monkeypatch.setattr(segmenter.Segmenter, "windows", spy)
     out = tmp_path / "out"
     segment_images.main(["--run", str(default_run(work)), "--images", str(folder), "--out", str(out),
                          "--device", "cpu"])
@@ -132,10 +133,10 @@ def test_shards_of_other_counts_are_found(tmp_path):
              "linear.1-of-1.h5", "backbone_kmeans.3-of-3.h5", "notes.txt"]
     for name in names:
         (tmp_path / name).write_text("")
-    assert [p.name for p in segment.other_counts(tmp_path / "cluster.2-of-2.h5")] == \
+    assert [p.name for p in label_maps.other_counts(tmp_path / "cluster.2-of-2.h5")] == \
         ["cluster.1-of-1.h5", "cluster.1-of-1.h5.partial"]
-    assert [p.name for p in segment.other_counts(tmp_path / "backbone_kmeans.1-of-3.h5")] == []
-    assert segment.other_counts(tmp_path / "my_output.h5") == []  # not a workflow shard name: nothing
+    assert [p.name for p in label_maps.other_counts(tmp_path / "backbone_kmeans.1-of-3.h5")] == []
+    assert label_maps.other_counts(tmp_path / "my_output.h5") == []  # not a workflow shard name: nothing
 
 
 @pytest.mark.slow

@@ -8,8 +8,9 @@ import math
 import pandas as pd
 import pytest
 
-from stego_steps import tables
+from stego_steps import experiment_tables
 from stego_steps.errors import UserError
+from stego_steps.stages import tables
 
 COLUMNS = "dataset,backbone,probe,crf,pixel_accuracy,miou,n_images\n"
 
@@ -31,7 +32,7 @@ def test_main_table_means_stds_n_and_paper_deltas(tmp_path):
                      "backbone": "dino_vitb8", "path": path})
     runs.append({"dataset": "mine", "variant": "default", "seed": 0, "kind": "directory", "backbone": "dino_vitb8",
                  "path": write_run(tmp_path / "mine.csv", {("cluster", True): (60.0, 40.0)})})
-    table = tables.main_table(tables.read_runs(runs))
+    table = experiment_tables.main_table(experiment_tables.read_runs(runs))
     coco = table[(table["dataset"] == "coco") & (table["probe"] == "cluster") & table["crf"]].iloc[0]
     assert coco["n"] == 3
     assert coco["acc_mean"] == pytest.approx(53.0)
@@ -47,7 +48,7 @@ def test_main_table_means_stds_n_and_paper_deltas(tmp_path):
     mine = table[table["dataset"] == "mine"].iloc[0]
     assert mine["n"] == 1 and math.isnan(mine["miou_std"]) and math.isnan(mine["paper_miou"])
 
-    text = tables.main_markdown(table)
+    text = experiment_tables.main_markdown(table)
     assert ("| coco | dino_vitb8 | default | STEGO cluster | ✓ | 53.0 ± 2.6 | 25.0 ± 4.6 | 3 | 56.9 | 28.2 | -3.9 "
             "| -3.2 |") in text
     assert "| mine | dino_vitb8 | default | STEGO cluster | ✓ | 60.0 | 40.0 | 1 |  |  |  |  |" in text
@@ -64,7 +65,7 @@ def test_ablation_table_axes_and_deltas(tmp_path):
                 ("cluster", False): (70.0, miou - 10 + seed), ("cluster", True): (80.0, miou + seed),
                 ("linear", False): (85.0, 70.0), ("linear", True): (86.0, 71.0)})
             runs.append({"dataset": "d", "variant": variant, "seed": seed, "path": path, "axes": axes})
-    table = tables.ablation_table(tables.read_runs(runs), {r["variant"]: r["axes"] for r in runs})
+    table = experiment_tables.ablation_table(experiment_tables.read_runs(runs), {r["variant"]: r["axes"] for r in runs})
     assert list(table["variant"]) == ["default", "default without CRF", "ablate_mlp", "ablate_knn"]
     assert list(table["crf"]) == [True, False, True, True]
     assert list(table["mlp"]) == [True, True, False, True]
@@ -73,7 +74,7 @@ def test_ablation_table_axes_and_deltas(tmp_path):
     assert list(table["delta_cluster_miou"]) == [0.0, -10.0, -10.0, -20.0]
     assert list(table["n"]) == [2, 2, 2, 2]
     assert table["cluster_miou_std"].iloc[0] == pytest.approx(math.sqrt(0.5))
-    text = tables.ablation_markdown(table)
+    text = experiment_tables.ablation_markdown(table)
     assert ("| ablate_knn | ✓ | ✓ | ✗ | ✓ | ✓ | ✓ | ✗ | ✓ | 80.0 ± 0.0 | 40.5 ± 0.7 | 86.0 ± 0.0 | 71.0 ± 0.0 | 2 "
             "| -20.0 |") in text
 
@@ -87,4 +88,4 @@ def test_cli_writes_both_files_and_names_a_missing_run(tmp_path):
     assert "STEGO cluster" in (tmp_path / "t.md").read_text()
     missing = [{**runs[0], "path": str(tmp_path / "absent.csv")}]
     with pytest.raises(UserError, match="absent.csv is missing"):
-        tables.read_runs(missing)
+        experiment_tables.read_runs(missing)

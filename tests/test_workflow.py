@@ -140,7 +140,7 @@ def test_the_device_reaches_every_model_stage_as_a_resource(tmp_path):
     for stage in ("extract", "knn", "train", "cluster", "probe", "predict"):
         commands = [line for line in text.splitlines() if f"python -m stego_steps.{stage} --" in line]
         assert commands and all("--device cuda" in line for line in commands), stage
-    assert "--device" not in " ".join(line for line in text.splitlines() if "stego_steps.segment " in line)
+    assert "--device" not in " ".join(line for line in text.splitlines() if "stego_steps.stages.segment " in line)
 
 
 def test_command_line_overrides_reach_the_stages(tmp_path):

@@ -19,7 +19,7 @@ from stego_steps import validate as stego_validate
 from stego_steps.config import (DEFAULT_VARIANT, ConfigError, backbone_weights, baseline_key, bookkeeping,
                                 crop_of_index, dataset_settings, features_key, index_name, resolve, seeds,
                                 stage_settings, variants)
-from stego_steps.protocol import BASELINE_PROBES, PROBES, ROWS, SUPERVISED_PROBES, UNSUPERVISED_PROBES
+from stego_steps.protocol import BASELINE_PROBES, PROBES, ROWS, SUPERVISED_PROBES, UNSUPERVISED_PROBES, row_key
 from stego_steps.store import MAX_MEMORY_GB
 from stego_steps.errors import UserError, report_failed_jobs
 from stego_steps import plan as stego_plan
@@ -519,7 +519,7 @@ def figure_targets(ds, variant=DEFAULT_VARIANT, seed=None):
     base = f"{default_run(ds) if seed is None else run_dir(ds, variant, seed)}/figures"
     files = [f"{base}/panels.png", f"{base}/training.png", f"{base}/correlations.png"]
     if labelled(ds):
-        files.extend(f"{base}/confusion_{probe}_{'crf' if crf else 'raw'}.png" for probe, crf in ROWS)
+        files.extend(f"{base}/confusion_{row_key(probe, crf)}.png" for probe, crf in ROWS)
         files.append(f"{base}/per_class_iou.png")
     return files
 

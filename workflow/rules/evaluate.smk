@@ -52,7 +52,7 @@ rule segment:
     conda:
         "../envs/stego.yaml"
     shell:
-        "python -m stego_steps.segment --features {input.features} --probe {wildcards.probe} {params.args}"
+        "python -m stego_steps.stages.segment --features {input.features} --probe {wildcards.probe} {params.args}"
         " --shard {params.shard} --n-shards {params.n_shards} --out {output} --threads {threads} 2> {log}"
         " && python -m stego_steps.provenance record --provenance {params.provenance:q} {output:q}"
 
@@ -89,7 +89,7 @@ rule evaluate:
     conda:
         "../envs/stego.yaml"
     shell:
-        "python -m stego_steps.evaluate --features {input.features} --segments {input.segments}"
+        "python -m stego_steps.stages.evaluate --features {input.features} --segments {input.segments}"
         " --dataset {wildcards.ds} --out-dir {params.out_dir} 2> {log}"
         " && python -m stego_steps.provenance record --provenance {params.provenance:q} {output:q}"
 
@@ -116,7 +116,7 @@ rule evaluate_unlabelled:
     conda:
         "../envs/stego.yaml"
     shell:
-        "python -m stego_steps.evaluate --no-labels --features {input.features} --segments {input.segments}"
+        "python -m stego_steps.stages.evaluate --no-labels --features {input.features} --segments {input.segments}"
         " --dataset {wildcards.ds} --out-dir {params.out_dir} 2> {log}"
         " && python -m stego_steps.provenance record --provenance {params.provenance:q} {output:q}"
 

@@ -33,7 +33,7 @@ rule figure_panels:
     conda:
         "../envs/stego.yaml"
     shell:
-        "python -m stego_steps.figures panels --features {input.features} --segments {input.segments}"
+        "python -m stego_steps.stages.figures panels --features {input.features} --segments {input.segments}"
         " {params.extra} --count {params.n_images} --out {output} 2> {log}"
         " && python -m stego_steps.provenance record --provenance {params.provenance:q} {output:q}"
 
@@ -47,7 +47,7 @@ rule figure_metrics:
     output:
         confusion=[
             report(
-                f"{RUN}/figures/confusion_{probe}_{'crf' if crf else 'raw'}.png",
+                f"{RUN}/figures/confusion_{row_key(probe, crf)}.png",
                 caption="../report/confusion.rst",
                 category="{ds}",
                 subcategory="metrics",
@@ -74,7 +74,7 @@ rule figure_metrics:
     conda:
         "../envs/stego.yaml"
     shell:
-        "python -m stego_steps.figures metrics --confusion {input.confusion} --per-class {input.per_class}"
+        "python -m stego_steps.stages.figures metrics --confusion {input.confusion} --per-class {input.per_class}"
         " --out-dir {params.out_dir} 2> {log}"
         " && python -m stego_steps.provenance record --provenance {params.provenance:q} {output:q}"
 
@@ -103,7 +103,7 @@ rule figure_training:
     conda:
         "../envs/stego.yaml"
     shell:
-        "python -m stego_steps.figures training --log-csv {input} --out {output} 2> {log}"
+        "python -m stego_steps.stages.figures training --log-csv {input} --out {output} 2> {log}"
         " && python -m stego_steps.provenance record --provenance {params.provenance:q} {output:q}"
 
 
@@ -151,7 +151,7 @@ rule figure_correlations:
     conda:
         "../envs/stego.yaml"
     shell:
-        "python -m stego_steps.figures --threads {threads} correlations --features {input.features}"
+        "python -m stego_steps.stages.figures --threads {threads} correlations --features {input.features}"
         " --knn {input.knn} --resolved {input.resolved} --batches {params.batches} --calibration {input.calibration}"
         " --calibration-out {output.calibration} --out {output.png} 2> {log}"
         " && python -m stego_steps.provenance record --provenance {params.provenance:q} {output:q}"

@@ -34,7 +34,7 @@ def _head_steps(ds, variant, seed):
                                                    "mtime_ns": stat and stat.st_mtime_ns,
                                                    "backbone": r["backbone"]})}
     return {**steps, "knn": ("knn", {"k": r["knn_k"]}),
-            "calibrate": ("calibrate", stage_settings(config, ds, "calibrate", variant=variant, seed=seed)),
+            "calibrate": ("stages.calibrate", stage_settings(config, ds, "calibrate", variant=variant, seed=seed)),
             "train": ("train", stage_settings(config, ds, "train", variant=variant, seed=seed))}
 
 
@@ -56,7 +56,7 @@ def _probe_steps(ds, variant, seed, probe):
         stage = "cluster" if probe == "cluster" else "probe"
         steps[stage] = (stage if not RESOLVED[ds][variant]["checkpoint"] else None,
                         stage_settings(config, ds, stage, variant=variant, seed=seed))
-    steps[f"segment_{probe}"] = ("segment", {"probe": probe})
+    steps[f"segment_{probe}"] = ("stages.segment", {"probe": probe})
     return steps
 
 
@@ -64,7 +64,7 @@ def _evaluation_steps(ds, variant, seed, probes, stage="evaluate"):
     steps = {}
     for probe in probes:
         steps.update(_probe_steps(ds, variant, seed, probe))
-    steps[stage] = ("evaluate", {"labelled": stage == "evaluate"})
+    steps[stage] = ("stages.evaluate", {"labelled": stage == "evaluate"})
     return steps
 
 
@@ -86,7 +86,7 @@ def deciding_steps(name, w):
             key = f"{run['dataset']}/{run['variant']}/seed{run['seed']}"
             steps.update({f"{key}/{step}": value for step, value in
                           run_steps(run["dataset"], run["variant"], run["seed"]).items()})
-        return {**steps, "table": ("tables", {"kind": name})}
+        return {**steps, "table": ("stages.tables", {"kind": name})}
     ds = w.ds
     if name == "segment_images":
         # the default run's chain, the folder's files (names, sizes, times) and the stage's code
@@ -96,7 +96,7 @@ def deciding_steps(name, w):
         images = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(Path(folder).rglob("*"))
                   if p.is_file()] if os.path.isdir(folder) else []
         return {**run_steps(ds, DEFAULT_VARIANT, seeds(config, ds)[0]), "images": (None, images),
-                "segment_images": ("segment_images", {"folder": folder})}
+                "segment_images": ("stages.segment_images", {"folder": folder})}
     if name == "dataset_table":
         return run_steps(ds, DEFAULT_VARIANT, seeds(config, ds)[0])
     if name in ("extract", "gather_features"):
@@ -129,9 +129,9 @@ def deciding_steps(name, w):
     if name in ("evaluate", "evaluate_unlabelled"):
         return run_steps(ds, variant, seed)
     if name in ("figure_panels", "figure_metrics"):
-        return {**run_steps(ds, variant, seed), "figures": ("figures", {})}
+        return {**run_steps(ds, variant, seed), "figures": ("stages.figures", {})}
     if name in ("figure_training", "figure_correlations"):
-        return {**head, "figures": ("figures", {})}
+        return {**head, "figures": ("stages.figures", {})}
     raise WorkflowError(f"no provenance steps for rule '{name}'")
 
 

@@ -28,7 +28,7 @@ rule segment_images:
     conda:
         "../envs/stego.yaml"
     shell:
-        "python -m stego_steps.segment_images --run {params.run} --images {params.images:q} --out {output}"
+        "python -m stego_steps.stages.segment_images --run {params.run} --images {params.images:q} --out {output}"
         " --crf --device {resources.device} --threads {threads}"
         " --torch-threads {params.torch_threads} 2> {log}"
         " && python -m stego_steps.provenance record --provenance {params.provenance:q} {output:q}"

@@ -31,7 +31,7 @@ rule table_main:
     conda:
         "../envs/stego.yaml"
     shell:
-        "python -m stego_steps.tables main --runs {params.runs:q} --out-csv {output.csv} --out-md {output.md}"
+        "python -m stego_steps.stages.tables main --runs {params.runs:q} --out-csv {output.csv} --out-md {output.md}"
         " 2> {log}"
         " && python -m stego_steps.provenance record --provenance {params.provenance:q} {output:q}"
 
@@ -58,6 +58,6 @@ rule table_ablation:
     conda:
         "../envs/stego.yaml"
     shell:
-        "python -m stego_steps.tables ablation --runs {params.runs:q} --out-csv {output.csv}"
+        "python -m stego_steps.stages.tables ablation --runs {params.runs:q} --out-csv {output.csv}"
         " --out-md {output.md} 2> {log}"
         " && python -m stego_steps.provenance record --provenance {params.provenance:q} {output:q}"

@@ -37,7 +37,7 @@ rule calibrate:
     conda:
         "../envs/stego.yaml"
     shell:
-        "python -m stego_steps.calibrate --features {input.features} --knn {input.knn} --index {input.index}"
+        "python -m stego_steps.stages.calibrate --features {input.features} --knn {input.knn} --index {input.index}"
         " --settings {params.settings:q} --device {resources.device} --out {output} --threads {threads}"
         " --torch-threads {params.torch_threads}"
         " 2> {log}"

@@ -1,24 +1,9 @@
-"""Stage `figures`: pictures of a finished run (matplotlib, written as PNG under `results/{ds}/figures/`).
-
-Subcommands:
-- `panels`: N evaluation images in rows, columns image | ground truth | cluster | cluster + CRF | linear (+ CRF) |
-  backbone K-Means (+ CRF). Predictions are coloured through the saved Hungarian mapping (`mapping/*.csv` of
-  the evaluate stage), so one class has one colour in every column; clusters that the matching leaves
-  unassigned are grey, unlabelled pixels black. Without labels every cluster gets its own colour.
-- `metrics`: one confusion heat map per evaluated row (rows: clusters in the order of their matched class,
-  columns: true classes, colour: share of each true class's pixels) and per-class IoU bars.
-- `training`: the total loss and each term per step (thin line) with a moving average.
-- `correlations`: histograms of the feature correlations F that each loss term compares with its shift, drawn
-  with the training stage's own sampling (KNN positives, random coordinates, negative permutations) from the
-  cached training features, a few seeded batches; the shift is marked and the share of pairs above it (pulled
-  together) is written next to it and into a CSV. Points with F above the shift are attracted, below repelled.
-"""
+"""The pictures of a finished run (matplotlib figures): segmentation panels, confusion heat maps, per-class IoU,
+training curves, feature-correlation histograms and the calibration table."""
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -28,15 +13,12 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-import torch  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from stego_steps.artifacts import atomic_path, read_npy, write_csv  # noqa: E402
-from stego_steps.cli import base_parser, progress, setup_logging  # noqa: E402
-from stego_steps.errors import cli  # noqa: E402
-from stego_steps.loss import TERMS, feature_correlation, negative_perm, random_coords, sample  # noqa: E402
-from stego_steps.protocol import ROWS, SUPERVISED_PROBES  # noqa: E402
-from stego_steps.segmentations import palette, read_predictions  # noqa: E402
+from stego_steps.artifacts import atomic_path  # noqa: E402
+from stego_steps.label_maps import palette, read_predictions  # noqa: E402
+from stego_steps.loss import TERMS  # noqa: E402
+from stego_steps.protocol import SUPERVISED_PROBES, row_key  # noqa: E402
 from stego_steps.store import FeatureStore  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -48,11 +30,6 @@ TITLES = {("cluster", False): "cluster", ("cluster", True): "cluster + CRF", ("l
           ("backbone_kmeans", True): "backbone K-Means + CRF",
           ("backbone_linear", False): "backbone linear", ("backbone_linear", True): "backbone linear + CRF"}
 PANEL_ROWS = (("cluster", False), ("cluster", True), ("linear", True), ("backbone_kmeans", True))
-
-
-def row_key(probe: str, crf: bool) -> str:
-    """The file stem of an evaluated row (`cluster_crf`, `linear_raw`, ...), as the evaluate stage names them."""
-    return f"{probe}_{'crf' if crf else 'raw'}"
 
 
 def colourize(ids: np.ndarray, colours: np.ndarray, lut: np.ndarray | None = None) -> np.ndarray:
@@ -209,34 +186,6 @@ def training_figure(steps: pd.DataFrame) -> plt.Figure:
     return fig
 
 
-def correlation_samples(store: FeatureStore, knn: np.ndarray, settings: dict, *, batches: int = 4,
-                        seed: int = 0) -> dict[str, np.ndarray]:
-    """Feature correlations F of the self, KNN and random terms over `batches` seeded training batches.
-
-    Anchors, positives (uniform over KNN ranks 1..neighbours), sampling coordinates and negative permutations
-    are drawn the way the training stage draws them, without its feature dropout."""
-    from stego_steps.batches import BatchSampler
-
-    g = torch.Generator().manual_seed(seed)
-    batch = min(settings["batch_size"], store.n)
-    sampler = BatchSampler(knn, batch, settings["neighbours"], g)
-    centre = settings["spatial_centering"]
-    out: dict[str, list[np.ndarray]] = {t: [] for t in TERMS}
-    for _ in progress(range(batches), desc="correlations"):
-        anchors, positives = sampler.next()
-        f, f_pos = store.batch(anchors), store.batch(positives)
-        n = len(anchors)
-        c1, c2 = random_coords(n, settings["samples"], g), random_coords(n, settings["samples"], g)
-        s1, s2 = sample(f, c1), sample(f_pos, c2)
-        out["self"].append(feature_correlation(s1, s1, spatial_centering=centre).flatten().numpy())
-        out["knn"].append(feature_correlation(s1, s2, spatial_centering=centre).flatten().numpy())
-        for _ in range(settings["negatives"]):
-            perm = negative_perm(n, g)
-            neg = sample(f[perm], c2)
-            out["random"].append(feature_correlation(s1, neg, spatial_centering=centre).flatten().numpy())
-    return {t: np.concatenate(v) for t, v in out.items()}
-
-
 def correlation_summary(values: dict[str, np.ndarray], shifts: dict[str, float]) -> pd.DataFrame:
     """Quantiles of each term's F and the share of pairs above its shift (those the term pulls together)."""
     return pd.DataFrame([{"term": t, "shift": shifts[t], "pairs": len(v), "mean": float(v.mean()),
@@ -277,58 +226,3 @@ def correlation_figure(values: dict[str, np.ndarray], shifts: dict[str, float], 
     axes[0].set_ylabel("point pairs")
     fig.tight_layout()
     return fig
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = base_parser(__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("panels")
-    p.add_argument("--features", type=Path, required=True, help="evaluation split feature store (.h5)")
-    p.add_argument("--segments", type=Path, nargs="+", required=True)
-    p.add_argument("--mapping", type=Path, help="the evaluate stage's mapping/ folder (labelled datasets)")
-    p.add_argument("--count", type=int, default=6, help="images in the panel")
-    p.add_argument("--out", type=Path, required=True)
-    m = sub.add_parser("metrics")
-    m.add_argument("--confusion", type=Path, required=True, help="the evaluate stage's confusion/ folder")
-    m.add_argument("--per-class", type=Path, required=True, help="per_class_iou.csv")
-    m.add_argument("--out-dir", type=Path, required=True)
-    t = sub.add_parser("training")
-    t.add_argument("--log-csv", type=Path, required=True)
-    t.add_argument("--out", type=Path, required=True)
-    c = sub.add_parser("correlations")
-    c.add_argument("--features", type=Path, required=True, help="training split feature store (.h5)")
-    c.add_argument("--knn", type=Path, required=True)
-    c.add_argument("--resolved", type=Path, required=True, help="the training stage's settings.json")
-    c.add_argument("--batches", type=int, default=4)
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--calibration", type=Path, help="the calibrate stage's artifact: its choice as a table")
-    c.add_argument("--calibration-out", type=Path, help="CSV: the calibration table")
-    c.add_argument("--out", type=Path, required=True, help="PNG; the summary goes next to it as .csv")
-    args = parser.parse_args(argv)
-    setup_logging(args.verbose)
-    torch.set_num_threads(max(args.threads, 1))
-    if args.command == "panels":
-        with FeatureStore(args.features, max_memory_gb=0) as store:
-            save_figure(panels(store, args.segments, args.mapping, args.count), args.out)
-    elif args.command == "metrics":
-        for probe, crf in ROWS:
-            key = row_key(probe, crf)
-            table = pd.read_csv(args.confusion / f"{key}.csv", keep_default_na=False)
-            save_figure(confusion_figure(table, f"confusion: {TITLES[probe, crf]}"),
-                        args.out_dir / f"confusion_{key}.png")
-        save_figure(iou_figure(pd.read_csv(args.per_class)), args.out_dir / "per_class_iou.png")
-    elif args.command == "training":
-        save_figure(training_figure(pd.read_csv(args.log_csv)), args.out)
-    else:
-        settings = json.loads(args.resolved.read_text())["settings"]
-        with FeatureStore(args.features) as store:
-            values = correlation_samples(store, read_npy(args.knn, "KNN table"), settings, batches=args.batches,
-                                         seed=args.seed)
-        write_csv(args.out.with_suffix(".csv"), correlation_summary(values, settings["shifts"]))
-        save_figure(correlation_figure(values, settings["shifts"], settings["spatial_centering"]), args.out)
-        if args.calibration and args.calibration_out:
-            write_csv(args.calibration_out, calibration_table(json.loads(args.calibration.read_text())))
-
-
-if __name__ == "__main__":
-    cli(main)

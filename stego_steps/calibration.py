@@ -1,50 +1,24 @@
-"""Stage `calibrate`: label-free choice of the loss shifts from the statistics of the feature correlation.
-
-The shift b of each loss term (self, KNN, random) decides which point pairs attract (F > b) and which repel.
-The released shifts were tuned by hand for DINO on each dataset and do not transfer to other backbones or
-data, whose correlations have other scales. This stage samples training batches exactly as the `train` stage
-does (anchors, KNN positives drawn from ranks 1..k, random negatives, S×S random points, the loss's channel
-dropout and spatial centering), collects the feature correlation F of every term and expresses each candidate
-setting as quantiles of its term's distribution (the fraction of pairs that repel), so that a candidate means
-the same whatever the backbone's scale.
-
-Which fraction is right depends on the data: on scenes whose parts the features separate cleanly, most pairs
-within an image and with a neighbour should attract; on street photos most should repel. With more than one
-candidate the stage chooses by a label-free criterion: it trains a short head per candidate, clusters its
-codes on the training set, and measures the share of pixels of some training images whose cluster the dense
-CRF changes (segments that follow the images' own colour edges give it little to change). The first candidate
-is the default; another replaces it only if the CRF changes at most `selection.ratio` times as many pixels of
-its clusters, because a candidate that makes more pairs attract also coarsens the segments, which leaves the
-CRF less to change whether or not they are right. It reads training features, the KNN table and training
-images, never labels.
-
-Writes a JSON artifact with the shifts and weights that `train` uses, the preset's values, the statistics of
-F per term (mean, std, quantiles, and the quantile at which the preset's shift sits), each candidate's shifts
-and criterion, and the sampling settings. With calibration off it still writes the statistics, and the
-preset's shifts unchanged.
-"""
+"""Label-free choice of the loss shifts from the statistics of the feature correlation (the calibrate stage's
+computation; the stage's help text says how and why)."""
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
-from pathlib import Path
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 import pandas as pd
 import torch
 
 from stego_steps import images
-from stego_steps.artifacts import read_npy, write_json
-from stego_steps.batches import BatchSampler
-from stego_steps.cli import base_parser, parse_stage_args, settings_arg
-from stego_steps.crf import refine_labels
-from stego_steps.errors import UserError, cli
+from stego_steps.correlations import term_correlations
+from stego_steps.errors import UserError
 from stego_steps.head import cluster_log_probs, log_probs_at
 from stego_steps.index import row_box
 from stego_steps.kmeans import Embed, spherical_kmeans
-from stego_steps.loss import TERMS, feature_correlation, negative_perm, random_coords, sample
+from stego_steps.label_maps import raw_and_crf
+from stego_steps.loss import TERMS
 from stego_steps.store import FeatureStore
 from stego_steps.training import train
 
@@ -68,48 +42,6 @@ def calibration_enabled(mode: bool | str, kind: str, backbone: str) -> tuple[boo
     if kind == "demo":
         return False, "auto: the demo preset's shifts were chosen on the demo scenes"
     return True, f"auto: no released shifts for {backbone} on a dataset of kind {kind}"
-
-
-def channel_dropout(x: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:
-    """Dropout2d as the loss sees it in training (whole channels, survivors scaled by 1/(1-p)), drawn from
-    `generator` so that the statistics are reproducible."""
-    if p <= 0:
-        return x
-    keep = (torch.rand(x.shape[0], x.shape[1], 1, 1, generator=generator) >= p).to(x.dtype)
-    return x * keep / (1 - p)
-
-
-def _subsample(values: torch.Tensor, n: int, generator: torch.Generator) -> np.ndarray:
-    flat = values.reshape(-1)
-    if flat.numel() > n:
-        flat = flat[torch.randint(flat.numel(), (n,), generator=generator)]
-    return flat.float().numpy()
-
-
-def term_correlations(store: FeatureStore, knn: np.ndarray, settings: Mapping, *, batches: int,
-                      per_batch: int, seed: int) -> dict[str, np.ndarray]:
-    """F values of every term over `batches` training batches (a random subset of `per_batch` per batch and
-    term), sampled the way the `train` stage samples them."""
-    s = settings
-    g = torch.Generator().manual_seed(seed)
-    sampler = BatchSampler(knn, min(s["batch_size"], store.n), s["neighbours"], g)
-    out: dict[str, list[np.ndarray]] = {t: [] for t in TERMS}
-    for _ in range(batches):
-        anchors, positives = sampler.next()
-        f = store.batch(anchors).float().cpu()
-        f_pos = store.batch(positives).float().cpu()
-        f = channel_dropout(f, s["dropout"], g)
-        f_pos = channel_dropout(f_pos, s["dropout"], g)
-        n = len(anchors)
-        coords1, coords2 = random_coords(n, s["samples"], g), random_coords(n, s["samples"], g)
-        perms = [negative_perm(n, g) for _ in range(s["negatives"])]
-        fa, fp = sample(f, coords1), sample(f_pos, coords2)
-        kw = {"spatial_centering": s["spatial_centering"]}
-        out["self"].append(_subsample(feature_correlation(fa, fa, **kw), per_batch, g))
-        out["knn"].append(_subsample(feature_correlation(fa, fp, **kw), per_batch, g))
-        negatives = torch.cat([feature_correlation(fa, sample(f[p], coords2), **kw) for p in perms])
-        out["random"].append(_subsample(negatives, per_batch, g))
-    return {t: np.concatenate(v) for t, v in out.items()}
 
 
 def term_statistics(values: np.ndarray, preset_shift: float) -> dict:
@@ -151,19 +83,16 @@ def training_images(index: pd.DataFrame, store: FeatureStore, rows: np.ndarray) 
 def crf_agreement(embed: Embed, store: FeatureStore, rows: np.ndarray, pictures: list[np.ndarray],
                   centroids: np.ndarray, workers: int) -> float:
     """Fraction of pixels of the given training images whose cluster the dense CRF leaves unchanged: high
-    when the clusters' segments follow the images' colour edges (label-free)."""
+    when the clusters' segments follow the images' colour edges (label-free). The maps are the segment
+    stage's, computed by the same function."""
     to_log_probs = cluster_log_probs(centroids)
-    raw = []
 
-    def items():
+    def items() -> Iterator[tuple[np.ndarray, torch.Tensor]]:
         for row, picture in zip(rows, pictures, strict=True):
             with torch.no_grad():
-                lp = log_probs_at(embed(store.batch([row])), picture.shape[0], to_log_probs)
-            raw.append(lp.argmax(0))
-            yield picture, lp
+                yield picture, log_probs_at(embed(store.batch([row])), picture.shape[0], to_log_probs)
 
-    refined = list(refine_labels(items(), workers=workers))
-    return float(np.mean([(r == c).mean() for r, c in zip(raw, refined, strict=True)]))
+    return float(np.mean([(raw == crf).mean() for raw, crf in raw_and_crf(items(), workers=workers)]))
 
 
 def candidate_agreements(store: FeatureStore, knn: np.ndarray, settings: Mapping,
@@ -245,28 +174,3 @@ def calibrate(store: FeatureStore, knn: np.ndarray, settings: Mapping, index: pd
         "selection": dict(c["selection"]) if enabled and len(candidates) > 1 else None,
         "backbone": s["backbone"], "n_train": store.n,
     }
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = base_parser(__doc__, device=True)
-    parser.add_argument("--features", type=Path, required=True, help="train split feature store (.h5)")
-    parser.add_argument("--knn", type=Path, required=True, help="KNN table of the train split (.npy)")
-    parser.add_argument("--index", type=Path, required=True,
-                        help="index of the train split (.csv): its images, for choosing among candidates")
-    parser.add_argument("--settings", type=settings_arg, required=True,
-                        help="JSON: the train stage's settings plus calibrate, calibration, cluster, kind, backbone")
-    parser.add_argument("--out", type=Path, required=True, help="output: calibration artifact (JSON)")
-    args = parse_stage_args(parser, argv)
-    knn = read_npy(args.knn, "KNN table")
-    index = pd.read_csv(args.index, dtype={"id": str})
-    # Only the feature datasets and ids are read: labels stored beside them are never opened.
-    with FeatureStore(args.features) as store:
-        if len(knn) != store.n:
-            raise UserError(f"KNN table {args.knn} has {len(knn)} rows but {args.features} has {store.n} "
-                            f"samples; delete {args.knn} and rerun (the knn stage re-makes it)")
-        result = calibrate(store, knn, args.settings, index, workers=args.threads, device=args.device)
-    write_json(args.out, result)
-
-
-if __name__ == "__main__":
-    cli(main)

@@ -1,0 +1,1 @@
+"""The workflow's stages: one module per step, each a thin `main()` over library calls."""

@@ -9,8 +9,8 @@ import pytest
 from stego_steps import provenance
 
 PACKAGE = Path(provenance.__file__).resolve().parent
-STAGES = ("prepare", "extract", "knn", "calibrate", "train", "cluster", "probe", "predict", "segment", "evaluate",
-          "figures", "tables", "checkpoint")
+STAGES = ("prepare", "extract", "knn", "stages.calibrate", "train", "cluster", "probe", "predict", "stages.segment",
+          "stages.evaluate", "stages.figures", "stages.tables", "checkpoint")
 
 
 @pytest.fixture
@@ -67,7 +67,7 @@ def test_a_compute_function_edit_changes_exactly_the_stages_that_call_it(package
     returns = text.index("return", body_start)
     (package / "loss.py").write_text(text[:returns] + "x_unused = 1\n    " + text[returns:])
     after = digests(package)
-    assert changed(before, after) == {"calibrate", "train"}
+    assert changed(before, after) == {"stages.calibrate", "train"}
 
 
 def test_an_evaluation_edit_changes_only_the_evaluation(package):
@@ -77,7 +77,8 @@ def test_an_evaluation_edit_changes_only_the_evaluation(package):
     returns = metrics.index("return", start)
     (package / "metrics.py").write_text(metrics[:returns] + "unused = 0\n    " + metrics[returns:])
     callers = {stage for stage in STAGES if "metrics:scores" in provenance.code_closure(stage, package_dir=package)}
-    assert "evaluate" in callers and not callers & {"extract", "knn", "calibrate", "train", "cluster", "segment"}
+    assert "stages.evaluate" in callers
+    assert not callers & {"extract", "knn", "stages.calibrate", "train", "cluster", "stages.segment"}
     assert changed(before, digests(package)) == callers
 
 

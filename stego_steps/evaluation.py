@@ -32,6 +32,18 @@ def evaluate(labels: np.ndarray, predictions: dict[str, dict[bool, np.ndarray]],
     return rows, confusions
 
 
+def score_tables(rows: list[dict], names: list[str], *, dataset: str, backbone: str,
+                 n_images: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The rows of `evaluate` as the metrics table (accuracy, mIoU per probe and CRF) and the per-class IoU
+    table (percent), both tagged with the dataset and backbone."""
+    common = {"dataset": dataset, "backbone": backbone}
+    table = pd.DataFrame([{**common, **{k: v for k, v in r.items() if k not in ("iou", "assignment")},
+                           "n_images": n_images} for r in rows])
+    per_class = pd.DataFrame([{**common, "probe": r["probe"], "crf": r["crf"], "class_id": k, "class": name,
+                               "iou": 100.0 * r["iou"][k]} for r in rows for k, name in enumerate(names)])
+    return table, per_class
+
+
 def crf_effect(per_class: pd.DataFrame) -> pd.DataFrame:
     """Per probe and class: IoU without and with the CRF and the difference (positive = the CRF helps)."""
     wide = per_class.pivot_table(index=["probe", "class_id", "class"], columns="crf", values="iou").dropna()

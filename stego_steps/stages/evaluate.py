@@ -33,6 +33,7 @@ from stego_steps.evaluation import (
     crf_effect,
     evaluate,
     mapping_table,
+    score_tables,
     segment_clusters,
 )
 from stego_steps.label_maps import read_predictions
@@ -64,11 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     n_clusters = segment_clusters(args.segments)
     predictions = {p: read_predictions(args.segments, p, len(labels)) for p in PROBES if p in n_clusters}
     rows, confusions = evaluate(labels, predictions, n_clusters, n_classes)
-    common = {"dataset": args.dataset, "backbone": backbone}
-    table = pd.DataFrame([{**common, **{k: v for k, v in r.items() if k not in ("iou", "assignment")},
-                            "n_images": len(labels)} for r in rows])
-    per_class = pd.DataFrame([{**common, "probe": r["probe"], "crf": r["crf"], "class_id": k, "class": name,
-                               "iou": 100.0 * r["iou"][k]} for r in rows for k, name in enumerate(names)])
+    table, per_class = score_tables(rows, names, dataset=args.dataset, backbone=backbone, n_images=len(labels))
     for r in rows:
         key = row_key(r["probe"], r["crf"])
         mapping = mapping_table(confusions[key], r["assignment"], names)

@@ -3,7 +3,6 @@ the CRF's effect per class, the cluster → class mapping and the cluster shares
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -15,7 +14,6 @@ from stego_steps.artifacts import open_h5
 from stego_steps.errors import UserError
 from stego_steps.protocol import ROWS, SUPERVISED_PROBES, row_key
 
-log = logging.getLogger(__name__)
 
 def evaluate(labels: np.ndarray, predictions: dict[str, dict[bool, np.ndarray]], n_clusters: dict[str, int],
              n_classes: int) -> tuple[list[dict], dict[str, np.ndarray]]:

@@ -3,7 +3,6 @@ ablation table, as CSV frames and Markdown. Reads no model: no torch import."""
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +10,6 @@ import pandas as pd
 
 from stego_steps.artifacts import atomic_path, write_csv
 from stego_steps.errors import UserError
-
-log = logging.getLogger(__name__)
 
 METHODS = {"cluster": "STEGO cluster", "linear": "STEGO linear probe", "backbone_kmeans": "backbone K-Means",
            "backbone_linear": "backbone linear probe"}

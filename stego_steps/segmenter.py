@@ -4,7 +4,6 @@ sliding windows through backbone and head, label maps at the original size (the 
 from __future__ import annotations
 
 import json
-import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -34,8 +33,6 @@ from stego_steps.label_maps import palette
 from stego_steps.protocol import row_key
 from stego_steps.store import as_stored
 from stego_steps.validate import MAX_ASPECT
-
-log = logging.getLogger(__name__)
 
 NO_CLASS = 255  # label of a cluster without a matched class
 BLOCK_BYTES = 256 * 2**20  # upsampled codes held at once

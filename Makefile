@@ -30,6 +30,7 @@ report: demo
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/snakemake --lint
+	$(BIN)/snakefmt --check workflow Snakefile
 
 test: lint
 	$(BIN)/python -m pytest -p no:cacheprovider -q

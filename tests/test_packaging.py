@@ -82,3 +82,12 @@ def test_license_is_an_spdx_expression_that_the_build_accepts(tmp_path):
     metadata = (dist / "METADATA").read_text()
     assert "License-Expression: MIT\n" in metadata and "Requires-Python: >=3.11\n" in metadata
     assert "License-File: LICENSE\n" in metadata and (dist / "licenses" / "LICENSE").is_file()
+
+
+def test_the_citation_names_the_package_version():
+    """The version lives in stego_steps/__init__.py (pyproject reads it); CITATION.cff cannot, so it is checked."""
+    import stego_steps
+
+    assert "version" in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dynamic"]
+    citation = yaml.safe_load((ROOT / "CITATION.cff").read_text())
+    assert str(citation["version"]) == stego_steps.__version__

@@ -25,7 +25,7 @@ from typing import Any
 
 from stego_steps import store
 from stego_steps.artifacts import write_text
-from stego_steps.backbones import backbone_info
+from stego_steps.backbone_specs import backbone_info
 from stego_steps.cli import base_parser, parse_stage_args, settings_arg
 from stego_steps.errors import UserError, cli
 from stego_steps.index import is_labelled, read_index

@@ -12,7 +12,7 @@ from pathlib import Path
 import h5py
 from snakemake.utils import validate
 
-from stego_steps import backbones, datasets
+from stego_steps import backbone_specs, datasets
 from stego_steps import config as stego_config
 from stego_steps import resources as stego_resources
 from stego_steps import validate as stego_validate
@@ -61,14 +61,14 @@ for _ds in config["run"]:
 # `prepare`: demo, directory), stop here.
 for _ds, _entry in config["datasets"].items():
     try:
-        backbones.backbone_info(PRESETS[_ds]["backbone"])
+        backbone_specs.backbone_info(PRESETS[_ds]["backbone"])
     except ValueError as err:
         raise WorkflowError(f"dataset '{_ds}' (preset '{_entry['preset']}' and its overrides), key backbone: {err}")
     # Every variant: its resolutions against its backbone's patch size, its knn_k against its training split
     # (counted from the index when `prepare` has written it).
     for _v, _r in RESOLVED[_ds].items():
         try:
-            _stride = backbones.backbone_info(_r["backbone"])["stride"]
+            _stride = backbone_specs.backbone_info(_r["backbone"])["stride"]
         except ValueError as err:
             raise WorkflowError(f"dataset '{_ds}', variant '{_v}', key backbone: {err}")
         for _key in ("train_res", "eval_res"):
@@ -275,7 +275,7 @@ def backbone_weights_input(wildcards):
     if path and not os.path.exists(path) and downloadable(path):
         return [path]
     try:
-        backbones.check_weights(backbone, path)
+        backbone_specs.check_weights(backbone, path)
     except (ValueError, RuntimeError, FileNotFoundError) as err:
         message = f"backbone '{backbone}' (dataset '{wildcards.ds}'): {err}"
         if path and os.path.relpath(path, "resources").startswith("dino") and config["offline"]:

@@ -65,6 +65,15 @@ def labelled_tree(root: Path, train: int = 10, val: int = 2) -> Path:
     return root
 
 
+def labelled_folder(root: Path, train: int = 12, val: int = 2) -> Path:
+    """A `directory` dataset with more training images than the presets' knn_k (the DAG checks it)."""
+    for split, n in (("train", train), ("val", val)):
+        for k in range(n):
+            jpg(root / "imgs" / split / f"{k}.jpg", rgb(32, 32, k))
+            png(root / "labels" / split / f"{k}.png", np.full((32, 32), k % 2, np.uint8))
+    return root
+
+
 def user_files(workdir: Path) -> None:
     """What the docs' commands assume the reader has: their config, a folder of photos, the CamVid tree."""
     for name in ("config", "workflow"):  # `--configfile config/…`, `--workflow-profile workflow/profiles/…`

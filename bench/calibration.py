@@ -34,10 +34,10 @@ from stego_steps.calibration import calibrate
 from stego_steps.cli import setup_logging
 from stego_steps.config import features_key, index_name, load_schema, resolve, stage_settings
 from stego_steps.head import cluster_log_probs, flip_tta_code
+from stego_steps.head_training import train
 from stego_steps.kmeans import spherical_kmeans
 from stego_steps.label_maps import segment
 from stego_steps.store import FeatureStore
-from stego_steps.training import train
 
 log = logging.getLogger("bench.calibration")
 

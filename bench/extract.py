@@ -21,9 +21,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from stego_steps import extract, images, prepare
+from stego_steps import images
 from stego_steps.backbones import build_backbone
 from stego_steps.index import read_index
+from stego_steps.stages import extract, prepare
 
 
 def sync(device: str) -> None:

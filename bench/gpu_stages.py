@@ -21,10 +21,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from stego_steps import extract, kmeans, loss, prepare, probe, training
+from stego_steps import head_training, kmeans, loss
 from stego_steps.backbones import build_backbone
 from stego_steps.index import read_index
-from stego_steps.predict import predict_codes
+from stego_steps.stages import extract, prepare, probe
+from stego_steps.stages.predict import predict_codes
 from stego_steps.store import FeatureStore
 
 TRAIN = {"code_dim": 90, "dropout": 0.1, "lr": 5e-4, "checkpoint_every": 10**9, "samples": 11, "negatives": 5,
@@ -118,7 +119,7 @@ def main() -> None:
         rows.append({"stage": "knn (CPU)", "backbone": name, "seconds": t, "throughput": store.n / t,
                      "unit": "queries/s"})
         s = {**TRAIN, "batch_size": args.batch, "steps": args.steps}
-        (head, log), t = timed(dev, training.train, store, table, s, device=dev)
+        (head, log), t = timed(dev, head_training.train, store, table, s, device=dev)
         step_s = t / args.steps
         rows.append({"stage": f"train (batch {args.batch})", "backbone": name, "seconds": t,
                      "throughput": 1 / step_s, "unit": "steps/s"})

@@ -28,8 +28,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from stego_steps import head_training
 from stego_steps import store as store_mod
-from stego_steps import training
 from stego_steps.batches import StepDraws, StreamingBatches
 from stego_steps.store import FeatureStore
 
@@ -65,10 +65,10 @@ def run(path: Path, knn: np.ndarray, mode: str, steps: int, device: str) -> floa
     budget = {"memory": 1000.0, "stream": 1e-4, "disk, no prefetch": 0.0}[mode]
     cls = DirectDisk if mode == "disk, no prefetch" else FeatureStore
     with cls(path, max_memory_gb=budget, device=device) as store:
-        training.train(store, knn, {**SETTINGS, "steps": 3}, device=device)  # warm-up
+        head_training.train(store, knn, {**SETTINGS, "steps": 3}, device=device)  # warm-up
         sync(device)
         start = time.perf_counter()
-        training.train(store, knn, {**SETTINGS, "steps": steps}, device=device)
+        head_training.train(store, knn, {**SETTINGS, "steps": steps}, device=device)
         sync(device)
         return steps / (time.perf_counter() - start)
 
@@ -123,7 +123,7 @@ def main() -> None:
         prof = cProfile.Profile()
         with FeatureStore(path, max_memory_gb=1e-4) as store:
             prof.enable()
-            training.train(store, knn, {**SETTINGS, "steps": args.steps}, device=args.device)
+            head_training.train(store, knn, {**SETTINGS, "steps": args.steps}, device=args.device)
             prof.disable()
         prof.dump_stats(args.work / "streaming.prof")
         pstats.Stats(prof).sort_stats("tottime").print_stats(15)

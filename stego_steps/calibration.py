@@ -15,12 +15,12 @@ from stego_steps import images
 from stego_steps.correlations import term_correlations
 from stego_steps.errors import UserError
 from stego_steps.head import cluster_log_probs, log_probs_at
+from stego_steps.head_training import train
 from stego_steps.index import row_box
 from stego_steps.kmeans import Embed, spherical_kmeans
 from stego_steps.label_maps import raw_and_crf
 from stego_steps.loss import TERMS
 from stego_steps.store import FeatureStore
-from stego_steps.training import train
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Checksum-verified downloads into `resources/`, and unpacking of the downloaded archives.
 
-`python -m stego_steps.download --url U [--sha256 S | --md5 M] [--size N] --out P [--extract-to DIR]`
+`python -m stego_steps.stages.download --url U [--sha256 S | --md5 M] [--size N] --out P [--extract-to DIR]`
 
 The bytes go to `.<name>.part` next to `P`; only a complete download whose checksum (and size) match is
 renamed onto `P`, so the final path never holds a partial or wrong file. An interrupted download resumes
@@ -14,7 +14,6 @@ instead of a URL (data behind a login), a missing `P` stops with TEXT. The table
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import importlib.resources
 import logging
@@ -34,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from stego_steps.errors import UserError, cli
+from stego_steps.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -193,34 +192,3 @@ def extract(archive: str | Path, dest: str | Path) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dest
-
-
-def main(argv: list[str] | None = None) -> None:
-    from stego_steps.cli import setup_logging
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--url", help="where to download from (http, https, ftp or file URL)")
-    parser.add_argument("--sha256")
-    parser.add_argument("--md5")
-    parser.add_argument("--size", type=int, help="expected size in bytes")
-    parser.add_argument("--out", type=Path, required=True, help="the file to write")
-    parser.add_argument("--extract-to", type=Path, help="unpack the (downloaded or present) archive into DIR")
-    parser.add_argument("--instructions", help="data that cannot be downloaded: say this when --out is missing")
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the server")
-    parser.add_argument("--verbose", action="store_true")
-    args = parser.parse_args(argv)
-    setup_logging(args.verbose)
-    if not args.out.exists():
-        if args.instructions:
-            raise UserError(f"{args.out} is missing and cannot be downloaded automatically.\n{args.instructions}")
-        if not args.url:
-            raise UserError(f"{args.out} is missing and no --url says where to download it from")
-        download(args.url, args.out, sha256=args.sha256, md5=args.md5, size=args.size, timeout=args.timeout)
-    else:
-        log.info("%s is present; not downloading it", args.out)
-    if args.extract_to:
-        extract(args.out, args.extract_to)
-
-
-if __name__ == "__main__":
-    cli(main)

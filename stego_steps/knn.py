@@ -1,7 +1,5 @@
-"""Stage `knn`: nearest-neighbour table of the pooled image descriptors, cosine top-k over the same split,
-self first.
-
-    python -m stego_steps.knn --features results/demo/features/bb/train.h5 --k 7 --out train.npy
+"""The nearest-neighbour table of the pooled image descriptors, cosine top-k over the same split, self first
+(the `knn` stage, `stego_steps.stages.knn`, writes it).
 
 Exact search with a FAISS inner-product index on L2-normalised float32 vectors: with `--device cpu` on the
 CPU, otherwise on the GPU when there is one and the FAISS build supports it. Row i of the table is
@@ -12,15 +10,12 @@ similarity. Training draws the positive uniformly from columns 1..k.
 from __future__ import annotations
 
 import logging
-import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from stego_steps.artifacts import open_h5, write_npy
-from stego_steps.cli import base_parser, parse_stage_args, progress
-from stego_steps.errors import UserError, cli
+from stego_steps.cli import progress
+from stego_steps.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -101,38 +96,3 @@ def knn_table(pooled: Any, k: int, *, use_gpu: bool | None = None, gpu: int = 0)
     if (table < 0).any():
         raise RuntimeError("FAISS returned missing neighbours (-1); the index is incomplete")
     return _self_first(table)
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = base_parser("Cosine nearest-neighbour table of the pooled features (self in column 0).", device=True)
-    parser.add_argument(
-        "--features", required=True, type=Path, help="HDF5 feature store with dataset 'pooled'"
-    )
-    parser.add_argument("--k", type=int, default=7, help="neighbours per sample besides itself")
-    parser.add_argument("--out", required=True, type=Path, help="output .npy, int64 [N, 1+k]")
-    args = parse_stage_args(parser, argv)
-
-    import faiss
-
-    faiss.omp_set_num_threads(max(1, args.torch_threads))
-    with open_h5(args.features, "feature store") as f:
-        if "pooled" not in f:
-            raise UserError(f"{args.features} has no dataset 'pooled' (found: {sorted(f.keys())}); it is not a "
-                            f"feature store of this workflow: delete it and rerun (extract re-makes it)")
-        pooled = np.asarray(f["pooled"][...], dtype=np.float32)
-    # The device as resolved for torch: on a GPU, FAISS searches on the same GPU when its build has GPU support.
-    use_gpu = None if args.device.startswith("cuda") else False
-    gpu = int(args.device.partition(":")[2] or 0)
-    log.info(
-        "knn: pooled features %s from %s, k=%d, %d threads", pooled.shape, args.features, args.k,
-        args.torch_threads,
-    )
-    start = time.perf_counter()
-    table = knn_table(pooled, args.k, use_gpu=use_gpu, gpu=gpu)
-    log.info("knn: table %s in %.2f s", table.shape, time.perf_counter() - start)
-    write_npy(args.out, table)
-    log.info("knn: wrote %s", args.out)
-
-
-if __name__ == "__main__":
-    cli(main)

@@ -11,10 +11,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stego_steps import checkpoint
 from stego_steps.backbones import backbone_id, build_backbone
 from stego_steps.errors import UserError, cli
 from stego_steps.head import cluster_log_probs, linear_log_probs, load_head, load_probe
+from stego_steps.stages import import_checkpoint
 
 C, D, K, EXTRA = 384, 70, 3, 2  # ViT-S width, potsdam's code dim, 3 classes, 2 extra clusters
 
@@ -93,13 +93,13 @@ def ckpt(tmp_path_factory):
 def imported(ckpt, tmp_path_factory):
     path, _ = ckpt
     out = tmp_path_factory.mktemp("imported")
-    checkpoint.main(["--ckpt", str(path), "--out-dir", str(out)])
+    import_checkpoint.main(["--ckpt", str(path), "--out-dir", str(out)])
     return out
 
 
 def test_reads_state_and_hyper_parameters(ckpt):
     path, state = ckpt
-    got, hparams = checkpoint.read_checkpoint(path)
+    got, hparams = import_checkpoint.read_checkpoint(path)
     assert set(got) == set(state) and all(torch.equal(got[k], state[k]) for k in state)
     assert hparams == {"n_classes": K, "cfg": {**CFG, "nested": {"a": [1, 2]}}}
 
@@ -152,7 +152,7 @@ def test_head_metadata(imported):
 
 def test_weights_path_and_seed_set_the_backbone_id(ckpt, tmp_path):
     path, _ = ckpt
-    checkpoint.main(["--ckpt", str(path), "--out-dir", str(tmp_path), "--weights", "resources/x.pth",
+    import_checkpoint.main(["--ckpt", str(path), "--out-dir", str(tmp_path), "--weights", "resources/x.pth",
                      "--seed", "3"])
     blob = torch.load(tmp_path / "head.pt", weights_only=False)
     assert blob["backbone_id"] == backbone_id("dino_vits8", "resources/x.pth", 3)
@@ -163,7 +163,7 @@ def test_unknown_layout_lists_the_expected_keys(ckpt, tmp_path, capsys):
     bad = tmp_path / "linear_head.ckpt"
     torch.save({"state_dict": {k: v for k, v in state.items() if not k.startswith("net.cluster2")}}, bad)
     with pytest.raises(SystemExit) as exc:
-        cli(lambda: checkpoint.main(["--ckpt", str(bad), "--out-dir", str(tmp_path / "out")]))
+        cli(lambda: import_checkpoint.main(["--ckpt", str(bad), "--out-dir", str(tmp_path / "out")]))
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("ERROR: ") and str(bad) in err
@@ -174,17 +174,17 @@ def test_unknown_layout_lists_the_expected_keys(ckpt, tmp_path, capsys):
 def test_contradicting_hyper_parameters(ckpt):
     _, state = ckpt
     with pytest.raises(UserError, match="model_type='vit_base' contradicts"):
-        checkpoint.convert(state, {"n_classes": K, "cfg": {**CFG, "model_type": "vit_base"}}, "x.ckpt")
+        import_checkpoint.convert(state, {"n_classes": K, "cfg": {**CFG, "model_type": "vit_base"}}, "x.ckpt")
     with pytest.raises(UserError, match="n_classes=27"):
-        checkpoint.convert(state, {"n_classes": 27, "cfg": CFG}, "x.ckpt")
+        import_checkpoint.convert(state, {"n_classes": 27, "cfg": CFG}, "x.ckpt")
 
 
 def test_missing_and_foreign_files(tmp_path):
     with pytest.raises(UserError, match="not found"):
-        checkpoint.read_checkpoint(tmp_path / "none.ckpt")
+        import_checkpoint.read_checkpoint(tmp_path / "none.ckpt")
     (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="download it again"):
-        checkpoint.read_checkpoint(tmp_path / "junk.ckpt")
+        import_checkpoint.read_checkpoint(tmp_path / "junk.ckpt")
 
 
 def test_an_existing_weights_file_must_hold_the_checkpoints_backbone(ckpt, imported, tmp_path):
@@ -193,12 +193,12 @@ def test_an_existing_weights_file_must_hold_the_checkpoints_backbone(ckpt, impor
     same = tmp_path / "dino.pth"
     torch.save(torch.load(imported / "backbone.pth", weights_only=True), same)
     out = tmp_path / "with_weights"
-    checkpoint.main(["--ckpt", str(path), "--out-dir", str(out), "--weights", str(same)])
+    import_checkpoint.main(["--ckpt", str(path), "--out-dir", str(out), "--weights", str(same)])
     assert sorted(p.name for p in out.iterdir()) == ["centroids.npy", "head.pt", "hyper_parameters.json",
                                                       "linear.pt"]
     # Another network's file is refused with the keys that differ.
     other = {k: v + 1 if k == "norm.weight" else v for k, v in torch.load(same, weights_only=True).items()}
     torch.save(other, tmp_path / "other.pth")
     with pytest.raises(UserError, match=r"not the one in .*other\.pth.*\['norm\.weight'\]"):
-        checkpoint.main(["--ckpt", str(path), "--out-dir", str(tmp_path / "o"), "--weights",
+        import_checkpoint.main(["--ckpt", str(path), "--out-dir", str(tmp_path / "o"), "--weights",
                          str(tmp_path / "other.pth")])

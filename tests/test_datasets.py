@@ -11,9 +11,10 @@ import pandas as pd
 import pytest
 from helpers import LIST7, make_cityscapes, make_coco, make_directory, make_potsdam, png, rgb, shared_coco, text
 
-from stego_steps import datasets, images, prepare
+from stego_steps import datasets, images
 from stego_steps.errors import UserError
 from stego_steps.index import COLUMNS, SPLITS, read_index, row_box
+from stego_steps.stages import prepare
 
 # ---------------------------------------------------------------------------------------------------------
 # COCO-Stuff

@@ -17,6 +17,7 @@ import yaml
 
 from stego_steps import download as dl
 from stego_steps.errors import UserError, cli
+from stego_steps.stages import download as stage
 
 DATA = bytes(range(256)) * 5000  # 1.28 MB: more than one read chunk
 
@@ -158,12 +159,12 @@ def test_extract_refuses_members_outside_the_folder(tmp_path):
 def test_cli_download_extract_and_instructions(tmp_path, capsys):
     archive = _zip(tmp_path / "src.zip", {"potsdam/imgs/1.mat": b"m"})
     out = tmp_path / "resources" / "archives" / "potsdam.zip"
-    dl.main(["--url", archive.as_uri(), "--sha256", sha256(archive.read_bytes()), "--out", str(out),
+    stage.main(["--url", archive.as_uri(), "--sha256", sha256(archive.read_bytes()), "--out", str(out),
              "--extract-to", str(tmp_path / "resources" / "potsdam")])
     assert (tmp_path / "resources" / "potsdam" / "imgs" / "1.mat").read_bytes() == b"m"
     capsys.readouterr()
     with pytest.raises(SystemExit) as exc:
-        cli(lambda: dl.main(["--out", str(tmp_path / "cityscapes" / "gtFine"), "--instructions", "Log in at X."]))
+        cli(lambda: stage.main(["--out", str(tmp_path / "cityscapes" / "gtFine"), "--instructions", "Log in at X."]))
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith(f"ERROR: {tmp_path / 'cityscapes' / 'gtFine'} is missing") and "Log in at X." in err

@@ -6,8 +6,9 @@ import h5py
 import numpy as np
 import pytest
 
-from stego_steps import extract, images, prepare, store
+from stego_steps import images, store
 from stego_steps.index import read_index, row_box
+from stego_steps.stages import extract, prepare
 
 SETTINGS = dict(backbone="dino_vits16_random", weights=None, batch_size=3, device="cpu", seed=0)
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from stego_steps.errors import UserError
-from stego_steps.knn import _self_first, knn_table, main
+from stego_steps.knn import _self_first, knn_table
+from stego_steps.stages.knn import main
 
 
 def _cosine(x: np.ndarray) -> np.ndarray:

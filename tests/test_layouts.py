@@ -19,10 +19,10 @@ import pytest
 import yaml
 from helpers import LIST7, SHARED, make_cityscapes, make_coco, make_directory, make_potsdam
 
-from stego_steps import cluster, extract, images, knn, plan, predict, prepare, probe, protocol, train
 from stego_steps import config as C
+from stego_steps import images, protocol
 from stego_steps.index import read_index, row_box
-from stego_steps.stages import evaluate, segment
+from stego_steps.stages import cluster, evaluate, extract, knn, plan, predict, prepare, probe, segment, train
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())

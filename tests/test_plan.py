@@ -11,11 +11,12 @@ import pytest
 import yaml
 from helpers import snakemake
 
-from stego_steps import plan
+from stego_steps import disk_space
 from stego_steps.artifacts import write_csv
 from stego_steps.config import stage_settings
 from stego_steps.errors import EXIT_USER_ERROR, cli
 from stego_steps.index import index_frame
+from stego_steps.stages import plan
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
@@ -38,35 +39,35 @@ def _usage(free: int):
 
 
 def test_bytes_per_store_follow_the_extract_layout():
-    train = plan.SplitPlan("train", samples=10, res=224, stride=8, channels=768, evaluation=False, labelled=True)
+    train = disk_space.SplitPlan("train", samples=10, res=224, stride=8, channels=768, evaluation=False, labelled=True)
     assert train.grid == 28
     assert train.parts == {"feats": 10 * 768 * 28 * 28 * 2, "pooled": 10 * 768 * 4, "label": 10 * 224 * 224 * 2}
-    val = plan.SplitPlan("val", samples=3, res=320, stride=8, channels=768, evaluation=True, labelled=True)
+    val = disk_space.SplitPlan("val", samples=3, res=320, stride=8, channels=768, evaluation=True, labelled=True)
     feats = 3 * 768 * 40 * 40 * 2
     assert val.parts == {"feats": feats, "pooled": 3 * 768 * 4, "label": 3 * 320 * 320 * 2,
                          "image": 3 * 320 * 320 * 3, "feats_flip": feats}
     assert val.bytes == sum(val.parts.values())
-    unlabelled = plan.SplitPlan("val", samples=3, res=320, stride=8, channels=768, evaluation=True,
+    unlabelled = disk_space.SplitPlan("val", samples=3, res=320, stride=8, channels=768, evaluation=True,
                                 labelled=False)
     assert "label" not in unlabelled.parts and unlabelled.bytes == val.bytes - 3 * 320 * 320 * 2
     # The figure in docs/performance.md ("Sizes"): COCO-Stuff five-crop of the full list at ViT-B/8, ≈ 590 GB.
-    coco = plan.SplitPlan("train", samples=488_510, res=224, stride=8, channels=768, evaluation=False,
+    coco = disk_space.SplitPlan("train", samples=488_510, res=224, stride=8, channels=768, evaluation=False,
                           labelled=True)
     assert coco.parts["feats"] == pytest.approx(590e9, rel=0.01)
 
 
 def test_make_plan_reads_the_index_and_the_backbone_facts(tmp_path):
     indexes = {"train": _index(tmp_path / "train.csv", 12), "val": _index(tmp_path / "val.csv", 4, False)}
-    plans = plan.make_plan(indexes, _settings("efficientnet_lite0"))
+    plans = disk_space.make_plan(indexes, _settings("efficientnet_lite0"))
     assert [(p.split, p.samples, p.res, p.stride, p.channels, p.evaluation, p.labelled) for p in plans] == [
         ("train", 12, 224, 8, 152, False, True), ("val", 4, 320, 8, 152, True, False)]
-    vit16 = plan.make_plan(indexes, _settings("dino_vits16_random"))
+    vit16 = disk_space.make_plan(indexes, _settings("dino_vits16_random"))
     assert vit16[0].grid == 14 and vit16[0].channels == 384
-    assert vit16[0].parts["feats"] * 4 == plan.make_plan(indexes, _settings("dino_vits8"))[0].parts["feats"]
+    assert vit16[0].parts["feats"] * 4 == disk_space.make_plan(indexes, _settings("dino_vits8"))[0].parts["feats"]
     with pytest.raises(ValueError, match="val: resolution 320 is not a multiple.*stride 14"):
-        plan.make_plan(indexes, _settings("dinov2_vits14"))
+        disk_space.make_plan(indexes, _settings("dinov2_vits14"))
     with pytest.raises(ValueError, match="no extract settings for split"):
-        plan.make_plan(indexes, {"train": _settings()["train"]})
+        disk_space.make_plan(indexes, {"train": _settings()["train"]})
 
 
 def test_settings_come_from_the_stage_settings(tmp_path):
@@ -76,28 +77,28 @@ def test_settings_come_from_the_stage_settings(tmp_path):
                                "overrides": {"train_res": 64, "eval_res": 96}}
     settings = {s: stage_settings(cfg, "mine", "extract", s) for s in ("train", "val")}
     indexes = {s: _index(tmp_path / f"{s}.csv", 5) for s in ("train", "val")}
-    train, val = plan.make_plan(indexes, settings)
+    train, val = disk_space.make_plan(indexes, settings)
     assert (train.res, train.grid, train.channels, train.evaluation) == (64, 8, 384, False)
     assert (val.res, val.grid, val.evaluation) == (96, 12, True)
 
 
 def test_free_space_of_the_nearest_existing_parent(tmp_path, monkeypatch):
-    assert plan.existing_parent(tmp_path / "results" / "x" / "features") == tmp_path
+    assert disk_space.existing_parent(tmp_path / "results" / "x" / "features") == tmp_path
     seen = []
-    monkeypatch.setattr(plan.shutil, "disk_usage", lambda p: seen.append(Path(p)) or _usage(123)(p))
-    assert plan.free_bytes(tmp_path / "a" / "b") == (tmp_path, 123) and seen == [tmp_path]
+    monkeypatch.setattr(disk_space.shutil, "disk_usage", lambda p: seen.append(Path(p)) or _usage(123)(p))
+    assert disk_space.free_bytes(tmp_path / "a" / "b") == (tmp_path, 123) and seen == [tmp_path]
     store = tmp_path / "stores"
     store.mkdir()
     (store / "train.h5").write_bytes(b"x" * 100)
     (store / "val.h5.partial").write_bytes(b"x" * 10)
     (store / "other.h5").write_bytes(b"x" * 1000)
-    assert plan.reclaimable_bytes(store, ["train", "val"]) == 110
+    assert disk_space.reclaimable_bytes(store, ["train", "val"]) == 110
     # Sharded extraction: the shard files (and their partial files) count too.
     (store / "train").mkdir()
     (store / "train" / "0.h5").write_bytes(b"x" * 7)
     (store / "train" / "1.h5.partial").write_bytes(b"x" * 3)
-    assert plan.reclaimable_bytes(store, ["train", "val"]) == 120
-    assert plan.reclaimable_bytes(tmp_path / "missing", ["train"]) == 0
+    assert disk_space.reclaimable_bytes(store, ["train", "val"]) == 120
+    assert disk_space.reclaimable_bytes(tmp_path / "missing", ["train"]) == 0
 
 
 def _run(tmp_path: Path, *extra: str, settings: dict | None = None) -> tuple[Path, list[str]]:
@@ -109,7 +110,7 @@ def _run(tmp_path: Path, *extra: str, settings: dict | None = None) -> tuple[Pat
 
 
 def test_cli_writes_the_table(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(plan.shutil, "disk_usage", _usage(10**12))
+    monkeypatch.setattr(disk_space.shutil, "disk_usage", _usage(10**12))
     out, argv = _run(tmp_path)
     plan.main(argv)
     text = out.read_text()
@@ -119,7 +120,7 @@ def test_cli_writes_the_table(tmp_path, monkeypatch, capsys):
     train = next(line for line in lines if line.startswith("train"))
     val = next(line for line in lines if line.startswith("val"))
     total = next(line for line in lines if line.startswith("total"))
-    expected = plan.make_plan({"train": tmp_path / "index" / "train.csv", "val": tmp_path / "index" / "val.csv"},
+    expected = disk_space.make_plan({"train": tmp_path / "index" / "train.csv", "val": tmp_path / "index" / "val.csv"},
                               _settings())
     assert train.split()[:5] == ["train", "20", "224×224", "28×28", "768"]
     assert val.split()[:5] == ["val", "5", "320×320", "40×40", "768"]
@@ -130,14 +131,14 @@ def test_cli_writes_the_table(tmp_path, monkeypatch, capsys):
 
 def test_cli_refuses_when_the_disk_cannot_hold_the_stores(tmp_path, monkeypatch, capsys):
     out, argv = _run(tmp_path)
-    total = sum(p.bytes for p in plan.make_plan(
+    total = sum(p.bytes for p in disk_space.make_plan(
         {"train": tmp_path / "index" / "train.csv", "val": tmp_path / "index" / "val.csv"}, _settings()))
     # Exactly total × 1.1 free is enough; a little less is refused.
-    monkeypatch.setattr(plan.shutil, "disk_usage", _usage(int(total * 1.1)))
+    monkeypatch.setattr(disk_space.shutil, "disk_usage", _usage(int(total * 1.1)))
     plan.main(argv)
     assert out.exists()
     out.unlink()
-    monkeypatch.setattr(plan.shutil, "disk_usage", _usage(int(total * 1.1) - 1000))
+    monkeypatch.setattr(disk_space.shutil, "disk_usage", _usage(int(total * 1.1) - 1000))
     with pytest.raises(SystemExit) as exc:
         cli(lambda: plan.main(argv))
     assert exc.value.code == EXIT_USER_ERROR
@@ -158,13 +159,13 @@ def test_cli_refuses_when_the_disk_cannot_hold_the_stores(tmp_path, monkeypatch,
 
 
 def test_refusal_choices_fit_the_backbone():
-    p16 = [plan.SplitPlan("train", 10**6, 224, 16, 768, False, True)]
-    with pytest.raises(plan.InsufficientSpace) as exc:
-        plan.check_space(p16, 10, store_dir="results/x/features/bb")
+    p16 = [disk_space.SplitPlan("train", 10**6, 224, 16, 768, False, True)]
+    with pytest.raises(disk_space.InsufficientSpace) as exc:
+        disk_space.check_space(p16, 10, store_dir="results/x/features/bb")
     assert "/16 backbone" not in str(exc.value) and "five_crop: false" in str(exc.value)
-    p8 = [plan.SplitPlan("train", 10**6, 224, 8, 768, False, True)]
-    with pytest.raises(plan.InsufficientSpace, match=r"/16 backbone.*0\.25× the feature bytes"):
-        plan.check_space(p8, 10, store_dir="results/x/features/bb")
+    p8 = [disk_space.SplitPlan("train", 10**6, 224, 8, 768, False, True)]
+    with pytest.raises(disk_space.InsufficientSpace, match=r"/16 backbone.*0\.25× the feature bytes"):
+        disk_space.check_space(p8, 10, store_dir="results/x/features/bb")
 
 
 def test_plan_runs_before_extraction_in_the_workflow(tmp_path):

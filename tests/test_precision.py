@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from stego_steps import extract, images, loss, plan, prepare, store
+from stego_steps import disk_space, images, loss, store
 from stego_steps.backbones import build_backbone
 from stego_steps.head import SegmentationHead
 from stego_steps.index import read_index
+from stego_steps.stages import extract, prepare
 
 BACKBONE = "dino_vits8_random"
 RES = 48  # a 6×6 grid of patches: small enough for CPU tests, every block of the ViT still runs
@@ -100,8 +101,8 @@ def test_bfloat16_features_stay_close_to_float32(scenes):
 
 
 def test_the_plan_counts_the_compact_store():
-    f16 = plan.split_plan("train", 1000, True, {"backbone": BACKBONE, "res": 224, "evaluation": False})
-    q = plan.split_plan("train", 1000, True, {"backbone": BACKBONE, "res": 224, "evaluation": False,
+    f16 = disk_space.split_plan("train", 1000, True, {"backbone": BACKBONE, "res": 224, "evaluation": False})
+    q = disk_space.split_plan("train", 1000, True, {"backbone": BACKBONE, "res": 224, "evaluation": False,
                                               "store_dtype": "int8"})
     assert q.parts["feats"] * 2 == f16.parts["feats"]
     assert q.parts["feats_scale"] == f16.parts["feats"] / 384  # one float16 per token of 384 channels

@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stego_steps import probe
 from stego_steps.head import SegmentationHead
+from stego_steps.stages import probe
 from stego_steps.store import FeatureStore
 
 

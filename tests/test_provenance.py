@@ -9,8 +9,9 @@ import pytest
 from stego_steps import provenance
 
 PACKAGE = Path(provenance.__file__).resolve().parent
-STAGES = ("prepare", "extract", "knn", "stages.calibrate", "train", "cluster", "probe", "predict", "stages.segment",
-          "stages.evaluate", "stages.figures", "stages.tables", "checkpoint")
+STAGES = tuple(f"stages.{stage}" for stage in (
+    "prepare", "extract", "knn", "calibrate", "train", "cluster", "probe", "predict", "segment", "evaluate", "figures",
+    "tables", "import_checkpoint"))
 
 
 @pytest.fixture
@@ -48,9 +49,9 @@ def test_docstrings_comments_formatting_logging_and_help_change_nothing(package)
     text = text.replace('"""', '"""Edited. ', 1) + "\n\n# a comment\n"
     loss.write_text(text)
     # a log message and an option's help text in a stage's main()
-    edit(package / "train.py", 'log.info("loss shifts %s and weights %s from %s"',
+    edit(package / "stages" / "train.py", 'log.info("loss shifts %s and weights %s from %s"',
          'log.info("shifts %s, weights %s (from %s)"')
-    edit(package / "train.py", 'help="KNN table (.npy)"', 'help="the KNN table"')
+    edit(package / "stages" / "train.py", 'help="KNN table (.npy)"', 'help="the KNN table"')
     # a helper that only shows progress and logs
     edit(package / "cli.py", 'log.info("%s: %d done, %.2f it/s", desc, done, rate)',
          'log.info("%s: %d done (%.2f it/s)", desc, done, rate)')
@@ -67,7 +68,7 @@ def test_a_compute_function_edit_changes_exactly_the_stages_that_call_it(package
     returns = text.index("return", body_start)
     (package / "loss.py").write_text(text[:returns] + "x_unused = 1\n    " + text[returns:])
     after = digests(package)
-    assert changed(before, after) == {"stages.calibrate", "train"}
+    assert changed(before, after) == {"stages.calibrate", "stages.train"}
 
 
 def test_an_evaluation_edit_changes_only_the_evaluation(package):
@@ -78,13 +79,14 @@ def test_an_evaluation_edit_changes_only_the_evaluation(package):
     (package / "metrics.py").write_text(metrics[:returns] + "unused = 0\n    " + metrics[returns:])
     callers = {stage for stage in STAGES if "metrics:scores" in provenance.code_closure(stage, package_dir=package)}
     assert "stages.evaluate" in callers
-    assert not callers & {"extract", "knn", "stages.calibrate", "train", "cluster", "stages.segment"}
+    assert not callers & {"stages.extract", "stages.knn", "stages.calibrate", "stages.train", "stages.cluster",
+                          "stages.segment"}
     assert changed(before, digests(package)) == callers
 
 
 def test_closures_follow_imports_inside_functions_and_classes():
-    closure = provenance.code_closure("train")
-    assert "training:train" in closure and "loss:stego_loss" in closure and "head:SegmentationHead" in closure
+    closure = provenance.code_closure("stages.train")
+    assert "head_training:train" in closure and "loss:stego_loss" in closure and "head:SegmentationHead" in closure
     assert not any(key.startswith(("cli:", "errors:")) for key in closure)
 
 
@@ -117,3 +119,13 @@ def test_records_round_trip(tmp_path):
     (folder / "a.csv").write_text("xy")
     (folder / "b.csv").write_text("z")
     assert provenance.size(folder) == 3
+
+
+def test_every_step_module_of_the_workflow_is_a_stage_with_a_main():
+    # A misspelt or moved module would fingerprint no code at all: its steps would never re-run on an edit.
+    import re
+
+    rules = (PACKAGE.parent / "workflow" / "rules" / "provenance.smk").read_text()
+    named = set(re.findall(r'\(f?"(stages\.[\w{}]+)"', rules)) - {"stages.{stage}"}
+    assert named and all(f"{m}:main" in provenance.code_closure(m) for m in named | set(STAGES))
+    assert re.findall(r'": \("(?!stages\.)(\w+)",', rules) == []

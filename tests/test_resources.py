@@ -226,7 +226,7 @@ def test_extract_runs_the_tables_loaders(tmp_path, monkeypatch, threads, torch_t
     """The stage reads `--threads` as the table does: the threads beside torch's are image loaders."""
     import torch
 
-    from stego_steps import extract
+    from stego_steps.stages import extract
 
     seen = {}
     monkeypatch.setattr(extract, "read_index", lambda path: None)

@@ -16,35 +16,35 @@ import pytest
 import torch
 from helpers import snakemake, write_store
 
-from stego_steps import artifacts, plan, runlock, store, targets, validate
+from stego_steps import artifacts, disk_space, runlock, store, targets, validate
 from stego_steps.errors import UserError
 from stego_steps.head import SegmentationHead, load_head, save_head
 
 
-def _store(split: str, samples: int, existing: int = 0) -> plan.RequestedStore:
-    split_plan = plan.SplitPlan(split, samples, 64, 8, 152, split == "val", True)
-    return plan.RequestedStore(f"results/x/features/{split}_key", split_plan, existing)
+def _store(split: str, samples: int, existing: int = 0) -> disk_space.RequestedStore:
+    split_plan = disk_space.SplitPlan(split, samples, 64, 8, 152, split == "val", True)
+    return disk_space.RequestedStore(f"results/x/features/{split}_key", split_plan, existing)
 
 
 def test_the_request_is_refused_when_its_stores_sum_past_the_free_space():
     stores = [_store("train", 100), _store("val", 30)]
     each = [s.plan.bytes for s in stores]
-    free = int(max(each) * plan.MARGIN) + 1
+    free = int(max(each) * disk_space.MARGIN) + 1
     for s in stores:  # each store alone fits
-        plan.check_request([s], free, measured="/disk")
-    with pytest.raises(plan.InsufficientSpace) as exc:
-        plan.check_request(stores, free, measured="/disk", unknown=["results/y/features/k/train.h5"])
+        disk_space.check_request([s], free, measured="/disk")
+    with pytest.raises(disk_space.InsufficientSpace) as exc:
+        disk_space.check_request(stores, free, measured="/disk", unknown=["results/y/features/k/train.h5"])
     message = str(exc.value)
     assert message.startswith("not enough disk for the feature stores of this request: together they need")
-    assert f"({int(sum(each) * plan.MARGIN):,} bytes with a 10% margin) more at /disk, but only" in message
-    assert all(f"  {s.path}: {plan.human(s.plan.bytes)}" in message for s in stores)
+    assert f"({int(sum(each) * disk_space.MARGIN):,} bytes with a 10% margin) more at /disk, but only" in message
+    assert all(f"  {s.path}: {disk_space.human(s.plan.bytes)}" in message for s in stores)
     assert "not counted: results/y/features/k/train.h5" in message
     for fix in ("free space on that disk", "fewer targets or variants", "store_dtype: int8", "--directory"):
         assert fix in message
     # What is already on disk (an older store, finished shards) is subtracted.
     stores[0] = _store("train", 100, existing=each[0])
-    assert stores[0].needed == 0 and plan.request_needed(stores) == int(each[1] * plan.MARGIN)
-    plan.check_request(stores, free, measured="/disk")
+    assert stores[0].needed == 0 and disk_space.request_needed(stores) == int(each[1] * disk_space.MARGIN)
+    disk_space.check_request(stores, free, measured="/disk")
 
 
 DATASETS = {"demo": targets.Dataset(("default", "ablate_mlp"), (0, 1), ("fk",), ("bk",)),

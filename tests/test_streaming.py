@@ -8,7 +8,7 @@ import pytest
 import torch
 from helpers import write_store
 
-from stego_steps import knn, training
+from stego_steps import head_training, knn
 from stego_steps import store as store_mod
 from stego_steps.batches import StepDraws, StreamingBatches
 from stego_steps.store import FeatureStore
@@ -105,7 +105,7 @@ def test_the_memory_budget_in_the_environment_changes_no_head(tmp_path, monkeypa
             assert store.in_memory is (budget is None)
             table = knn.knn_table(store.read("pooled"), 3)
             # 14 steps: the epochs of 6 batches end twice, so their reshuffles are compared too.
-            heads[budget], logs[budget] = training.train(store, table, {**SETTINGS, "steps": 14}, device="cpu")
+            heads[budget], logs[budget] = head_training.train(store, table, {**SETTINGS, "steps": 14}, device="cpu")
     assert _same_heads(heads[None], heads["0"])
     np.testing.assert_array_equal(logs[None]["total"].to_numpy(), logs["0"]["total"].to_numpy())
 
@@ -114,7 +114,7 @@ def test_training_from_a_streamed_store_learns(tmp_path):
     path = write_store(tmp_path / "train.h5", n=40)
     with FeatureStore(path, max_memory_gb=0) as store:
         table = knn.knn_table(store.read("pooled"), 3)
-        _, log = training.train(store, table, {**SETTINGS, "steps": 60}, device="cpu")
+        _, log = head_training.train(store, table, {**SETTINGS, "steps": 60}, device="cpu")
     assert log["total"].tail(10).mean() < log["total"].head(10).mean()
 
 
@@ -125,16 +125,16 @@ def test_a_killed_run_resumes_to_the_same_head_whatever_the_budgets(tmp_path, fi
     ckpt = tmp_path / "head.pt.checkpoint"
     with FeatureStore(path) as store:
         table = knn.knn_table(store.read("pooled"), 3)
-        ref, ref_log = training.train(store, table, SETTINGS, device="cpu")
-        key = training.checkpoint_key(SETTINGS, store, table)
+        ref, ref_log = head_training.train(store, table, SETTINGS, device="cpu")
+        key = head_training.checkpoint_key(SETTINGS, store, table)
     with FeatureStore(path, max_memory_gb=first) as store:
-        training.train(store, table, {**SETTINGS, "steps": 11}, device="cpu", checkpoint=ckpt, checkpoint_every=5)
+        head_training.train(store, table, {**SETTINGS, "steps": 11}, device="cpu", checkpoint=ckpt, checkpoint_every=5)
     state = torch.load(ckpt, weights_only=False)
     assert state["step"] == 10
     state["fingerprint"] = key  # the key includes the step count: re-key it for the 12-step settings
     torch.save(state, ckpt)
     with FeatureStore(path, max_memory_gb=then) as store:
-        resumed, log = training.train(store, table, SETTINGS, device="cpu", checkpoint=ckpt, checkpoint_every=5)
+        resumed, log = head_training.train(store, table, SETTINGS, device="cpu", checkpoint=ckpt, checkpoint_every=5)
     np.testing.assert_array_equal(log["total"].to_numpy(), ref_log["total"].to_numpy())
     assert _same_heads(ref, resumed)
 
@@ -144,12 +144,12 @@ def test_a_checkpoint_of_the_former_streaming_order_is_not_resumed(tmp_path, cap
     ckpt = tmp_path / "head.pt.checkpoint"
     with FeatureStore(path, max_memory_gb=0) as store:
         table = knn.knn_table(store.read("pooled"), 3)
-        training.train(store, table, {**SETTINGS, "steps": 11}, device="cpu", checkpoint=ckpt, checkpoint_every=5)
+        head_training.train(store, table, {**SETTINGS, "steps": 11}, device="cpu", checkpoint=ckpt, checkpoint_every=5)
         state = torch.load(ckpt, weights_only=False)
-        state.update(fingerprint=training.checkpoint_key(SETTINGS, store, table), streaming=True)
+        state.update(fingerprint=head_training.checkpoint_key(SETTINGS, store, table), streaming=True)
         torch.save(state, ckpt)
         with caplog.at_level("INFO"):
-            _, log = training.train(store, table, SETTINGS, device="cpu", checkpoint=ckpt)
+            _, log = head_training.train(store, table, SETTINGS, device="cpu", checkpoint=ckpt)
     assert "ignoring" in caplog.text and "resuming" not in caplog.text
     assert list(log["step"]) == list(range(1, 13))
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from stego_steps import knn, training
+from stego_steps import head_training, knn
 from stego_steps.batches import BatchSampler
 from stego_steps.head import SegmentationHead, flip_tta_code, load_head, save_head
 from stego_steps.store import FeatureStore
@@ -44,7 +44,7 @@ def test_sampler_draws_positives_from_ranks_one_to_k():
 def test_training_lowers_the_loss_and_logs_every_step(store_path):
     with FeatureStore(store_path) as store:
         table = knn.knn_table(store.read("pooled"), 3)
-        head, log = training.train(store, table, {**SETTINGS, "steps": 60}, device="cpu")
+        head, log = head_training.train(store, table, {**SETTINGS, "steps": 60}, device="cpu")
     assert list(log["step"]) == list(range(1, 61))
     assert {"self", "knn", "random", "total", "seconds"} <= set(log.columns)
     assert log["total"].tail(10).mean() < log["total"].head(10).mean()
@@ -55,17 +55,17 @@ def test_a_killed_run_resumes_to_the_same_head(store_path, tmp_path, caplog):
     ckpt = tmp_path / "head.pt.checkpoint"
     with FeatureStore(store_path) as store:
         table = knn.knn_table(store.read("pooled"), 3)
-        ref, ref_log = training.train(store, table, SETTINGS, device="cpu")
+        ref, ref_log = head_training.train(store, table, SETTINGS, device="cpu")
         # "Kill" after step 10: run 10 steps with checkpoints, then continue to 12 from the checkpoint.
-        training.train(store, table, {**SETTINGS, "steps": 11}, device="cpu", checkpoint=ckpt, checkpoint_every=5)
+        head_training.train(store, table, {**SETTINGS, "steps": 11}, device="cpu", checkpoint=ckpt, checkpoint_every=5)
         assert ckpt.exists()
         state = torch.load(ckpt, weights_only=False)
         assert state["step"] == 10
         # The key includes the step count, so re-key the checkpoint for the 12-step settings.
-        state["fingerprint"] = training.checkpoint_key(SETTINGS, store, table)
+        state["fingerprint"] = head_training.checkpoint_key(SETTINGS, store, table)
         torch.save(state, ckpt)
         with caplog.at_level("INFO"):
-            resumed, log = training.train(store, table, SETTINGS, device="cpu", checkpoint=ckpt)
+            resumed, log = head_training.train(store, table, SETTINGS, device="cpu", checkpoint=ckpt)
     assert "resuming training at step 10" in caplog.text
     assert list(log["step"]) == list(range(1, 13))
     # The same steps on the same batches from the exact saved state: equal by construction.
@@ -78,23 +78,23 @@ def test_a_checkpoint_never_resumes_on_other_features(store_path, tmp_path, capl
     ckpt = tmp_path / "head.pt.checkpoint"
     with FeatureStore(store_path) as store:
         table = knn.knn_table(store.read("pooled"), 3)
-        training.train(store, table, {**SETTINGS, "steps": 11}, device="cpu", checkpoint=ckpt, checkpoint_every=5)
+        head_training.train(store, table, {**SETTINGS, "steps": 11}, device="cpu", checkpoint=ckpt, checkpoint_every=5)
     state = torch.load(ckpt, weights_only=False)
     with FeatureStore(store_path) as store:
-        state["fingerprint"] = training.checkpoint_key(SETTINGS, store, table)
+        state["fingerprint"] = head_training.checkpoint_key(SETTINGS, store, table)
     torch.save(state, ckpt)
     # Same path, same shapes, same settings: only the features differ.
     with h5py.File(store_path, "r+") as f:
         f["pooled"][0] += 1.0
     with FeatureStore(store_path) as store, caplog.at_level("INFO"):
-        _, log = training.train(store, table, SETTINGS, device="cpu", checkpoint=ckpt)
+        _, log = head_training.train(store, table, SETTINGS, device="cpu", checkpoint=ckpt)
     assert "ignoring" in caplog.text and "resuming" not in caplog.text
     assert list(log["step"]) == list(range(1, 13))
 
 
 def test_knn_table_must_match_the_store(store_path):
     with FeatureStore(store_path) as store, pytest.raises(ValueError, match="rerun the knn stage"):
-        training.train(store, np.zeros((3, 4), int), SETTINGS, device="cpu")
+        head_training.train(store, np.zeros((3, 4), int), SETTINGS, device="cpu")
 
 
 def test_a_damaged_store_names_the_file_and_the_fix(tmp_path):

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stego_steps import datasets, errors, extract, images, prepare, validate
+from stego_steps import datasets, errors, images, validate
 from stego_steps.index import read_index
+from stego_steps.stages import extract, prepare
 
 CLASSES = ["sky", "grass", "road"]
 

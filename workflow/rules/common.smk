@@ -22,7 +22,7 @@ from stego_steps.config import (DEFAULT_VARIANT, ConfigError, backbone_weights, 
 from stego_steps.protocol import BASELINE_PROBES, PROBES, ROWS, SUPERVISED_PROBES, UNSUPERVISED_PROBES, row_key
 from stego_steps.store import MAX_MEMORY_GB
 from stego_steps.errors import UserError, report_failed_jobs
-from stego_steps import plan as stego_plan
+from stego_steps import disk_space as stego_plan
 from stego_steps import runlock
 from stego_steps import targets as stego_targets
 

@@ -31,7 +31,7 @@ rule download:
     conda:
         "../envs/stego.yaml"
     shell:
-        "python -m stego_steps.download {params.args} --out {output:q} 2> {log}"
+        "python -m stego_steps.stages.download {params.args} --out {output:q} 2> {log}"
 
 
 rule unpack_resource:
@@ -52,7 +52,7 @@ rule unpack_resource:
     conda:
         "../envs/stego.yaml"
     shell:
-        "python -m stego_steps.download --out {input:q} --extract-to {output:q} 2> {log}"
+        "python -m stego_steps.stages.download --out {input:q} --extract-to {output:q} 2> {log}"
 
 
 rule resource_by_hand:
@@ -73,4 +73,4 @@ rule resource_by_hand:
     conda:
         "../envs/stego.yaml"
     shell:
-        "python -m stego_steps.download --out {output:q} --instructions {params.instructions:q} 2> {log}"
+        "python -m stego_steps.stages.download --out {output:q} --instructions {params.instructions:q} 2> {log}"

@@ -22,7 +22,7 @@ rule predict:
     conda:
         "../envs/stego.yaml"
     shell:
-        "python -m stego_steps.predict --features {input.features} --head {input.head}"
+        "python -m stego_steps.stages.predict --features {input.features} --head {input.head}"
         " --device {resources.device} --out {output} --threads {threads} --torch-threads {params.torch_threads}"
         " 2> {log}"
         " && python -m stego_steps.provenance record --provenance {params.provenance:q} {output:q}"

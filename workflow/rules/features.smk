@@ -31,7 +31,7 @@ rule extract:
     conda:
         "../envs/stego.yaml"
     shell:
-        "python -m stego_steps.extract --index {input.index} --classes {input.classes} --split {wildcards.split}"
+        "python -m stego_steps.stages.extract --index {input.index} --classes {input.classes} --split {wildcards.split}"
         " --shard {params.shard} --n-shards {params.n_shards} --settings {params.settings:q}"
         " --device {resources.device} --out {output} --threads {threads} --torch-threads {params.torch_threads}"
         " 2> {log}"
@@ -59,7 +59,7 @@ rule gather_features:
     conda:
         "../envs/stego.yaml"
     shell:
-        "python -m stego_steps.extract gather --out {output} {input} 2> {log}"
+        "python -m stego_steps.stages.extract gather --out {output} {input} 2> {log}"
         " && python -m stego_steps.provenance record --provenance {params.provenance:q} {output:q}"
 
 
@@ -86,6 +86,6 @@ rule knn:
     conda:
         "../envs/stego.yaml"
     shell:
-        "python -m stego_steps.knn --features {input} --k {wildcards.k} --device {resources.device} --out {output}"
+        "python -m stego_steps.stages.knn --features {input} --k {wildcards.k} --device {resources.device} --out {output}"
         " --threads {threads} --torch-threads {params.torch_threads} 2> {log}"
         " && python -m stego_steps.provenance record --provenance {params.provenance:q} {output:q}"

@@ -20,7 +20,7 @@ rule render_demo:
     conda:
         "../envs/stego.yaml"
     shell:
-        "python -m stego_steps.prepare render --settings {params.settings:q} 2> {log}"
+        "python -m stego_steps.stages.prepare render --settings {params.settings:q} 2> {log}"
         " && python -m stego_steps.provenance record --provenance {params.provenance:q} {output:q}"
 
 
@@ -44,7 +44,7 @@ rule curated_list:
     conda:
         "../envs/stego.yaml"
     shell:
-        "python -m stego_steps.prepare fetch --root {wildcards.coco_root:q} --split {wildcards.coco_split}"
+        "python -m stego_steps.stages.prepare fetch --root {wildcards.coco_root:q} --split {wildcards.coco_split}"
         " --name {wildcards.list_name} --url {params.url:q} 2> {log}"
 
 
@@ -76,7 +76,7 @@ rule prepare:
     conda:
         "../envs/stego.yaml"
     shell:
-        "python -m stego_steps.prepare --kind {params.kind} --settings {params.settings:q}"
+        "python -m stego_steps.stages.prepare --kind {params.kind} --settings {params.settings:q}"
         " --out-dir {params.out_dir} --threads {threads} 2> {log}"
         " && python -m stego_steps.provenance record --provenance {params.provenance:q} {output:q}"
 
@@ -102,5 +102,5 @@ rule plan:
     conda:
         "../envs/stego.yaml"
     shell:
-        "python -m stego_steps.plan --index {wildcards.split}={input.index} --settings {params.settings:q}"
+        "python -m stego_steps.stages.plan --index {wildcards.split}={input.index} --settings {params.settings:q}"
         " --store-dir {params.store_dir} --title {params.title:q} --out {output} 2> {log}"

@@ -14,13 +14,13 @@ def _extraction_steps(ds, variant, split):
     r = RESOLVED[ds][variant]
     entry = config["datasets"][ds]
     if entry["kind"] == "demo":
-        data = ("prepare", {"root": entry["root"], "generator": entry["generator"]})
+        data = ("stages.prepare", {"root": entry["root"], "generator": entry["generator"]})
     else:
         data = (None, manifest_of(ds))
     extract = {k: v for k, v in stage_settings(config, ds, "extract", split, variant).items() if k != "batch_size"}
     return {"data": data,
-            "prepare": ("prepare", {**dataset_settings(config, ds, variant), **crop_of_index(index_name(r))}),
-            f"extract_{split}": ("extract", extract)}
+            "prepare": ("stages.prepare", {**dataset_settings(config, ds, variant), **crop_of_index(index_name(r))}),
+            f"extract_{split}": ("stages.extract", extract)}
 
 
 def _head_steps(ds, variant, seed):
@@ -30,19 +30,19 @@ def _head_steps(ds, variant, seed):
     if r["checkpoint"]:
         path = r["checkpoint"]
         stat = os.stat(path) if os.path.exists(path) else None
-        return {**steps, "import": ("checkpoint", {"checkpoint": path, "size": stat and stat.st_size,
+        return {**steps, "import": ("stages.import_checkpoint", {"checkpoint": path, "size": stat and stat.st_size,
                                                    "mtime_ns": stat and stat.st_mtime_ns,
                                                    "backbone": r["backbone"]})}
-    return {**steps, "knn": ("knn", {"k": r["knn_k"]}),
+    return {**steps, "knn": ("stages.knn", {"k": r["knn_k"]}),
             "calibrate": ("stages.calibrate", stage_settings(config, ds, "calibrate", variant=variant, seed=seed)),
-            "train": ("train", stage_settings(config, ds, "train", variant=variant, seed=seed))}
+            "train": ("stages.train", stage_settings(config, ds, "train", variant=variant, seed=seed))}
 
 
 def _baseline_steps(ds, variant, seed, probe):
     """The steps that decide a backbone baseline (K-Means or the linear probe on the raw training features)."""
     stage = "cluster" if probe == "backbone_kmeans" else "probe"
     return {**_extraction_steps(ds, variant, "train"),
-            probe: (stage, stage_settings(config, ds, stage, variant=variant, seed=seed))}
+            probe: (f"stages.{stage}", stage_settings(config, ds, stage, variant=variant, seed=seed))}
 
 
 def _probe_steps(ds, variant, seed, probe):
@@ -52,9 +52,9 @@ def _probe_steps(ds, variant, seed, probe):
         steps.update(_baseline_steps(ds, variant, seed, probe))
     else:
         steps.update(_head_steps(ds, variant, seed))
-        steps["predict"] = ("predict", {})
+        steps["predict"] = ("stages.predict", {})
         stage = "cluster" if probe == "cluster" else "probe"
-        steps[stage] = (stage if not RESOLVED[ds][variant]["checkpoint"] else None,
+        steps[stage] = (f"stages.{stage}" if not RESOLVED[ds][variant]["checkpoint"] else None,
                         stage_settings(config, ds, stage, variant=variant, seed=seed))
     steps[f"segment_{probe}"] = ("stages.segment", {"probe": probe})
     return steps
@@ -106,7 +106,7 @@ def deciding_steps(name, w):
         steps = _extraction_steps(ds, variant, "train")
         return {"data": steps["data"], "prepare": steps["prepare"]}
     if name == "knn":
-        return {**_extraction_steps(ds, variant_of(w), "train"), "knn": ("knn", {"k": int(w.k)})}
+        return {**_extraction_steps(ds, variant_of(w), "train"), "knn": ("stages.knn", {"k": int(w.k)})}
     if name == "segment":
         kind, name, seed = w.owner.split("/")
         variant = name if kind == "runs" else BASELINES[(ds, name)]
@@ -121,11 +121,11 @@ def deciding_steps(name, w):
     if name in ("train", "import_checkpoint"):
         return head
     if name == "cluster":
-        return {**head, "cluster": ("cluster", stage_settings(config, ds, "cluster", variant=variant, seed=seed))}
+        return {**head, "cluster": ("stages.cluster", stage_settings(config, ds, "cluster", variant=variant, seed=seed))}
     if name == "linear_probe":
-        return {**head, "probe": ("probe", stage_settings(config, ds, "probe", variant=variant, seed=seed))}
+        return {**head, "probe": ("stages.probe", stage_settings(config, ds, "probe", variant=variant, seed=seed))}
     if name == "predict":
-        return {**head, **_extraction_steps(ds, variant, "val"), "predict": ("predict", {})}
+        return {**head, **_extraction_steps(ds, variant, "val"), "predict": ("stages.predict", {})}
     if name in ("evaluate", "evaluate_unlabelled"):
         return run_steps(ds, variant, seed)
     if name in ("figure_panels", "figure_metrics"):

@@ -75,7 +75,7 @@ rule train:
     conda:
         "../envs/stego.yaml"
     shell:
-        "python -m stego_steps.train --features {input.features} --knn {input.knn}"
+        "python -m stego_steps.stages.train --features {input.features} --knn {input.knn}"
         " --settings {params.settings:q} --calibration {input.calibration} --device {resources.device}"
         " --head {output.head} --log-csv {output.log_csv} --resolved {output.resolved} --threads {threads}"
         " --torch-threads {params.torch_threads} --checkpoint-every {resources.checkpoint_every} 2> {log}"
@@ -109,7 +109,7 @@ rule cluster:
     conda:
         "../envs/stego.yaml"
     shell:
-        "python -m stego_steps.cluster --features {input.features} --head {input.head}"
+        "python -m stego_steps.stages.cluster --features {input.features} --head {input.head}"
         " --settings {params.settings:q} --device {resources.device} --out {output} --threads {threads}"
         " --torch-threads {params.torch_threads} 2> {log}"
         " && python -m stego_steps.provenance record --provenance {params.provenance:q} {output:q}"
@@ -142,7 +142,7 @@ rule linear_probe:
     conda:
         "../envs/stego.yaml"
     shell:
-        "python -m stego_steps.probe --features {input.features} --head {input.head}"
+        "python -m stego_steps.stages.probe --features {input.features} --head {input.head}"
         " --settings {params.settings:q} --device {resources.device} --out {output} --threads {threads}"
         " --torch-threads {params.torch_threads} 2> {log}"
         " && python -m stego_steps.provenance record --provenance {params.provenance:q} {output:q}"
@@ -172,7 +172,7 @@ rule backbone_kmeans:
     conda:
         "../envs/stego.yaml"
     shell:
-        "python -m stego_steps.cluster --features {input.features} --settings {params.settings:q}"
+        "python -m stego_steps.stages.cluster --features {input.features} --settings {params.settings:q}"
         " --device {resources.device} --out {output} --threads {threads}"
         " --torch-threads {params.torch_threads} 2> {log}"
         " && python -m stego_steps.provenance record --provenance {params.provenance:q} {output:q}"
@@ -202,7 +202,7 @@ rule backbone_linear:
     conda:
         "../envs/stego.yaml"
     shell:
-        "python -m stego_steps.probe --features {input.features} --settings {params.settings:q}"
+        "python -m stego_steps.stages.probe --features {input.features} --settings {params.settings:q}"
         " --device {resources.device} --out {output} --threads {threads}"
         " --torch-threads {params.torch_threads} 2> {log}"
         " && python -m stego_steps.provenance record --provenance {params.provenance:q} {output:q}"
@@ -234,5 +234,5 @@ rule import_checkpoint:
     conda:
         "../envs/stego.yaml"
     shell:
-        "python -m stego_steps.checkpoint --ckpt {input.ckpt} --out-dir {params.out_dir} {params.args} 2> {log}"
+        "python -m stego_steps.stages.import_checkpoint --ckpt {input.ckpt} --out-dir {params.out_dir} {params.args} 2> {log}"
         " && python -m stego_steps.provenance record --provenance {params.provenance:q} {output:q}"

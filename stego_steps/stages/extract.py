@@ -6,7 +6,7 @@ with a per-token scale). `precision: bfloat16` runs the backbone under bfloat16 
 and resized in DataLoader workers (pinned memory on a GPU) and a writer thread writes to HDF5 while the next
 batch is computed. Writing goes to `{out}.partial` with a progress counter;
 a killed run resumes from it. Large splits are extracted in shards (contiguous slices of the index, one job
-each) and gathered into one store (`python -m stego_steps.extract gather`).
+each) and gathered into one store (`python -m stego_steps.stages.extract gather`).
 """
 
 from __future__ import annotations
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def gather_main(argv: list[str] | None = None) -> None:
-    """`python -m stego_steps.extract gather --out split.h5 shard0.h5 shard1.h5 ...`"""
+    """`python -m stego_steps.stages.extract gather --out split.h5 shard0.h5 shard1.h5 ...`"""
     parser = base_parser("Gather feature shards into one store of virtual datasets.")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("shards", type=Path, nargs="+")

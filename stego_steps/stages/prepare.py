@@ -1,9 +1,9 @@
 """Stage `prepare`: write the sample index of each split and the class table of a dataset.
 
 Outputs `{out}/train.csv`, `{out}/val.csv` (the sample index, see `stego_steps.index`) and
-`{out}/classes.json`. `python -m stego_steps.prepare render --settings JSON` renders the demo's scenes
+`{out}/classes.json`. `python -m stego_steps.stages.prepare render --settings JSON` renders the demo's scenes
 (the workflow's `render_demo` rule); `prepare` renders them itself when they are missing.
-`python -m stego_steps.prepare fetch --root R --split train2017 --name LIST --url URL` downloads a missing
+`python -m stego_steps.stages.prepare fetch --root R --split train2017 --name LIST --url URL` downloads a missing
 curated COCO-Stuff list (the `curated_list` rule); the cocostuff adapter also fetches missing lists itself.
 """
 
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def render_main(argv: list[str] | None = None) -> None:
-    """`python -m stego_steps.prepare render --settings '{"root": ..., "generator": {...}}'`"""
+    """`python -m stego_steps.stages.prepare render --settings '{"root": ..., "generator": {...}}'`"""
     parser = base_parser("Render the demo dataset's scenes.")
     parser.add_argument("--settings", type=settings_arg, required=True, help="demo dataset settings as JSON")
     args = parse_stage_args(parser, argv)
@@ -58,7 +58,7 @@ def render_main(argv: list[str] | None = None) -> None:
 
 
 def fetch_main(argv: list[str] | None = None) -> None:
-    """`python -m stego_steps.prepare fetch --root R --split train2017 --name LIST --url URL`"""
+    """`python -m stego_steps.stages.prepare fetch --root R --split train2017 --name LIST --url URL`"""
     parser = base_parser("Download a curated COCO-Stuff list (checksum-verified) when it is missing.")
     parser.add_argument("--root", type=Path, required=True, help="the cocostuff dataset folder")
     parser.add_argument("--split", required=True, choices=sorted(datasets.COCO_SPLIT_DIRS.values()))

@@ -1,5 +1,5 @@
-"""Stage `plan`: before the heavy work, tell the samples per split and the size of each feature store, and
-refuse to start when the disk cannot hold them.
+"""Disk space for the feature stores: the samples per split and the size of each store, and the refusal to
+start when the disk cannot hold them (the `plan` stage and the workflow's start-up call these).
 
 Two checks. At start-up (the workflow's `onstart`, before the first job) `check_request` sums every store
 that the requested targets will create — all splits, every feature key, the five-crop and ablation stores —
@@ -24,10 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from stego_steps import store
-from stego_steps.artifacts import write_text
 from stego_steps.backbone_specs import backbone_info
-from stego_steps.cli import base_parser, parse_stage_args, settings_arg
-from stego_steps.errors import UserError, cli
+from stego_steps.errors import UserError
 from stego_steps.index import is_labelled, read_index
 
 log = logging.getLogger(__name__)
@@ -231,39 +229,3 @@ def check_request(stores: list[RequestedStore], free: int, *, measured: str | Pa
         f"({needed:,} bytes with a {100 * (margin - 1):.0f}% margin) more at {measured}, but only {human(free)} "
         f"({free:,} bytes) are free there. New bytes per store:\n" + "\n".join(lines) + later
         + "\nChoices:\n" + "\n".join(f"  - {c};" for c in choices[:-1]) + f"\n  - {choices[-1]}.")
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = base_parser(__doc__)
-    parser.add_argument("--index", nargs="+", required=True, metavar="SPLIT=CSV",
-                        help="index CSV of each split, e.g. train=results/x/index/train.csv")
-    parser.add_argument("--settings", type=settings_arg, required=True,
-                        help="JSON {split: extract settings (backbone, res, evaluation, ...)}")
-    parser.add_argument("--store-dir", type=Path, required=True, help="folder the feature stores go to")
-    parser.add_argument("--out", type=Path, required=True, help="the plan (text)")
-    parser.add_argument("--title", default="plan", help="first line of the table")
-    parser.add_argument("--margin", type=float, default=MARGIN, help="needed × margin must be free")
-    args = parse_stage_args(parser, argv)
-    indexes = {}
-    for item in args.index:
-        split, sep, path = item.partition("=")
-        if not sep or not path:
-            parser.error(f"--index expects SPLIT=path, got '{item}'")
-        indexes[split] = path
-    plans = make_plan(indexes, args.settings)
-    measured, free = free_bytes(args.store_dir)
-    reclaimable = reclaimable_bytes(args.store_dir, list(indexes))
-    text = format_plan(plans, title=args.title, store_dir=args.store_dir, measured=measured, free=free,
-                       reclaimable=reclaimable, margin=args.margin)
-    log.info("\n%s", text)
-    print(text, flush=True)  # the job's stdout: Snakemake shows it on the console
-    try:
-        check_space(plans, free + reclaimable, store_dir=args.store_dir, margin=args.margin)
-    except InsufficientSpace as err:
-        print(f"PLAN REFUSED: {err}", flush=True)  # on the console; `cli` puts the ERROR block in the log
-        raise
-    write_text(args.out, text)
-
-
-if __name__ == "__main__":
-    cli(main)

@@ -21,8 +21,8 @@ from stego_steps.artifacts import read_npy, write_csv, write_json
 from stego_steps.cli import base_parser, parse_stage_args, settings_arg
 from stego_steps.errors import cli
 from stego_steps.head import save_head
+from stego_steps.head_training import train
 from stego_steps.store import FeatureStore
-from stego_steps.training import train
 
 log = logging.getLogger(__name__)
 

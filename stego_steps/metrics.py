@@ -8,7 +8,6 @@ deliberate differences listed in the README).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -104,17 +103,3 @@ def scores(confusion: Any, hungarian: bool = True) -> dict[str, Any]:
         "assignment": assignment,
         "n_pixels": total,
     }
-
-
-def iou_table(names: Sequence[str], result: dict[str, Any]) -> Any:
-    """Per-class IoU as a DataFrame: `class`, `iou` (percent, like `miou`) and the matched `cluster`."""
-    import pandas as pd
-
-    iou = np.asarray(result["iou"])
-    if len(names) != len(iou):
-        raise ValueError(f"{len(names)} class names for {len(iou)} classes")
-    assignment = np.asarray(result["assignment"])
-    cluster = np.full(len(iou), -1, dtype=np.int64)
-    matched = assignment >= 0
-    cluster[assignment[matched]] = np.flatnonzero(matched)
-    return pd.DataFrame({"class": list(names), "iou": 100.0 * iou, "cluster": cluster})

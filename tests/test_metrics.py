@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from stego_steps.metrics import confusion, iou_table, scores
+from stego_steps.metrics import confusion, scores
 
 
 def test_confusion_matches_naive_loop():
@@ -117,13 +117,3 @@ def test_scores_rejects_empty_and_bad_shape():
         scores(np.zeros((3, 3), np.int64))
     with pytest.raises(ValueError, match="2-D"):
         scores(np.zeros(3, np.int64))
-
-
-def test_iou_table():
-    s = scores(np.array([[1, 5], [4, 2]]))
-    table = iou_table(["sky", "grass"], s)
-    assert list(table["class"]) == ["sky", "grass"]
-    assert list(table["cluster"]) == [1, 0]
-    np.testing.assert_allclose(table["iou"], 100 * s["iou"])
-    with pytest.raises(ValueError):
-        iou_table(["sky"], s)

@@ -62,7 +62,6 @@ BACKBONES = {("vit_small", 8): "dino_vits8", ("vit_small", 16): "dino_vits16",
              ("vit_base", 8): "dino_vitb8", ("vit_base", 16): "dino_vitb16"}
 MODEL_TYPES = {384: "vit_small", 768: "vit_base"}
 HEAD_DROPOUT = 0.1  # the official featurizer's Dropout2d(p=0.1)
-TEMPERATURE = 2.0  # alpha of the official cluster probe at evaluation
 OUTPUTS = {"backbone": "backbone.pth", "head": "head.pt", "centroids": "centroids.npy", "linear": "linear.pt",
            "hyper_parameters": "hyper_parameters.json"}
 

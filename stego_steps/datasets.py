@@ -21,14 +21,12 @@ from __future__ import annotations
 import csv
 import hashlib
 import logging
-import shutil
-import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from stego_steps.artifacts import atomic_path
+from stego_steps.download import ChecksumMismatch, download
 from stego_steps.errors import UserError
 from stego_steps.index import IGNORE, SPLITS, Box, row_box
 
@@ -231,25 +229,21 @@ def fetch_curated_lists(root: str | Path, base_url: str,
             continue
         url = base_url.format(split=split, name=name)
         log.info("downloading curated list %s/%s.txt from %s", split, name, url)
-        with atomic_path(dest) as tmp:
-            try:
-                with urllib.request.urlopen(url, timeout=120) as response, open(tmp, "wb") as f:
-                    shutil.copyfileobj(response, f)
-            except OSError as err:  # URLError included
-                raise UserError(
-                    f"could not download the curated list {split}/{name}.txt from {url}: {err}. Fix: check "
-                    f"the network or the 'curated_url' setting, or place the file at {dest} yourself "
-                    f"({README_HINT})") from err
-            digest = _md5(tmp)
-            if expected is None:
-                log.warning("no known checksum for curated list %s/%s.txt: accepting it unverified (md5 %s, "
-                            "%d ids)", split, name, digest, len(_read_id_list(tmp)))
-            elif digest != expected:
-                raise ChecksumError(
-                    f"checksum mismatch for curated list {split}/{name}.txt downloaded from {url}: "
-                    f"md5 {digest}, expected {expected}; nothing was written. Fix: point the 'curated_url' "
-                    f"setting at a source that serves the original IIC/PiCIE lists (default {CURATED_URL}), "
-                    f"or place the correct file at {dest} yourself")
+        try:  # the one downloader: checksum-verified, nothing at `dest` unless complete and matching
+            download(url, dest, md5=expected, timeout=120)
+        except ChecksumMismatch as err:
+            raise ChecksumError(
+                f"checksum mismatch for curated list {split}/{name}.txt downloaded from {url}: {err}. Fix: point "
+                f"the 'curated_url' setting at a source that serves the original IIC/PiCIE lists (default "
+                f"{CURATED_URL}), or place the correct file at {dest} yourself") from err
+        except UserError as err:
+            raise UserError(
+                f"could not download the curated list {split}/{name}.txt from {url}: {err}. Fix: check "
+                f"the network or the 'curated_url' setting, or place the file at {dest} yourself "
+                f"({README_HINT})") from err
+        if expected is None:
+            log.warning("no known checksum for curated list %s/%s.txt: accepting it unverified (md5 %s, "
+                        "%d ids)", split, name, _md5(dest), len(_read_id_list(dest)))
     return paths
 
 

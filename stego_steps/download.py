@@ -42,6 +42,10 @@ TABLE = "resources.yaml"
 FIELDS = ("url", "sha256", "md5", "size", "extract", "instructions")
 
 
+class ChecksumMismatch(UserError):
+    """A download whose checksum or size does not match (nothing was written)."""
+
+
 def load_table(overrides: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
     """The known resources (path under resources/ → url, checksum, size, extract, instructions), with the
     entries of `overrides` (the config's `downloads:`) merged over them field by field."""
@@ -144,7 +148,7 @@ def download(url: str, out: str | Path, *, sha256: str | None = None, md5: str |
         problems.append(f"{got} bytes, expected {size}")
     if problems:
         part.unlink()
-        raise UserError(
+        raise ChecksumMismatch(
             f"download of {url} does not match: {'; '.join(problems)}. Nothing was written to {out}.\n"
             "Fix: run again (a transfer error); if it persists the file at the URL changed or the URL is "
             f"wrong: check the url in the `downloads:` section of the config (or {TABLE}), or copy the right "

@@ -138,7 +138,7 @@ def test_the_device_reaches_every_model_stage_as_a_resource(tmp_path):
     assert dry.returncode == 0, dry.stderr[-2000:]
     text = dry.stdout + dry.stderr
     for stage in ("extract", "knn", "train", "cluster", "probe", "predict"):
-        commands = [line for line in text.splitlines() if f"python -m stego_steps.{stage} --" in line]
+        commands = [line for line in text.splitlines() if f"python -m stego_steps.stages.{stage} --" in line]
         assert commands and all("--device cuda" in line for line in commands), stage
     assert "--device" not in " ".join(line for line in text.splitlines() if "stego_steps.stages.segment " in line)
 

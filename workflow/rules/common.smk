@@ -16,9 +16,21 @@ from stego_steps import backbone_specs, datasets
 from stego_steps import config as stego_config
 from stego_steps import resources as stego_resources
 from stego_steps import validate as stego_validate
-from stego_steps.config import (DEFAULT_VARIANT, ConfigError, backbone_weights, baseline_key, bookkeeping,
-                                crop_of_index, dataset_settings, features_key, index_name, resolve, seeds,
-                                stage_settings, variants)
+from stego_steps.config import (
+    DEFAULT_VARIANT,
+    ConfigError,
+    backbone_weights,
+    baseline_key,
+    bookkeeping,
+    crop_of_index,
+    dataset_settings,
+    features_key,
+    index_name,
+    resolve,
+    seeds,
+    stage_settings,
+    variants,
+)
 from stego_steps.protocol import BASELINE_PROBES, PROBES, ROWS, SUPERVISED_PROBES, UNSUPERVISED_PROBES, row_key
 from stego_steps.store import MAX_MEMORY_GB
 from stego_steps.errors import UserError, report_failed_jobs
@@ -77,10 +89,16 @@ for _ds, _entry in config["datasets"].items():
                     f"dataset '{_ds}'" + (f", variant '{_v}'" if _v != DEFAULT_VARIANT else "") + f": {_key} "
                     f"{_r[_key]} is not a multiple of backbone {_r['backbone']}'s patch size {_stride}; set "
                     f"`datasets.{_ds}.overrides: {{{_key}: {_r[_key] // _stride * _stride or _stride}}}` (or another "
-                    f"multiple of {_stride})")
+                    f"multiple of {_stride})"
+                )
         _index = f"results/{_ds}/{index_name(_r)}/train.csv"
-        _problem = stego_validate.knn_problem(_ds, _entry["kind"], dataset_settings(config, _ds, _v), _r["knn_k"],
-                                              samples=stego_validate.index_rows(_index))
+        _problem = stego_validate.knn_problem(
+            _ds,
+            _entry["kind"],
+            dataset_settings(config, _ds, _v),
+            _r["knn_k"],
+            samples=stego_validate.index_rows(_index),
+        )
         if _problem:
             raise WorkflowError(_problem if _v == DEFAULT_VARIANT else f"variant '{_v}': {_problem}")
 
@@ -88,6 +106,7 @@ for _ds, _entry in config["datasets"].items():
 # 2-core machine), spinning threads starve the others (training measured 2× slower under load). The thread
 # counts, and so the results, are unchanged.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 
 envvars:
     "PATH",
@@ -117,8 +136,6 @@ TORCH_THREADS = config["torch_threads"]
 scattergather:
     extract=config["extract_shards"],
     segment=config["segment_shards"],
-
-
 
 
 wildcard_constraints:
@@ -182,9 +199,12 @@ def checkpoint_input(wildcards):
     """The released checkpoint of an imported variant: present, or one that the `download` rule fetches."""
     path = RESOLVED[wildcards.ds][wildcards.variant]["checkpoint"]
     if not os.path.exists(path) and not downloadable(path):
-        raise WorkflowError(f"dataset '{wildcards.ds}', variant '{wildcards.variant}': the checkpoint {path} does "
-                            "not exist" + (" and `offline` is true" if config["offline"] else "")
-                            + "; put the official .ckpt file there or fix `checkpoint:` in the config")
+        raise WorkflowError(
+            f"dataset '{wildcards.ds}', variant '{wildcards.variant}': the checkpoint {path} does "
+            "not exist"
+            + (" and `offline` is true" if config["offline"] else "")
+            + "; put the official .ckpt file there or fix `checkpoint:` in the config"
+        )
     return path
 
 
@@ -198,7 +218,9 @@ def import_args(wildcards):
 
 
 def run_knn(wildcards):
-    return f"{features_dir(wildcards.ds, wildcards.variant)}/knn{RESOLVED[wildcards.ds][wildcards.variant]['knn_k']}.npy"
+    return (
+        f"{features_dir(wildcards.ds, wildcards.variant)}/knn{RESOLVED[wildcards.ds][wildcards.variant]['knn_k']}.npy"
+    )
 
 
 def index_of(wildcards):
@@ -219,9 +241,11 @@ def labelled(ds):
     missing = [s for s in ("train", "val") if not os.path.isdir(os.path.join(root, "labels", s))]
     if flag and os.path.isdir(root) and missing:
         why = "`labelled: true`" if "labelled" in entry else f"{os.path.join(root, 'labels')} exists"
-        raise WorkflowError(f"dataset '{ds}' is labelled ({why}) but {os.path.join(root, 'labels', missing[0])} "
-                            "does not exist: add the label PNGs of that split, or set `labelled: false` to run without "
-                            f"labels (cluster segmentations and results/{ds}/clusters.csv, no metrics)")
+        raise WorkflowError(
+            f"dataset '{ds}' is labelled ({why}) but {os.path.join(root, 'labels', missing[0])} "
+            "does not exist: add the label PNGs of that split, or set `labelled: false` to run without "
+            f"labels (cluster segmentations and results/{ds}/clusters.csv, no metrics)"
+        )
     return flag
 
 
@@ -236,8 +260,10 @@ def run_table(ds, variant, seed):
 
 def require_labels(ds, what):
     if not labelled(ds):
-        raise WorkflowError(f"dataset '{ds}' has no labels, so {what} cannot be computed; its result is "
-                            f"results/{ds}/clusters.csv (cluster pixel shares) and the cluster segmentations")
+        raise WorkflowError(
+            f"dataset '{ds}' has no labels, so {what} cannot be computed; its result is "
+            f"results/{ds}/clusters.csv (cluster pixel shares) and the cluster segmentations"
+        )
 
 
 def settings(stage):
@@ -245,8 +271,9 @@ def settings(stage):
 
     def get(wildcards):
         seed = int(wildcards.seed) if "seed" in wildcards.keys() else None
-        return json.dumps(stage_settings(config, wildcards.ds, stage, wildcards.get("split", "train"),
-                                         variant_of(wildcards), seed))
+        return json.dumps(
+            stage_settings(config, wildcards.ds, stage, wildcards.get("split", "train"), variant_of(wildcards), seed)
+        )
 
     return get
 
@@ -290,8 +317,9 @@ def backbone_weights_input(wildcards):
 
 def plan_settings(wildcards):
     """The very settings of the split's extraction: a plan re-runs exactly when its extraction must."""
-    return json.dumps({wildcards.split: stage_settings(config, wildcards.ds, "extract", wildcards.split,
-                                                       variant_of(wildcards))})
+    return json.dumps(
+        {wildcards.split: stage_settings(config, wildcards.ds, "extract", wildcards.split, variant_of(wildcards))}
+    )
 
 
 # The folders the demo datasets' scenes are rendered into (rule render_demo), and their datasets.
@@ -326,8 +354,9 @@ def dataset_resources(ds):
         if path is None or not (path == root or path.startswith(root + os.sep)) or os.path.exists(path):
             continue
         if entry.get("instructions") or config["offline"]:
-            how = entry.get("instructions") or (f"download {entry['url']} and unpack it into {path}, or set "
-                                                "`offline: false` and Snakemake does it")
+            how = entry.get("instructions") or (
+                f"download {entry['url']} and unpack it into {path}, or set " "`offline: false` and Snakemake does it"
+            )
             raise WorkflowError(f"dataset '{ds}': {path} is missing; {how}")
         folders.append(path)
     return folders
@@ -340,16 +369,20 @@ def demo_settings(wildcards):
 
 
 # The folders of the cocostuff datasets whose missing curated lists are downloaded (rule curated_list).
-COCO_ROOTS = {entry["root"]: ds for ds, entry in reversed(config["datasets"].items())
-              if entry["kind"] == "cocostuff" and entry.get("curated_url", datasets.CURATED_URL)}
+COCO_ROOTS = {
+    entry["root"]: ds
+    for ds, entry in reversed(config["datasets"].items())
+    if entry["kind"] == "cocostuff" and entry.get("curated_url", datasets.CURATED_URL)
+}
 
 
 def curated_lists(ds):
     """The curated list files of a cocostuff dataset: `{root}/curated/{split dir}/{name}.txt`."""
     entry = config["datasets"][ds]
     names = {"train": entry.get("train_list") or datasets.COCO_TRAIN_LIST, "val": datasets.COCO_VAL_LIST}
-    return [os.path.join(entry["root"], "curated", datasets.COCO_SPLIT_DIRS[s], f"{names[s]}.txt")
-            for s in ("train", "val")]
+    return [
+        os.path.join(entry["root"], "curated", datasets.COCO_SPLIT_DIRS[s], f"{names[s]}.txt") for s in ("train", "val")
+    ]
 
 
 def curated_url(wildcards):
@@ -384,17 +417,24 @@ def segment_inputs(wildcards):
     kind, name, seed = wildcards.owner.split("/")
     base = f"results/{wildcards.ds}/{wildcards.owner}"
     if (wildcards.probe in BASELINE_PROBES) != (kind == "baselines"):
-        raise WorkflowError(f"no {wildcards.probe} segmentation under {base}: the backbone_* probes belong to "
-                            "results/<dataset>/baselines/, the others to results/<dataset>/runs/")
+        raise WorkflowError(
+            f"no {wildcards.probe} segmentation under {base}: the backbone_* probes belong to "
+            "results/<dataset>/baselines/, the others to results/<dataset>/runs/"
+        )
     if wildcards.probe in SUPERVISED_PROBES:
         require_labels(wildcards.ds, f"the {wildcards.probe} probe")
     variant = name if kind == "runs" else BASELINES[(wildcards.ds, name)]
     inputs = {"features": f"{features_dir(wildcards.ds, variant)}/val.h5"}
     if kind == "runs":
         inputs["codes"] = f"{base}/codes.h5"
-    inputs.update({"cluster": {"centroids": f"{base}/centroids.npy"}, "linear": {"linear": f"{base}/linear.pt"},
-                   "backbone_kmeans": {"centroids": f"{base}/kmeans.npy"},
-                   "backbone_linear": {"linear": f"{base}/linear.pt"}}[wildcards.probe])
+    inputs.update(
+        {
+            "cluster": {"centroids": f"{base}/centroids.npy"},
+            "linear": {"linear": f"{base}/linear.pt"},
+            "backbone_kmeans": {"centroids": f"{base}/kmeans.npy"},
+            "backbone_linear": {"linear": f"{base}/linear.pt"},
+        }[wildcards.probe]
+    )
     return inputs
 
 
@@ -488,26 +528,33 @@ def job_mem_mb(name):
     def mem_mb(wildcards, input, threads, attempt):
         features = input.features if "features" in input.keys() else (input[0] if len(input) else None)
         return stego_resources.mem_mb(
-            name, job_threads=threads, torch_threads=TORCH_THREADS,
+            name,
+            job_threads=threads,
+            torch_threads=TORCH_THREADS,
             store_mb=store_mb(features) if spec.holds_store else 0.0,
             pooled_mb=pooled_mb(features) if spec.holds_pooled else 0.0,
-            budget_mb=MAX_MEMORY_GB * 1024, attempt=attempt)
+            budget_mb=MAX_MEMORY_GB * 1024,
+            attempt=attempt,
+        )
 
     return mem_mb
 
 
 def job_runtime(name):
     if name == "extract":
+
         def extract_runtime(wildcards, input, attempt):
             passes = 1 if wildcards.split == "train" else 2  # evaluation images are extracted with their flips
             return stego_resources.extract_runtime(_samples(input.index) / shard_count(wildcards), passes, attempt)
 
         return extract_runtime
     if name == "segment":
+
         def segment_runtime(wildcards, input, threads, attempt):
             workers = stego_resources.workers(name, threads, TORCH_THREADS)
-            return stego_resources.segment_runtime(store_images(input.features) / shard_count(wildcards), workers,
-                                                   attempt)
+            return stego_resources.segment_runtime(
+                store_images(input.features) / shard_count(wildcards), workers, attempt
+            )
 
         return segment_runtime
     return lambda wildcards, attempt: stego_resources.runtime(name, attempt)
@@ -539,8 +586,10 @@ def panel_args(wildcards, input):
 # New images (workflow/rules/segment_images.smk), segmented with the dataset's default run
 def segment_images_inputs(wildcards):
     if wildcards.name not in config["segment_images"]:
-        raise WorkflowError(f"no folder named '{wildcards.name}' under `segment_images:` in the config; add "
-                            f"`segment_images: {{{wildcards.name}: path/to/images}}` (or pass it with --config)")
+        raise WorkflowError(
+            f"no folder named '{wildcards.name}' under `segment_images:` in the config; add "
+            f"`segment_images: {{{wildcards.name}: path/to/images}}` (or pass it with --config)"
+        )
     from stego_steps.images import folder_files
 
     # Every file of the folder is an input (one per image): adding, removing or editing an image re-runs the
@@ -551,11 +600,16 @@ def segment_images_inputs(wildcards):
     except UserError as err:
         raise WorkflowError(f"segment_images.{wildcards.name}: {err}")
     if not files:
-        raise WorkflowError(f"segment_images.{wildcards.name}: the folder {folder} holds no files; put the images "
-                            "to segment there")
+        raise WorkflowError(
+            f"segment_images.{wildcards.name}: the folder {folder} holds no files; put the images " "to segment there"
+        )
     run = default_run(wildcards.ds)
-    inputs = {"images": [str(p) for p in files], "head": f"{run}/head.pt", "centroids": f"{run}/centroids.npy",
-              "codes": f"{run}/codes.h5"}
+    inputs = {
+        "images": [str(p) for p in files],
+        "head": f"{run}/head.pt",
+        "centroids": f"{run}/centroids.npy",
+        "codes": f"{run}/codes.h5",
+    }
     if labelled(wildcards.ds):
         inputs.update(mapping=f"{run}/mapping", linear=f"{run}/linear.pt")
     return inputs
@@ -569,26 +623,44 @@ def run_seeds(ds, variant):
 
 def table_runs(ds, variant_names):
     """(dataset, variant, seed, kind, backbone) of every run of the given variants, and its miou.csv."""
-    return [{"dataset": ds, "variant": v, "seed": seed, "kind": config["datasets"][ds]["kind"],
-             "backbone": RESOLVED[ds][v]["backbone"], "path": run_table(ds, v, seed)}
-            for v in variant_names for seed in run_seeds(ds, v)]
+    return [
+        {
+            "dataset": ds,
+            "variant": v,
+            "seed": seed,
+            "kind": config["datasets"][ds]["kind"],
+            "backbone": RESOLVED[ds][v]["backbone"],
+            "path": run_table(ds, v, seed),
+        }
+        for v in variant_names
+        for seed in run_seeds(ds, v)
+    ]
 
 
 def main_table_runs():
     for ds in config["tables"]["main"]:
         require_labels(ds, "results/tables/main")
-    return [run for ds in config["tables"]["main"]
-            for run in table_runs(ds, config["datasets"][ds].get("main_variants") or [DEFAULT_VARIANT])]
+    return [
+        run
+        for ds in config["tables"]["main"]
+        for run in table_runs(ds, config["datasets"][ds].get("main_variants") or [DEFAULT_VARIANT])
+    ]
 
 
 def ablation_runs(wildcards):
     require_labels(wildcards.ds, f"results/tables/ablation_{wildcards.ds}")
-    runs = table_runs(wildcards.ds, [v for v in RESOLVED[wildcards.ds] if v == DEFAULT_VARIANT or v.startswith("ablate_")])
+    runs = table_runs(
+        wildcards.ds, [v for v in RESOLVED[wildcards.ds] if v == DEFAULT_VARIANT or v.startswith("ablate_")]
+    )
     for run in runs:
         r = RESOLVED[wildcards.ds][run["variant"]]
-        run["axes"] = {"mlp": r["head"]["nonlinear"], "zero_clamp": r["loss"]["zero_clamp"],
-                       "five_crop": r["five_crop"], "spatial_centering": r["loss"]["spatial_centering"],
-                       **{term: r["loss"]["weights"][term] != 0 for term in ("self", "knn", "random")}}
+        run["axes"] = {
+            "mlp": r["head"]["nonlinear"],
+            "zero_clamp": r["loss"]["zero_clamp"],
+            "five_crop": r["five_crop"],
+            "spatial_centering": r["loss"]["spatial_centering"],
+            **{term: r["loss"]["weights"][term] != 0 for term in ("self", "knn", "random")},
+        }
     return runs
 
 
@@ -618,11 +690,16 @@ def cli_args():
 
 
 def target_datasets():
-    return {ds: stego_targets.Dataset(variants=tuple(RESOLVED[ds]), seeds=tuple(seeds(config, ds)),
-                                      feature_keys=tuple(sorted(set(FEATURE_KEY[ds].values()))),
-                                      baseline_keys=tuple(sorted(set(BASELINE_KEY[ds].values()))),
-                                      labelled=labelled(ds))
-            for ds in config["datasets"]}
+    return {
+        ds: stego_targets.Dataset(
+            variants=tuple(RESOLVED[ds]),
+            seeds=tuple(seeds(config, ds)),
+            feature_keys=tuple(sorted(set(FEATURE_KEY[ds].values()))),
+            baseline_keys=tuple(sorted(set(BASELINE_KEY[ds].values()))),
+            labelled=labelled(ds),
+        )
+        for ds in config["datasets"]
+    }
 
 
 CLI = cli_args()
@@ -678,15 +755,22 @@ def requested_stores(jobs):
         if os.path.exists(job.input.index):
             samples, has_labels = stego_plan.index_summary(job.input.index)
         else:
-            samples = stego_validate.split_samples(config["datasets"][ds]["kind"],
-                                                   dataset_settings(config, ds, variant), split)
+            samples = stego_validate.split_samples(
+                config["datasets"][ds]["kind"], dataset_settings(config, ds, variant), split
+            )
             has_labels = labelled(ds)
         if samples is None:
             unknown.append(f"{store_dir}/{split}.h5")
             continue
         split_plan = stego_plan.split_plan(split, samples, has_labels, json.loads(job.params.settings))
-        stores.append(stego_plan.RequestedStore(store_dir, split_plan, stego_plan.reclaimable_bytes(store_dir, [split]),
-                                                five_crop=split == "train" and RESOLVED[ds][variant]["five_crop"]))
+        stores.append(
+            stego_plan.RequestedStore(
+                store_dir,
+                split_plan,
+                stego_plan.reclaimable_bytes(store_dir, [split]),
+                five_crop=split == "train" and RESOLVED[ds][variant]["five_crop"],
+            )
+        )
     return stores, unknown
 
 
@@ -712,11 +796,15 @@ def check_local_machine(jobs):
         import torch
 
         if not torch.cuda.is_available():
-            raise WorkflowError(f"`device: cuda` but torch sees no GPU on this machine (rules {', '.join(cuda)} would "
-                                "fail); set `device: auto` (GPU when there is one) or `device: cpu`, or run where "
-                                "there is a GPU (e.g. `--workflow-profile workflow/profiles/slurm`)")
+            raise WorkflowError(
+                f"`device: cuda` but torch sees no GPU on this machine (rules {', '.join(cuda)} would "
+                "fail); set `device: auto` (GPU when there is one) or `device: cpu`, or run where "
+                "there is a GPU (e.g. `--workflow-profile workflow/profiles/slurm`)"
+            )
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     if model_jobs and TORCH_THREADS > cores:
-        raise WorkflowError(f"torch_threads is {TORCH_THREADS} but this machine has {cores} cores: every model job "
-                            f"would compute that much slower; set `torch_threads: {cores}` or less (results with "
-                            "another thread count round differently, so changing it re-runs the model stages)")
+        raise WorkflowError(
+            f"torch_threads is {TORCH_THREADS} but this machine has {cores} cores: every model job "
+            f"would compute that much slower; set `torch_threads: {cores}` or less (results with "
+            "another thread count round differently, so changing it re-runs the model stages)"
+        )

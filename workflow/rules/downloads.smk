@@ -17,19 +17,19 @@ rule download:
     """A file of the table of known resources, checksum-verified; a partial download never takes its name."""
     output:
         "resources/{resource}",
-    params:
-        args=lambda wildcards: stego_download.cli_args(RESOURCES[wildcards.resource]),
-    wildcard_constraints:
-        resource=stego_download.path_pattern(DOWNLOADABLE),
     log:
         "logs/download/{resource}.log",
+    wildcard_constraints:
+        resource=stego_download.path_pattern(DOWNLOADABLE),
     localrule: True
+    conda:
+        "../envs/stego.yaml"
     threads: job_threads("download")
     resources:
         mem_mb=job_mem_mb("download"),
         runtime=job_runtime("download"),
-    conda:
-        "../envs/stego.yaml"
+    params:
+        args=lambda wildcards: stego_download.cli_args(RESOURCES[wildcards.resource]),
     shell:
         "python -m stego_steps.stages.download {params.args} --out {output:q} 2> {log}"
 
@@ -40,17 +40,17 @@ rule unpack_resource:
         lambda wildcards: f"resources/{ARCHIVE_OF[wildcards.folder]}",
     output:
         directory("resources/{folder}"),
-    wildcard_constraints:
-        folder=stego_download.path_pattern(ARCHIVE_OF),
     log:
         "logs/download/unpack/{folder}.log",
+    wildcard_constraints:
+        folder=stego_download.path_pattern(ARCHIVE_OF),
     localrule: True
+    conda:
+        "../envs/stego.yaml"
     threads: job_threads("unpack_resource")
     resources:
         mem_mb=job_mem_mb("unpack_resource"),
         runtime=job_runtime("unpack_resource"),
-    conda:
-        "../envs/stego.yaml"
     shell:
         "python -m stego_steps.stages.download --out {input:q} --extract-to {output:q} 2> {log}"
 
@@ -59,18 +59,18 @@ rule resource_by_hand:
     """Data that needs an account: stops with where to download it and where to put it while it is missing."""
     output:
         directory("resources/{manual}"),
-    params:
-        instructions=lambda wildcards: RESOURCES[wildcards.manual]["instructions"],
-    wildcard_constraints:
-        manual=stego_download.path_pattern(BY_HAND),
     log:
         "logs/download/manual/{manual}.log",
+    wildcard_constraints:
+        manual=stego_download.path_pattern(BY_HAND),
     localrule: True
+    conda:
+        "../envs/stego.yaml"
     threads: job_threads("resource_by_hand")
     resources:
         mem_mb=job_mem_mb("resource_by_hand"),
         runtime=job_runtime("resource_by_hand"),
-    conda:
-        "../envs/stego.yaml"
+    params:
+        instructions=lambda wildcards: RESOURCES[wildcards.manual]["instructions"],
     shell:
         "python -m stego_steps.stages.download --out {output:q} --instructions {params.instructions:q} 2> {log}"

@@ -6,21 +6,21 @@ rule predict:
         head=f"{RUN}/head.pt",
     output:
         f"{RUN}/codes.h5",
-    params:
-        provenance=provenance("predict"),
-        torch_threads=TORCH_THREADS,
     log:
         "logs/{ds}/{variant}/seed{seed}/predict.log",
     benchmark:
         "benchmarks/{ds}/{variant}/seed{seed}/predict.tsv"
+    conda:
+        "../envs/stego.yaml"
     threads: job_threads("predict")
     resources:
         device=DEVICE,
         gpu=job_gpu("predict"),
         mem_mb=job_mem_mb("predict"),
         runtime=job_runtime("predict"),
-    conda:
-        "../envs/stego.yaml"
+    params:
+        provenance=provenance("predict"),
+        torch_threads=TORCH_THREADS,
     shell:
         "python -m stego_steps.stages.predict --features {input.features} --head {input.head}"
         " --device {resources.device} --out {output} --threads {threads} --torch-threads {params.torch_threads}"
@@ -36,21 +36,21 @@ rule segment:
         unpack(segment_inputs),
     output:
         "results/{ds}/{owner}/segment/{probe}.{scatteritem}.h5",
+    log:
+        "logs/{ds}/{owner}/segment_{probe}.{scatteritem}.log",
+    benchmark:
+        "benchmarks/{ds}/{owner}/segment_{probe}.{scatteritem}.tsv"
+    conda:
+        "../envs/stego.yaml"
+    threads: job_threads("segment")
+    resources:
+        mem_mb=job_mem_mb("segment"),
+        runtime=job_runtime("segment"),
     params:
         provenance=provenance("segment"),
         args=segment_args,
         shard=shard_index,
         n_shards=shard_count,
-    log:
-        "logs/{ds}/{owner}/segment_{probe}.{scatteritem}.log",
-    benchmark:
-        "benchmarks/{ds}/{owner}/segment_{probe}.{scatteritem}.tsv"
-    threads: job_threads("segment")
-    resources:
-        mem_mb=job_mem_mb("segment"),
-        runtime=job_runtime("segment"),
-    conda:
-        "../envs/stego.yaml"
     shell:
         "python -m stego_steps.stages.segment --features {input.features} --probe {wildcards.probe} {params.args}"
         " --shard {params.shard} --n-shards {params.n_shards} --out {output} --threads {threads} 2> {log}"
@@ -63,31 +63,49 @@ rule evaluate:
         provenance_check("evaluate"),
         unpack(evaluate_inputs),
     output:
-        table=report(f"{RUN}/miou.csv", caption="../report/miou.rst", category="{ds}",
-                     subcategory="{variant}, seed {seed}: metrics", labels={"figure": "accuracy and mIoU"}),
-        per_class=report(f"{RUN}/per_class_iou.csv", caption="../report/per_class_table.rst",
-                         category="{ds}", subcategory="{variant}, seed {seed}: metrics",
-                         labels={"figure": "per-class IoU (table)"}),
-        crf_effect=report(f"{RUN}/crf_effect.csv", caption="../report/crf_effect.rst", category="{ds}",
-                          subcategory="{variant}, seed {seed}: metrics",
-                          labels={"figure": "per-class IoU change by the CRF"}),
+        table=report(
+            f"{RUN}/miou.csv",
+            caption="../report/miou.rst",
+            category="{ds}",
+            subcategory="{variant}, seed {seed}: metrics",
+            labels={"figure": "accuracy and mIoU"},
+        ),
+        per_class=report(
+            f"{RUN}/per_class_iou.csv",
+            caption="../report/per_class_table.rst",
+            category="{ds}",
+            subcategory="{variant}, seed {seed}: metrics",
+            labels={"figure": "per-class IoU (table)"},
+        ),
+        crf_effect=report(
+            f"{RUN}/crf_effect.csv",
+            caption="../report/crf_effect.rst",
+            category="{ds}",
+            subcategory="{variant}, seed {seed}: metrics",
+            labels={"figure": "per-class IoU change by the CRF"},
+        ),
         confusion=directory(f"{RUN}/confusion"),
-        mapping=report(directory(f"{RUN}/mapping"), patterns=["{row}.csv"],
-                       caption="../report/mapping.rst", category="{ds}",
-                       subcategory="{variant}, seed {seed}: mappings", labels={"figure": "cluster → class, {row}"}),
-    params:
-        provenance=provenance("evaluate"),
-        out_dir=subpath(output.table, parent=True),
+        mapping=report(
+            directory(f"{RUN}/mapping"),
+            patterns=["{row}.csv"],
+            caption="../report/mapping.rst",
+            category="{ds}",
+            subcategory="{variant}, seed {seed}: mappings",
+            labels={"figure": "cluster → class, {row}"},
+        ),
     log:
         "logs/{ds}/{variant}/seed{seed}/evaluate.log",
     benchmark:
         "benchmarks/{ds}/{variant}/seed{seed}/evaluate.tsv"
+    conda:
+        "../envs/stego.yaml"
     threads: job_threads("evaluate")
     resources:
         mem_mb=job_mem_mb("evaluate"),
         runtime=job_runtime("evaluate"),
-    conda:
-        "../envs/stego.yaml"
+    params:
+        provenance=provenance("evaluate"),
+        out_dir=subpath(output.table, parent=True),
     shell:
         "python -m stego_steps.stages.evaluate --features {input.features} --segments {input.segments}"
         " --dataset {wildcards.ds} --out-dir {params.out_dir} 2> {log}"
@@ -100,21 +118,26 @@ rule evaluate_unlabelled:
         provenance_check("evaluate_unlabelled"),
         unpack(evaluate_unlabelled_inputs),
     output:
-        report(f"{RUN}/clusters.csv", caption="../report/clusters.rst", category="{ds}",
-               subcategory="{variant}, seed {seed}: metrics", labels={"figure": "cluster pixel shares"}),
-    params:
-        provenance=provenance("evaluate_unlabelled"),
-        out_dir=subpath(output[0], parent=True),
+        report(
+            f"{RUN}/clusters.csv",
+            caption="../report/clusters.rst",
+            category="{ds}",
+            subcategory="{variant}, seed {seed}: metrics",
+            labels={"figure": "cluster pixel shares"},
+        ),
     log:
         "logs/{ds}/{variant}/seed{seed}/evaluate_unlabelled.log",
     benchmark:
         "benchmarks/{ds}/{variant}/seed{seed}/evaluate_unlabelled.tsv"
+    conda:
+        "../envs/stego.yaml"
     threads: job_threads("evaluate_unlabelled")
     resources:
         mem_mb=job_mem_mb("evaluate_unlabelled"),
         runtime=job_runtime("evaluate_unlabelled"),
-    conda:
-        "../envs/stego.yaml"
+    params:
+        provenance=provenance("evaluate_unlabelled"),
+        out_dir=subpath(output[0], parent=True),
     shell:
         "python -m stego_steps.stages.evaluate --no-labels --features {input.features} --segments {input.segments}"
         " --dataset {wildcards.ds} --out-dir {params.out_dir} 2> {log}"
@@ -129,19 +152,19 @@ rule dataset_table:
         lambda w: f"{default_run(w.ds)}/{w.table}.csv",
     output:
         "results/{ds}/{table}.csv",
-    wildcard_constraints:
-        table="miou|clusters",
-    params:
-        provenance=provenance("dataset_table"),
     log:
         "logs/{ds}/dataset_table_{table}.log",
+    wildcard_constraints:
+        table="miou|clusters",
     localrule: True
+    conda:
+        "../envs/stego.yaml"
     threads: job_threads("dataset_table")
     resources:
         mem_mb=job_mem_mb("dataset_table"),
         runtime=job_runtime("dataset_table"),
-    conda:
-        "../envs/stego.yaml"
+    params:
+        provenance=provenance("dataset_table"),
     shell:
         "cp {input} {output} 2> {log}"
         " && python -m stego_steps.provenance record --provenance {params.provenance:q} {output:q}"

@@ -12,24 +12,24 @@ rule extract:
         weights=backbone_weights_input,
     output:
         "results/{ds}/features/{fkey}/{split}/{scatteritem}.h5",
-    params:
-        provenance=provenance("extract"),
-        torch_threads=TORCH_THREADS,
-        settings=settings("extract"),
-        shard=shard_index,
-        n_shards=shard_count,
     log:
         "logs/{ds}/extract_{fkey}_{split}.{scatteritem}.log",
     benchmark:
         "benchmarks/{ds}/extract/{fkey}_{split}.{scatteritem}.tsv"
+    conda:
+        "../envs/stego.yaml"
     threads: job_threads("extract")
     resources:
         device=DEVICE,
         gpu=job_gpu("extract"),
         mem_mb=job_mem_mb("extract"),
         runtime=job_runtime("extract"),
-    conda:
-        "../envs/stego.yaml"
+    params:
+        provenance=provenance("extract"),
+        torch_threads=TORCH_THREADS,
+        settings=settings("extract"),
+        shard=shard_index,
+        n_shards=shard_count,
     shell:
         "python -m stego_steps.stages.extract --index {input.index} --classes {input.classes} --split {wildcards.split}"
         " --shard {params.shard} --n-shards {params.n_shards} --settings {params.settings:q}"
@@ -45,19 +45,19 @@ rule gather_features:
         gather.extract("results/{{ds}}/features/{{fkey}}/{{split}}/{scatteritem}.h5"),
     output:
         "results/{ds}/features/{fkey}/{split}.h5",
-    params:
-        provenance=provenance("gather_features"),
     log:
         "logs/{ds}/gather_features_{fkey}_{split}.log",
     benchmark:
         "benchmarks/{ds}/gather_features/{fkey}_{split}.tsv"
     localrule: True
+    conda:
+        "../envs/stego.yaml"
     threads: job_threads("gather_features")
     resources:
         mem_mb=job_mem_mb("gather_features"),
         runtime=job_runtime("gather_features"),
-    conda:
-        "../envs/stego.yaml"
+    params:
+        provenance=provenance("gather_features"),
     shell:
         "python -m stego_steps.stages.extract gather --out {output} {input} 2> {log}"
         " && python -m stego_steps.provenance record --provenance {params.provenance:q} {output:q}"
@@ -70,21 +70,21 @@ rule knn:
         "results/{ds}/features/{fkey}/train.h5",
     output:
         "results/{ds}/features/{fkey}/knn{k}.npy",
-    params:
-        provenance=provenance("knn"),
-        torch_threads=TORCH_THREADS,
     log:
         "logs/{ds}/knn_{fkey}_{k}.log",
     benchmark:
         "benchmarks/{ds}/knn/{fkey}_{k}.tsv"
+    conda:
+        "../envs/stego.yaml"
     threads: job_threads("knn")
     resources:
         device=DEVICE,
         gpu=job_gpu("knn"),
         mem_mb=job_mem_mb("knn"),
         runtime=job_runtime("knn"),
-    conda:
-        "../envs/stego.yaml"
+    params:
+        provenance=provenance("knn"),
+        torch_threads=TORCH_THREADS,
     shell:
         "python -m stego_steps.stages.knn --features {input} --k {wildcards.k} --device {resources.device} --out {output}"
         " --threads {threads} --torch-threads {params.torch_threads} 2> {log}"

@@ -20,18 +20,18 @@ rule figure_panels:
             subcategory="segmentations",
             labels={"figure": "validation panels"},
         ),
-    params:
-        provenance=provenance("figure_panels"),
-        n_images=config["figures"]["panel_images"],
-        extra=panel_args,
     log:
         "logs/{ds}/{variant}/seed{seed}/figure_panels.log",
+    conda:
+        "../envs/stego.yaml"
     threads: job_threads("figure_panels")
     resources:
         mem_mb=job_mem_mb("figure_panels"),
         runtime=job_runtime("figure_panels"),
-    conda:
-        "../envs/stego.yaml"
+    params:
+        provenance=provenance("figure_panels"),
+        n_images=config["figures"]["panel_images"],
+        extra=panel_args,
     shell:
         "python -m stego_steps.stages.figures panels --features {input.features} --segments {input.segments}"
         " {params.extra} --count {params.n_images} --out {output} 2> {log}"
@@ -62,17 +62,17 @@ rule figure_metrics:
             subcategory="metrics",
             labels={"figure": "per-class IoU"},
         ),
-    params:
-        provenance=provenance("figure_metrics"),
-        out_dir=subpath(output.iou, parent=True),
     log:
         "logs/{ds}/{variant}/seed{seed}/figure_metrics.log",
+    conda:
+        "../envs/stego.yaml"
     threads: job_threads("figure_metrics")
     resources:
         mem_mb=job_mem_mb("figure_metrics"),
         runtime=job_runtime("figure_metrics"),
-    conda:
-        "../envs/stego.yaml"
+    params:
+        provenance=provenance("figure_metrics"),
+        out_dir=subpath(output.iou, parent=True),
     shell:
         "python -m stego_steps.stages.figures metrics --confusion {input.confusion} --per-class {input.per_class}"
         " --out-dir {params.out_dir} 2> {log}"
@@ -92,16 +92,16 @@ rule figure_training:
             subcategory="training",
             labels={"figure": "training curves"},
         ),
-    params:
-        provenance=provenance("figure_training"),
     log:
         "logs/{ds}/{variant}/seed{seed}/figure_training.log",
+    conda:
+        "../envs/stego.yaml"
     threads: job_threads("figure_training")
     resources:
         mem_mb=job_mem_mb("figure_training"),
         runtime=job_runtime("figure_training"),
-    conda:
-        "../envs/stego.yaml"
+    params:
+        provenance=provenance("figure_training"),
     shell:
         "python -m stego_steps.stages.figures training --log-csv {input} --out {output} 2> {log}"
         " && python -m stego_steps.provenance record --provenance {params.provenance:q} {output:q}"
@@ -137,19 +137,19 @@ rule figure_correlations:
             subcategory="training",
             labels={"figure": "loss shifts: calibration"},
         ),
-    params:
-        provenance=provenance("figure_correlations"),
-        batches=config["figures"]["correlation_batches"],
     log:
         "logs/{ds}/{variant}/seed{seed}/figure_correlations.log",
     benchmark:
         "benchmarks/{ds}/{variant}/seed{seed}/figure_correlations.tsv"
+    conda:
+        "../envs/stego.yaml"
     threads: job_threads("figure_correlations")
     resources:
         mem_mb=job_mem_mb("figure_correlations"),
         runtime=job_runtime("figure_correlations"),
-    conda:
-        "../envs/stego.yaml"
+    params:
+        provenance=provenance("figure_correlations"),
+        batches=config["figures"]["correlation_batches"],
     shell:
         "python -m stego_steps.stages.figures --threads {threads} correlations --features {input.features}"
         " --knn {input.knn} --resolved {input.resolved} --batches {params.batches} --calibration {input.calibration}"

@@ -4,21 +4,21 @@ rule render_demo:
         provenance_check("render_demo"),
     output:
         directory("{demo_root}"),
-    params:
-        provenance=provenance("render_demo"),
-        settings=demo_settings,
-    wildcard_constraints:
-        demo_root="|".join(re.escape(root) for root in DEMO_ROOTS) or "(?!)",
     log:
         "logs/render_demo/{demo_root}.log",
     benchmark:
         "benchmarks/render_demo/{demo_root}.tsv"
+    wildcard_constraints:
+        demo_root="|".join(re.escape(root) for root in DEMO_ROOTS) or "(?!)",
+    conda:
+        "../envs/stego.yaml"
     threads: job_threads("render_demo")
     resources:
         mem_mb=job_mem_mb("render_demo"),
         runtime=job_runtime("render_demo"),
-    conda:
-        "../envs/stego.yaml"
+    params:
+        provenance=provenance("render_demo"),
+        settings=demo_settings,
     shell:
         "python -m stego_steps.stages.prepare render --settings {params.settings:q} 2> {log}"
         " && python -m stego_steps.provenance record --provenance {params.provenance:q} {output:q}"
@@ -28,21 +28,21 @@ rule curated_list:
     """A curated COCO-Stuff image list (IIC/PiCIE), downloaded and checksum-verified when it is missing."""
     output:
         "{coco_root}/curated/{coco_split}/{list_name}.txt",
-    params:
-        url=curated_url,
+    log:
+        "logs/curated_list/{coco_root}/{coco_split}/{list_name}.log",
     wildcard_constraints:
         coco_root="|".join(re.escape(root) for root in COCO_ROOTS) or "(?!)",
         coco_split="train2017|val2017",
         list_name=r"[A-Za-z0-9_\-]+",
-    log:
-        "logs/curated_list/{coco_root}/{coco_split}/{list_name}.log",
     localrule: True
+    conda:
+        "../envs/stego.yaml"
     threads: job_threads("curated_list")
     resources:
         mem_mb=job_mem_mb("curated_list"),
         runtime=job_runtime("curated_list"),
-    conda:
-        "../envs/stego.yaml"
+    params:
+        url=curated_url,
     shell:
         "python -m stego_steps.stages.prepare fetch --root {wildcards.coco_root:q} --split {wildcards.coco_split}"
         " --name {wildcards.list_name} --url {params.url:q} 2> {log}"
@@ -58,6 +58,16 @@ rule prepare:
         train="results/{ds}/{idx}/train.csv",
         val="results/{ds}/{idx}/val.csv",
         classes="results/{ds}/{idx}/classes.json",
+    log:
+        "logs/{ds}/prepare_{idx}.log",
+    benchmark:
+        "benchmarks/{ds}/prepare/{idx}.tsv"
+    conda:
+        "../envs/stego.yaml"
+    threads: job_threads("prepare")
+    resources:
+        mem_mb=job_mem_mb("prepare"),
+        runtime=job_runtime("prepare"),
     params:
         provenance=provenance("prepare"),
         kind=lookup(dpath="datasets/{ds}/kind", within=config),
@@ -65,16 +75,6 @@ rule prepare:
         out_dir=subpath(output.classes, parent=True),
         # Names, sizes and times of the dataset's files: a change re-runs prepare (and what depends on it).
         manifest=dataset_manifest,
-    log:
-        "logs/{ds}/prepare_{idx}.log",
-    benchmark:
-        "benchmarks/{ds}/prepare/{idx}.tsv"
-    threads: job_threads("prepare")
-    resources:
-        mem_mb=job_mem_mb("prepare"),
-        runtime=job_runtime("prepare"),
-    conda:
-        "../envs/stego.yaml"
     shell:
         "python -m stego_steps.stages.prepare --kind {params.kind} --settings {params.settings:q}"
         " --out-dir {params.out_dir} --threads {threads} 2> {log}"
@@ -87,20 +87,20 @@ rule plan:
         index=lambda w: f"{index_of(w)}/{w.split}.csv",
     output:
         "results/{ds}/plan/{fkey}/{split}.txt",
-    params:
-        settings=plan_settings,
-        store_dir="results/{ds}/features/{fkey}",
-        title="plan: dataset {ds}, features {fkey}, split {split}",
     log:
         "logs/{ds}/plan_{fkey}_{split}.log",
     benchmark:
         "benchmarks/{ds}/plan/{fkey}_{split}.tsv"
+    conda:
+        "../envs/stego.yaml"
     threads: job_threads("plan")
     resources:
         mem_mb=job_mem_mb("plan"),
         runtime=job_runtime("plan"),
-    conda:
-        "../envs/stego.yaml"
+    params:
+        settings=plan_settings,
+        store_dir="results/{ds}/features/{fkey}",
+        title="plan: dataset {ds}, features {fkey}, split {split}",
     shell:
         "python -m stego_steps.stages.plan --index {wildcards.split}={input.index} --settings {params.settings:q}"
         " --store-dir {params.store_dir} --title {params.title:q} --out {output} 2> {log}"

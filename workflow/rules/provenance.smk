@@ -9,6 +9,7 @@ from stego_steps import provenance as stego_provenance
 # `code_changes: keep` keeps artifacts whose settings match but whose code differs (they are listed).
 KEEP_CODE = config["code_changes"] == "keep"
 
+
 def _extraction_steps(ds, variant, split):
     """The steps that decide a split's features: the data (or the demo's rendering), its index, the extraction."""
     r = RESOLVED[ds][variant]
@@ -18,9 +19,11 @@ def _extraction_steps(ds, variant, split):
     else:
         data = (None, manifest_of(ds))
     extract = {k: v for k, v in stage_settings(config, ds, "extract", split, variant).items() if k != "batch_size"}
-    return {"data": data,
-            "prepare": ("stages.prepare", {**dataset_settings(config, ds, variant), **crop_of_index(index_name(r))}),
-            f"extract_{split}": ("stages.extract", extract)}
+    return {
+        "data": data,
+        "prepare": ("stages.prepare", {**dataset_settings(config, ds, variant), **crop_of_index(index_name(r))}),
+        f"extract_{split}": ("stages.extract", extract),
+    }
 
 
 def _head_steps(ds, variant, seed):
@@ -30,19 +33,33 @@ def _head_steps(ds, variant, seed):
     if r["checkpoint"]:
         path = r["checkpoint"]
         stat = os.stat(path) if os.path.exists(path) else None
-        return {**steps, "import": ("stages.import_checkpoint", {"checkpoint": path, "size": stat and stat.st_size,
-                                                   "mtime_ns": stat and stat.st_mtime_ns,
-                                                   "backbone": r["backbone"]})}
-    return {**steps, "knn": ("stages.knn", {"k": r["knn_k"]}),
-            "calibrate": ("stages.calibrate", stage_settings(config, ds, "calibrate", variant=variant, seed=seed)),
-            "train": ("stages.train", stage_settings(config, ds, "train", variant=variant, seed=seed))}
+        return {
+            **steps,
+            "import": (
+                "stages.import_checkpoint",
+                {
+                    "checkpoint": path,
+                    "size": stat and stat.st_size,
+                    "mtime_ns": stat and stat.st_mtime_ns,
+                    "backbone": r["backbone"],
+                },
+            ),
+        }
+    return {
+        **steps,
+        "knn": ("stages.knn", {"k": r["knn_k"]}),
+        "calibrate": ("stages.calibrate", stage_settings(config, ds, "calibrate", variant=variant, seed=seed)),
+        "train": ("stages.train", stage_settings(config, ds, "train", variant=variant, seed=seed)),
+    }
 
 
 def _baseline_steps(ds, variant, seed, probe):
     """The steps that decide a backbone baseline (K-Means or the linear probe on the raw training features)."""
     stage = "cluster" if probe == "backbone_kmeans" else "probe"
-    return {**_extraction_steps(ds, variant, "train"),
-            probe: (f"stages.{stage}", stage_settings(config, ds, stage, variant=variant, seed=seed))}
+    return {
+        **_extraction_steps(ds, variant, "train"),
+        probe: (f"stages.{stage}", stage_settings(config, ds, stage, variant=variant, seed=seed)),
+    }
 
 
 def _probe_steps(ds, variant, seed, probe):
@@ -54,8 +71,10 @@ def _probe_steps(ds, variant, seed, probe):
         steps.update(_head_steps(ds, variant, seed))
         steps["predict"] = ("stages.predict", {})
         stage = "cluster" if probe == "cluster" else "probe"
-        steps[stage] = (f"stages.{stage}" if not RESOLVED[ds][variant]["checkpoint"] else None,
-                        stage_settings(config, ds, stage, variant=variant, seed=seed))
+        steps[stage] = (
+            f"stages.{stage}" if not RESOLVED[ds][variant]["checkpoint"] else None,
+            stage_settings(config, ds, stage, variant=variant, seed=seed),
+        )
     steps[f"segment_{probe}"] = ("stages.segment", {"probe": probe})
     return steps
 
@@ -84,8 +103,12 @@ def deciding_steps(name, w):
         steps = {}
         for run in runs:
             key = f"{run['dataset']}/{run['variant']}/seed{run['seed']}"
-            steps.update({f"{key}/{step}": value for step, value in
-                          run_steps(run["dataset"], run["variant"], run["seed"]).items()})
+            steps.update(
+                {
+                    f"{key}/{step}": value
+                    for step, value in run_steps(run["dataset"], run["variant"], run["seed"]).items()
+                }
+            )
         return {**steps, "table": ("stages.tables", {"kind": name})}
     ds = w.ds
     if name == "segment_images":
@@ -93,10 +116,16 @@ def deciding_steps(name, w):
         folder = config["segment_images"].get(w.name)
         if folder is None:
             return {}  # segment_images_inputs names the mistake
-        images = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(Path(folder).rglob("*"))
-                  if p.is_file()] if os.path.isdir(folder) else []
-        return {**run_steps(ds, DEFAULT_VARIANT, seeds(config, ds)[0]), "images": (None, images),
-                "segment_images": ("stages.segment_images", {"folder": folder})}
+        images = (
+            [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(Path(folder).rglob("*")) if p.is_file()]
+            if os.path.isdir(folder)
+            else []
+        )
+        return {
+            **run_steps(ds, DEFAULT_VARIANT, seeds(config, ds)[0]),
+            "images": (None, images),
+            "segment_images": ("stages.segment_images", {"folder": folder}),
+        }
     if name == "dataset_table":
         return run_steps(ds, DEFAULT_VARIANT, seeds(config, ds)[0])
     if name in ("extract", "gather_features"):
@@ -121,7 +150,10 @@ def deciding_steps(name, w):
     if name in ("train", "import_checkpoint"):
         return head
     if name == "cluster":
-        return {**head, "cluster": ("stages.cluster", stage_settings(config, ds, "cluster", variant=variant, seed=seed))}
+        return {
+            **head,
+            "cluster": ("stages.cluster", stage_settings(config, ds, "cluster", variant=variant, seed=seed)),
+        }
     if name == "linear_probe":
         return {**head, "probe": ("stages.probe", stage_settings(config, ds, "probe", variant=variant, seed=seed))}
     if name == "predict":
@@ -142,8 +174,11 @@ def _expected(rule, wildcards):
     """The provenance a job of `rule` makes now; computed once per job (its input check and its param ask)."""
     key = (rule, tuple(sorted(wildcards.items())))
     if key not in _EXPECTED:
-        _EXPECTED[key] = {"rule": rule, "wildcards": dict(wildcards.items()),
-                          **stego_provenance.chain(deciding_steps(rule, wildcards))}
+        _EXPECTED[key] = {
+            "rule": rule,
+            "wildcards": dict(wildcards.items()),
+            **stego_provenance.chain(deciding_steps(rule, wildcards)),
+        }
     return _EXPECTED[key]
 
 

@@ -10,23 +10,23 @@ rule segment_images:
         unpack(segment_images_inputs),
     output:
         directory("results/{ds}/segmented/{name}"),
-    params:
-        provenance=provenance("segment_images"),
-        run=lambda w: default_run(w.ds),
-        images=lambda w: config["segment_images"][w.name],
-        torch_threads=TORCH_THREADS,
     log:
         "logs/{ds}/segment_images_{name}.log",
     benchmark:
         "benchmarks/{ds}/segment_images/{name}.tsv"
+    conda:
+        "../envs/stego.yaml"
     threads: job_threads("segment_images")
     resources:
         gpu=job_gpu("segment_images"),
         device=DEVICE,
         mem_mb=job_mem_mb("segment_images"),
         runtime=job_runtime("segment_images"),
-    conda:
-        "../envs/stego.yaml"
+    params:
+        provenance=provenance("segment_images"),
+        run=lambda w: default_run(w.ds),
+        images=lambda w: config["segment_images"][w.name],
+        torch_threads=TORCH_THREADS,
     shell:
         "python -m stego_steps.stages.segment_images --run {params.run} --images {params.images:q} --out {output}"
         " --crf --device {resources.device} --threads {threads}"

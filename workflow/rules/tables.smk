@@ -16,20 +16,24 @@ rule table_main:
         lambda w: [run["path"] for run in main_table_runs()],
     output:
         csv="results/tables/main.csv",
-        md=report("results/tables/main.md", caption="../report/table_main.rst", category="tables",
-                  labels={"figure": "main table"}),
-    params:
-        provenance=provenance("table_main"),
-        runs=lambda w: json.dumps(main_table_runs()),
+        md=report(
+            "results/tables/main.md",
+            caption="../report/table_main.rst",
+            category="tables",
+            labels={"figure": "main table"},
+        ),
     log:
         "logs/tables/main.log",
     localrule: True
+    conda:
+        "../envs/stego.yaml"
     threads: job_threads("table_main")
     resources:
         mem_mb=job_mem_mb("table_main"),
         runtime=job_runtime("table_main"),
-    conda:
-        "../envs/stego.yaml"
+    params:
+        provenance=provenance("table_main"),
+        runs=lambda w: json.dumps(main_table_runs()),
     shell:
         "python -m stego_steps.stages.tables main --runs {params.runs:q} --out-csv {output.csv} --out-md {output.md}"
         " 2> {log}"
@@ -43,20 +47,24 @@ rule table_ablation:
         lambda w: [run["path"] for run in ablation_runs(w)],
     output:
         csv="results/tables/ablation_{ds}.csv",
-        md=report("results/tables/ablation_{ds}.md", caption="../report/table_ablation.rst", category="tables",
-                  labels={"figure": "ablation, {ds}"}),
-    params:
-        provenance=provenance("table_ablation"),
-        runs=lambda w: json.dumps(ablation_runs(w)),
+        md=report(
+            "results/tables/ablation_{ds}.md",
+            caption="../report/table_ablation.rst",
+            category="tables",
+            labels={"figure": "ablation, {ds}"},
+        ),
     log:
         "logs/tables/ablation_{ds}.log",
     localrule: True
+    conda:
+        "../envs/stego.yaml"
     threads: job_threads("table_ablation")
     resources:
         mem_mb=job_mem_mb("table_ablation"),
         runtime=job_runtime("table_ablation"),
-    conda:
-        "../envs/stego.yaml"
+    params:
+        provenance=provenance("table_ablation"),
+        runs=lambda w: json.dumps(ablation_runs(w)),
     shell:
         "python -m stego_steps.stages.tables ablation --runs {params.runs:q} --out-csv {output.csv}"
         " --out-md {output.md} 2> {log}"

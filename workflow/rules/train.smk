@@ -18,24 +18,24 @@ rule calibrate:
         index=lambda w: f"{index_of(w)}/train.csv",
     output:
         f"{RUN}/calibration.json",
-    params:
-        provenance=provenance("calibrate"),
-        torch_threads=TORCH_THREADS,
-        settings=settings("calibrate"),
-    wildcard_constraints:
-        variant=TRAINED_VARIANT,
     log:
         "logs/{ds}/{variant}/seed{seed}/calibrate.log",
     benchmark:
         "benchmarks/{ds}/{variant}/seed{seed}/calibrate.tsv"
+    wildcard_constraints:
+        variant=TRAINED_VARIANT,
+    conda:
+        "../envs/stego.yaml"
     threads: job_threads("calibrate")
     resources:
         device=DEVICE,
         gpu=job_gpu("calibrate"),
         mem_mb=job_mem_mb("calibrate"),
         runtime=job_runtime("calibrate"),
-    conda:
-        "../envs/stego.yaml"
+    params:
+        provenance=provenance("calibrate"),
+        torch_threads=TORCH_THREADS,
+        settings=settings("calibrate"),
     shell:
         "python -m stego_steps.stages.calibrate --features {input.features} --knn {input.knn} --index {input.index}"
         " --settings {params.settings:q} --device {resources.device} --out {output} --threads {threads}"
@@ -55,16 +55,14 @@ rule train:
         head=f"{RUN}/head.pt",
         log_csv=f"{RUN}/train_log.csv",
         resolved=f"{RUN}/settings.json",
-    params:
-        provenance=provenance("train"),
-        torch_threads=TORCH_THREADS,
-        settings=settings("train"),
-    wildcard_constraints:
-        variant=TRAINED_VARIANT,
     log:
         "logs/{ds}/{variant}/seed{seed}/train.log",
     benchmark:
         "benchmarks/{ds}/{variant}/seed{seed}/train.tsv"
+    wildcard_constraints:
+        variant=TRAINED_VARIANT,
+    conda:
+        "../envs/stego.yaml"
     threads: job_threads("train")
     resources:
         device=DEVICE,
@@ -72,8 +70,10 @@ rule train:
         mem_mb=job_mem_mb("train"),
         runtime=job_runtime("train"),
         checkpoint_every=bookkeeping_of("train", "checkpoint_every"),
-    conda:
-        "../envs/stego.yaml"
+    params:
+        provenance=provenance("train"),
+        torch_threads=TORCH_THREADS,
+        settings=settings("train"),
     shell:
         "python -m stego_steps.stages.train --features {input.features} --knn {input.knn}"
         " --settings {params.settings:q} --calibration {input.calibration} --device {resources.device}"
@@ -90,24 +90,24 @@ rule cluster:
         head=f"{RUN}/head.pt",
     output:
         f"{RUN}/centroids.npy",
-    params:
-        provenance=provenance("cluster"),
-        torch_threads=TORCH_THREADS,
-        settings=settings("cluster"),
-    wildcard_constraints:
-        variant=TRAINED_VARIANT,
     log:
         "logs/{ds}/{variant}/seed{seed}/cluster.log",
     benchmark:
         "benchmarks/{ds}/{variant}/seed{seed}/cluster.tsv"
+    wildcard_constraints:
+        variant=TRAINED_VARIANT,
+    conda:
+        "../envs/stego.yaml"
     threads: job_threads("cluster")
     resources:
         device=DEVICE,
         gpu=job_gpu("cluster"),
         mem_mb=job_mem_mb("cluster"),
         runtime=job_runtime("cluster"),
-    conda:
-        "../envs/stego.yaml"
+    params:
+        provenance=provenance("cluster"),
+        torch_threads=TORCH_THREADS,
+        settings=settings("cluster"),
     shell:
         "python -m stego_steps.stages.cluster --features {input.features} --head {input.head}"
         " --settings {params.settings:q} --device {resources.device} --out {output} --threads {threads}"
@@ -123,24 +123,24 @@ rule linear_probe:
         head=f"{RUN}/head.pt",
     output:
         f"{RUN}/linear.pt",
-    params:
-        provenance=provenance("linear_probe"),
-        torch_threads=TORCH_THREADS,
-        settings=settings("probe"),
-    wildcard_constraints:
-        variant=TRAINED_VARIANT,
     log:
         "logs/{ds}/{variant}/seed{seed}/linear_probe.log",
     benchmark:
         "benchmarks/{ds}/{variant}/seed{seed}/linear_probe.tsv"
+    wildcard_constraints:
+        variant=TRAINED_VARIANT,
+    conda:
+        "../envs/stego.yaml"
     threads: job_threads("linear_probe")
     resources:
         device=DEVICE,
         gpu=job_gpu("linear_probe"),
         mem_mb=job_mem_mb("linear_probe"),
         runtime=job_runtime("linear_probe"),
-    conda:
-        "../envs/stego.yaml"
+    params:
+        provenance=provenance("linear_probe"),
+        torch_threads=TORCH_THREADS,
+        settings=settings("probe"),
     shell:
         "python -m stego_steps.stages.probe --features {input.features} --head {input.head}"
         " --settings {params.settings:q} --device {resources.device} --out {output} --threads {threads}"
@@ -155,22 +155,22 @@ rule backbone_kmeans:
         features=baseline_features,
     output:
         f"{BASELINE}/kmeans.npy",
-    params:
-        provenance=provenance("backbone_kmeans"),
-        torch_threads=TORCH_THREADS,
-        settings=settings("cluster"),
     log:
         "logs/{ds}/baselines/{bkey}/seed{seed}/backbone_kmeans.log",
     benchmark:
         "benchmarks/{ds}/baselines/{bkey}/seed{seed}/backbone_kmeans.tsv"
+    conda:
+        "../envs/stego.yaml"
     threads: job_threads("backbone_kmeans")
     resources:
         device=DEVICE,
         gpu=job_gpu("backbone_kmeans"),
         mem_mb=job_mem_mb("backbone_kmeans"),
         runtime=job_runtime("backbone_kmeans"),
-    conda:
-        "../envs/stego.yaml"
+    params:
+        provenance=provenance("backbone_kmeans"),
+        torch_threads=TORCH_THREADS,
+        settings=settings("cluster"),
     shell:
         "python -m stego_steps.stages.cluster --features {input.features} --settings {params.settings:q}"
         " --device {resources.device} --out {output} --threads {threads}"
@@ -185,22 +185,22 @@ rule backbone_linear:
         features=baseline_features,
     output:
         f"{BASELINE}/linear.pt",
-    params:
-        provenance=provenance("backbone_linear"),
-        torch_threads=TORCH_THREADS,
-        settings=settings("probe"),
     log:
         "logs/{ds}/baselines/{bkey}/seed{seed}/backbone_linear.log",
     benchmark:
         "benchmarks/{ds}/baselines/{bkey}/seed{seed}/backbone_linear.tsv"
+    conda:
+        "../envs/stego.yaml"
     threads: job_threads("backbone_linear")
     resources:
         device=DEVICE,
         gpu=job_gpu("backbone_linear"),
         mem_mb=job_mem_mb("backbone_linear"),
         runtime=job_runtime("backbone_linear"),
-    conda:
-        "../envs/stego.yaml"
+    params:
+        provenance=provenance("backbone_linear"),
+        torch_threads=TORCH_THREADS,
+        settings=settings("probe"),
     shell:
         "python -m stego_steps.stages.probe --features {input.features} --settings {params.settings:q}"
         " --device {resources.device} --out {output} --threads {threads}"
@@ -219,20 +219,20 @@ rule import_checkpoint:
         head=f"{RUN}/head.pt",
         centroids=f"{RUN}/centroids.npy",
         linear=f"{RUN}/linear.pt",
-    params:
-        provenance=provenance("import_checkpoint"),
-        args=import_args,
-        out_dir=subpath(output.head, parent=True),
-    wildcard_constraints:
-        variant=IMPORTED_VARIANT,
     log:
         "logs/{ds}/{variant}/seed{seed}/import_checkpoint.log",
+    wildcard_constraints:
+        variant=IMPORTED_VARIANT,
+    conda:
+        "../envs/stego.yaml"
     threads: job_threads("import_checkpoint")
     resources:
         mem_mb=job_mem_mb("import_checkpoint"),
         runtime=job_runtime("import_checkpoint"),
-    conda:
-        "../envs/stego.yaml"
+    params:
+        provenance=provenance("import_checkpoint"),
+        args=import_args,
+        out_dir=subpath(output.head, parent=True),
     shell:
         "python -m stego_steps.stages.import_checkpoint --ckpt {input.ckpt} --out-dir {params.out_dir} {params.args} 2> {log}"
         " && python -m stego_steps.provenance record --provenance {params.provenance:q} {output:q}"

@@ -106,7 +106,8 @@ def test_code_edits_rerun_exactly_the_stages_that_compute_with_them(finished, re
     # A docstring, a comment, a log message: nothing re-runs.
     loss = repo / "stego_steps" / "loss.py"
     loss.write_text(loss.read_text().replace('"""', '"""Edited: ', 1) + "\n# a comment\n")
-    train = repo / "stego_steps" / "train.py"
+    train = repo / "stego_steps" / "stages" / "train.py"
+    assert 'log.info("loss shifts %s' in train.read_text()
     train.write_text(train.read_text().replace('log.info("loss shifts %s', 'log.info("shifts %s', 1))
     assert dry_run(repo, finished) == {}
     # The correlation loss: the stages that train (calibration trains short heads) and everything after them.

@@ -6,7 +6,7 @@ empty (the whole image). The class table is `{"names": [...], "lut": [...] | Non
 
 Every adapter takes the dataset's settings dict. Keys shared by all real datasets:
 
-* `root` (str): the dataset folder (layouts below and in the README, section "Datasets");
+* `root` (str): the dataset folder (layouts below and in docs/datasets.md);
 * `five_crop` (bool, default False): replace every *train* image by its five corner/centre crops, as the
   official training did for COCO-Stuff and Cityscapes;
   the val split is never cropped;
@@ -36,7 +36,7 @@ Row = dict[str, Any]
 Settings = dict[str, Any]
 Classes = dict[str, Any]
 
-README_HINT = "see the README, section 'Datasets'"
+README_HINT = "see docs/datasets.md"
 LUT_SIZE = 256  # 8-bit label PNGs; larger raw values fall outside the table and become ignore (−1)
 
 

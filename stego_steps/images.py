@@ -18,7 +18,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from stego_steps.errors import UserError
 from stego_steps.index import IGNORE, Box
 
-# How each PIL image mode becomes RGB (the README's table of input cases lists the same):
+# How each PIL image mode becomes RGB (docs/reliability.md's table of bad input lists the same):
 # RGB as is; 1/L grey → three equal channels; LA/RGBA/RGBX/PA → alpha dropped (transparent pixels keep
 # their colour values); P → through its palette; CMYK/YCbCr → PIL's conversion (no colour profile);
 # 16-bit grey (I;16*, or I with values in 0..65535) → scaled to 8 bits (v · 255 / 65535, rounded).

@@ -233,7 +233,7 @@ def test_directory_without_labels(tmp_path):
 @pytest.mark.parametrize("kind", ["cocostuff", "cityscapes", "potsdam", "directory"])
 def test_missing_root_and_split_folder(tmp_path, kind):
     settings = {"root": str(tmp_path / "nowhere"), "class_names": ["a"], "curated_url": ""}
-    with pytest.raises(FileNotFoundError, match=r"nowhere.*expects the layout.*section 'Datasets'"):
+    with pytest.raises(FileNotFoundError, match=r"nowhere.*expects the layout.*docs/datasets.md"):
         datasets.build_index(kind, settings)
     makers = {"cocostuff": lambda r: make_coco(r, ["1"], ["2"]), "cityscapes": make_cityscapes,
               "potsdam": make_potsdam, "directory": make_directory}
@@ -242,7 +242,7 @@ def test_missing_root_and_split_folder(tmp_path, kind):
               "directory": "imgs/val"}[kind]
     shutil.rmtree(root / victim)
     settings["root"] = str(root)
-    with pytest.raises(FileNotFoundError, match=rf"{victim}.*expects the layout.*section 'Datasets'"):
+    with pytest.raises(FileNotFoundError, match=rf"{victim}.*expects the layout.*docs/datasets.md"):
         datasets.build_index(kind, settings)
 
 

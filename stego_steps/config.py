@@ -175,11 +175,6 @@ def resolve(config: dict, dataset: str, variant: str = DEFAULT_VARIANT, schema: 
     return deep_merge(resolved, variants[variant])
 
 
-def imported(config: dict, dataset: str, variant: str) -> bool:
-    """Whether a variant's runs evaluate a released checkpoint instead of training."""
-    return resolve(config, dataset, variant)["checkpoint"] is not None
-
-
 def variants(config: dict, dataset: str) -> list[str]:
     """Every variant of a dataset: the default, the built-in ablations, then the configured ones."""
     return [DEFAULT_VARIANT, *ablations(resolve(config, dataset)), *(config["datasets"][dataset].get("variants") or {})]

@@ -10,6 +10,7 @@ import copy
 import functools
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -133,18 +134,34 @@ def _missing_keys(schema: dict, value: dict, defs: dict, prefix: str) -> list[st
 DEFAULT_VARIANT = "default"
 
 
-def ablations(resolved: dict) -> dict[str, dict]:
-    """The built-in ablation variants of a resolved preset: each switches one component of the method.
+#: The ablation axes, each one component of the method: (the override of its variant `ablate_<axis>`, whether a
+#: resolved variant keeps the component). The head's MLP path and the zero clamp are removed; five-crop and
+#: spatial centering are flipped from the preset's choice (the paper's presets differ there); each loss term is
+#: removed by a zero weight. The variants, the ablation table's runs and its columns all read this.
+ABLATION_AXES: dict[str, tuple[Callable[[dict], dict], Callable[[dict], Any]]] = {
+    "mlp": (lambda r: {"head": {"nonlinear": False}}, lambda r: r["head"]["nonlinear"]),
+    "zero_clamp": (lambda r: {"loss": {"zero_clamp": False}}, lambda r: r["loss"]["zero_clamp"]),
+    "five_crop": (lambda r: {"five_crop": not r["five_crop"]}, lambda r: r["five_crop"]),
+    "spatial_centering": (lambda r: {"loss": {"spatial_centering": not r["loss"]["spatial_centering"]}},
+                          lambda r: r["loss"]["spatial_centering"]),
+    **{term: ((lambda r, t=term: {"loss": {"weights": {t: 0.0}}}), (lambda r, t=term: r["loss"]["weights"][t] != 0))
+       for term in ("self", "knn", "random")},
+}
+ABLATION_PREFIX = "ablate_"
 
-    The head's MLP path and the zero clamp are removed; five-crop and spatial centering are flipped from the
-    preset's choice (the paper's presets differ there); each loss term is removed by a zero weight."""
-    return {
-        "ablate_mlp": {"head": {"nonlinear": False}},
-        "ablate_zero_clamp": {"loss": {"zero_clamp": False}},
-        "ablate_five_crop": {"five_crop": not resolved["five_crop"]},
-        "ablate_spatial_centering": {"loss": {"spatial_centering": not resolved["loss"]["spatial_centering"]}},
-        **{f"ablate_{term}": {"loss": {"weights": {term: 0.0}}} for term in ("self", "knn", "random")},
-    }
+
+def ablations(resolved: dict) -> dict[str, dict]:
+    """The built-in ablation variants of a resolved preset: `ablate_<axis>` switches that axis's component."""
+    return {f"{ABLATION_PREFIX}{axis}": off(resolved) for axis, (off, _) in ABLATION_AXES.items()}
+
+
+def is_ablation(variant: str) -> bool:
+    return variant.startswith(ABLATION_PREFIX)
+
+
+def ablation_axes(resolved: dict) -> dict[str, Any]:
+    """Which components of the method a resolved variant keeps, per axis (the ablation table's ✓/✗)."""
+    return {axis: kept(resolved) for axis, (_, kept) in ABLATION_AXES.items()}
 
 
 def resolve(config: dict, dataset: str, variant: str = DEFAULT_VARIANT, schema: dict | None = None) -> dict:

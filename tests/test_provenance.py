@@ -125,7 +125,7 @@ def test_every_step_module_of_the_workflow_is_a_stage_with_a_main():
     # A misspelt or moved module would fingerprint no code at all: its steps would never re-run on an edit.
     import re
 
-    rules = (PACKAGE.parent / "workflow" / "rules" / "provenance.smk").read_text()
+    rules = (PACKAGE / "steps.py").read_text()
     named = set(re.findall(r'\(f?"(stages\.[\w{}]+)"', rules)) - {"stages.{stage}"}
     assert named and all(f"{m}:main" in provenance.code_closure(m) for m in named | set(STAGES))
     assert re.findall(r'": \("(?!stages\.)(\w+)",', rules) == []

@@ -2,15 +2,7 @@
 # (stego_steps/data/resources.yaml, with the config's `downloads:` merged over it), checksum-verified;
 # `snakemake resources/<folder>` unpacks an archive whose entry names that folder under `extract`; a folder
 # with `instructions` (data behind a login) stops with them while it is missing.
-from stego_steps import download as stego_download
-
-try:
-    RESOURCES = stego_download.load_table(config.get("downloads"))
-except ValueError as err:
-    raise WorkflowError(f"config/config.yaml: {err}")
-DOWNLOADABLE = sorted(path for path, entry in RESOURCES.items() if entry.get("url"))
-BY_HAND = sorted(path for path, entry in RESOURCES.items() if not entry.get("url"))
-ARCHIVE_OF = {entry["extract"]: path for path, entry in RESOURCES.items() if entry.get("url") and entry.get("extract")}
+# RESOURCES (the table), DOWNLOADABLE, ARCHIVE_OF and BY_HAND are read in common.smk, which needs them first.
 
 
 rule download:

@@ -1,10 +1,7 @@
 # One run = one variant of a dataset trained with one seed: results/{ds}/runs/{variant}/seed{seed}/.
-RUN = "results/{ds}/runs/{variant}/seed{seed}"
-# The backbone baselines depend only on the features and the clustering and probe settings: shared by variants.
-BASELINE = "results/{ds}/baselines/{bkey}/seed{seed}"
-# Variants that train (the rules below) or import a released checkpoint (rule import_checkpoint).
-TRAINED_VARIANT = "|".join(re.escape(v) for v in TRAINED) or "(?!)"
-IMPORTED_VARIANT = "|".join(re.escape(v) for v in IMPORTED) or "(?!)"
+# RUN and BASELINE: the templates of stego_steps.layout (results/{ds}/runs/{variant}/seed{seed},
+# results/{ds}/baselines/{bkey}/seed{seed}: the baselines are shared by variants with the same features and
+# settings). TRAINED_VARIANT and IMPORTED_VARIANT (common.smk): the variants that train, or import a checkpoint.
 
 
 rule calibrate:

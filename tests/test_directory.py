@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from helpers import default_run, only_baseline, snakemake
 
-from stego_steps import demo
+from stego_steps import calibration, demo
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = list(demo.CLASS_NAMES)
@@ -97,11 +97,11 @@ def test_directory_with_labels_end_to_end(tmp_path):
     per_class = pd.read_csv(default_run(tmp_path, "mine") / "per_class_iou.csv")
     assert per_class["class"].iloc[: len(CLASSES)].tolist() == CLASSES
     # A directory dataset calibrates its shifts: each candidate scored, the best used and shown in the report.
-    calibration = json.loads((default_run(tmp_path, "mine") / "calibration.json").read_text())
-    scores = [c["crf_agreement"] for c in calibration["candidates"]]
-    assert calibration["calibrated"] and len(scores) == 2 and calibration["chosen"] == calibration.choose(scores, 0.8)
+    record = json.loads((default_run(tmp_path, "mine") / "calibration.json").read_text())
+    scores = [c["crf_agreement"] for c in record["candidates"]]
+    assert record["calibrated"] and len(scores) == 2 and record["chosen"] == calibration.choose(scores, 0.8)
     shown = pd.read_csv(default_run(tmp_path, "mine") / "figures" / "calibration.csv")
-    assert shown["used"].tolist() == [False, *(i == calibration["chosen"] for i in range(2))]
+    assert shown["used"].tolist() == [False, *(i == record["chosen"] for i in range(2))]
     (plans,) = (base / "plan").iterdir()
     assert "train       24" in (plans / "train.txt").read_text() and "val          6" in (plans / "val.txt").read_text()
 

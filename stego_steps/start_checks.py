@@ -1,11 +1,13 @@
 """The checks before the first job of a real run that need the DAG: the disk for every feature store the request
-creates, a GPU for `device: cuda`, and the cores for torch_threads. Given plain job values (no Snakemake)."""
+creates, a GPU for `device: cuda`, and the cores for torch_threads. Given plain job values, or Snakemake's jobs
+(read for their rule name, wildcards, input, params and resources only: no Snakemake import)."""
 
 from __future__ import annotations
 
 import json
 import os
 from collections.abc import Iterable
+from typing import Any
 
 from stego_steps import disk_space
 from stego_steps import validate as stego_validate
@@ -77,3 +79,16 @@ def check_local_machine(model_rules: Iterable[str], cuda_rules: Iterable[str], t
             f"would compute that much slower; set `torch_threads: {cores}` or less (results with "
             "another thread count round differently, so changing it re-runs the model stages)"
         )
+
+
+def check_jobs(exp: Experiment, jobs: Iterable[Any], *, local: bool, torch_threads: int,
+               disk_free_bytes: int | None = None) -> None:
+    """All of the above for the jobs about to run (the machine only when they run here, `local`)."""
+    jobs = list(jobs)
+    extract = [(j.wildcards.ds, j.wildcards.fkey, j.wildcards.split, j.input.index, j.params.settings)
+               for j in jobs if j.rule.name == "extract"]
+    check_request_disk(*requested_stores(exp, extract), disk_free_bytes)
+    if local:
+        models = [j for j in jobs if "device" in j.rule.resources]
+        cuda = [j.rule.name for j in models if str(j.resources.get("device", "")).startswith("cuda")]
+        check_local_machine([j.rule.name for j in models], cuda, torch_threads)

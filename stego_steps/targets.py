@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from stego_steps.errors import first_lines
 
@@ -81,3 +82,18 @@ def check_targets(targets: Iterable[str], datasets: Mapping[str, Dataset], table
         return None
     valid = first_lines(valid_targets(datasets, tables), limit)
     return "\n".join(problems) + "\nvalid targets:\n" + "\n".join(f"  {v}" for v in valid)
+
+
+def snakemake_cli_args(argv: list[str]) -> Any:
+    """The parsed command line of a Snakemake CLI process (its targets, `--unlock`), or None where Snakemake
+    itself reports it as bad."""
+    import contextlib
+    import io
+
+    from snakemake.cli import get_argument_parser
+
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            return get_argument_parser().parse_known_args(argv)[0]
+    except SystemExit:
+        return None

@@ -122,10 +122,10 @@ def test_every_rule_reads_its_own_row():
     assert runs == set(RULES), "rules that run something must have a row in stego_steps.resources.RULES"
     for name in RULES:
         block = blocks[name]
-        assert f'    threads: job_threads("{name}")\n' in block, name
-        assert f'        mem_mb=job_mem_mb("{name}"),\n' in block, name
-        assert f'        runtime=job_runtime("{name}"),\n' in block, name
-        assert (f'        gpu=job_gpu("{name}"),\n' in block) == (name in DEVICE_RULES), name
+        assert f'    threads: JOBS.threads("{name}")\n' in block, name
+        assert f'        mem_mb=JOBS.mem_mb("{name}"),\n' in block, name
+        assert f'        runtime=JOBS.runtime("{name}"),\n' in block, name
+        assert (f'        gpu=JOBS.gpu("{name}"),\n' in block) == (name in DEVICE_RULES), name
         assert ("        device=DEVICE,\n" in block) == (name in DEVICE_RULES), name
 
 

@@ -15,7 +15,7 @@ from stego_steps import download as stego_download
 from stego_steps import resources as stego_resources
 from stego_steps import runlock, start_checks
 from stego_steps import targets as stego_targets
-from stego_steps.config import DEFAULT_VARIANT, ConfigError
+from stego_steps.config import ConfigError
 from stego_steps.errors import UserError, report_failed_jobs
 from stego_steps.experiment import Experiment
 from stego_steps.job_sizes import JobResources
@@ -63,8 +63,10 @@ os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.g
 DEVICE = config["device"]
 # torch's compute threads in every model job: fixed, so that a table does not depend on --cores.
 TORCH_THREADS = config["torch_threads"]
-JOBS = JobResources(TORCH_THREADS, stego_resources.uses_gpu(DEVICE, bool(shutil.which("nvidia-smi"))), MAX_MEMORY_GB * 1024)
-job_threads, job_gpu, job_mem_mb, job_runtime = JOBS.threads, JOBS.gpu, JOBS.mem_mb, JOBS.runtime
+# What each job asks for (stego_steps.resources' table): `threads: JOBS.threads("rule")`, JOBS.gpu, .mem_mb, .runtime.
+JOBS = JobResources(
+    TORCH_THREADS, stego_resources.uses_gpu(DEVICE, bool(shutil.which("nvidia-smi"))), MAX_MEMORY_GB * 1024
+)
 
 
 # Extraction (per split) and the CRF (per probe) run in shards, one job each: `extract_shards` and
@@ -97,41 +99,18 @@ wildcard_constraints:
 # Variants that train (the training rules) or import a released checkpoint's head and probes (import_checkpoint).
 TRAINED_VARIANT, IMPORTED_VARIANT = _alternatives(EXP.trained()), _alternatives(EXP.imported())
 
-# The rules' input functions and params (stego_steps.rule_inputs), by the names the rule files use.
+# The rules' input functions and params (stego_steps.rule_inputs): `IN.run_features("train")`, `IN.settings(...)`.
 IN = RuleInputs(EXP, RESOURCES, gather_segment=gather.segment, dryrun=workflow.dryrun, warn=logger.warning)
-run_features, baseline_features, run_knn, index_of = IN.run_features, IN.baseline_features, IN.run_knn, IN.index_of
-settings, bookkeeping_of, plan_settings, prepare_settings = IN.settings, IN.bookkeeping_of, IN.plan_settings, IN.prepare_settings
-backbone_weights_input, checkpoint_input, import_args = IN.backbone_weights_input, IN.checkpoint_input, IN.import_args
-data_files, demo_settings, curated_url, dataset_manifest = IN.data_files, IN.demo_settings, IN.curated_url, IN.dataset_manifest
-DEMO_ROOTS, COCO_ROOTS, shard_index, shard_count = IN.demo_roots, IN.coco_roots, IN.shard_index, IN.shard_count
-# What rules download (downloads.smk): files with a URL, folders unpacked from an archive, data behind a login.
-DOWNLOADABLE, ARCHIVE_OF, BY_HAND = IN.downloadable_paths, IN.archive_of, IN.by_hand
-segment_inputs, segment_args, evaluate_inputs, evaluate_unlabelled_inputs = IN.segment_inputs, IN.segment_args, IN.evaluate_inputs, IN.evaluate_unlabelled_inputs
-panel_inputs, panel_args, segment_images_inputs = IN.panel_inputs, IN.panel_args, IN.segment_images_inputs
-default_run, final_target, figure_targets, table_targets = EXP.default_run, EXP.final_target, EXP.figure_targets, EXP.table_targets
-main_table_runs, ablation_runs = EXP.main_table_runs, lambda w: EXP.ablation_runs(w.ds)
 
 
 # Start-up checks of the command line (the Snakemake CLI that reads this file; not inside a job): targets that
 # name an unconfigured dataset, variant, seed or key are listed with the valid ones, and `--unlock` is refused
-# while another workflow runs on this folder.
-def cli_args():
-    """The parsed command line of the Snakemake CLI process, or None (API use, a job, or unparsable)."""
-    if not workflow.is_main_process or "snakemake" not in " ".join(sys.argv[:2]):
-        return None
-    import contextlib
-    import io
-
-    from snakemake.cli import get_argument_parser
-
-    try:  # Snakemake itself reports a bad command line
-        with contextlib.redirect_stderr(io.StringIO()):
-            return get_argument_parser().parse_known_args(sys.argv[1:])[0]
-    except SystemExit:
-        return None
-
-
-CLI = cli_args()
+# while another workflow runs on this folder. Only in the Snakemake CLI process (not API use, not a job).
+CLI = (
+    stego_targets.snakemake_cli_args(sys.argv[1:])
+    if workflow.is_main_process and "snakemake" in " ".join(sys.argv[:2])
+    else None
+)
 try:
     if CLI is not None and CLI.unlock:
         runlock.check_unlock()
@@ -154,18 +133,14 @@ def start_run(log):
     except UserError as err:
         raise WorkflowError(str(err))
     atexit.register(runlock.release, lock, os.getpid())
-    jobs = list(workflow.dag.needrun_jobs())
-    extract = [
-        (j.wildcards.ds, j.wildcards.fkey, j.wildcards.split, j.input.index, j.params.settings)
-        for j in jobs
-        if j.rule.name == "extract"
-    ]
-    models = [j for j in jobs if "device" in j.rule.resources]
     try:
-        start_checks.check_request_disk(*start_checks.requested_stores(EXP, extract), config.get("disk_free_bytes"))
-        if workflow.local_exec:
-            cuda = [j.rule.name for j in models if str(j.resources.get("device", "")).startswith("cuda")]
-            start_checks.check_local_machine([j.rule.name for j in models], cuda, TORCH_THREADS)
-    except (UserError, WorkflowError) as err:
+        start_checks.check_jobs(
+            EXP,
+            workflow.dag.needrun_jobs(),
+            local=workflow.local_exec,
+            torch_threads=TORCH_THREADS,
+            disk_free_bytes=config.get("disk_free_bytes"),
+        )
+    except UserError as err:
         runlock.release(lock)
         raise WorkflowError(str(err))

@@ -2,7 +2,7 @@
 # (stego_steps/data/resources.yaml, with the config's `downloads:` merged over it), checksum-verified;
 # `snakemake resources/<folder>` unpacks an archive whose entry names that folder under `extract`; a folder
 # with `instructions` (data behind a login) stops with them while it is missing.
-# RESOURCES (the table), DOWNLOADABLE, ARCHIVE_OF and BY_HAND are read in common.smk, which needs them first.
+# The table (IN.resources) is read in common.smk, which needs it first.
 
 
 rule download:
@@ -12,16 +12,16 @@ rule download:
     log:
         "logs/download/{resource}.log",
     wildcard_constraints:
-        resource=stego_download.path_pattern(DOWNLOADABLE),
+        resource=stego_download.path_pattern(IN.downloadable_paths),
     localrule: True
     conda:
         "../envs/stego.yaml"
-    threads: job_threads("download")
+    threads: JOBS.threads("download")
     resources:
-        mem_mb=job_mem_mb("download"),
-        runtime=job_runtime("download"),
+        mem_mb=JOBS.mem_mb("download"),
+        runtime=JOBS.runtime("download"),
     params:
-        args=lambda wildcards: stego_download.cli_args(RESOURCES[wildcards.resource]),
+        args=lambda wildcards: stego_download.cli_args(IN.resources[wildcards.resource]),
     shell:
         "python -m stego_steps.stages.download {params.args} --out {output:q} 2> {log}"
 
@@ -29,20 +29,20 @@ rule download:
 rule unpack_resource:
     """A downloaded archive, unpacked into its folder under resources/."""
     input:
-        lambda wildcards: f"resources/{ARCHIVE_OF[wildcards.folder]}",
+        lambda wildcards: f"resources/{IN.archive_of[wildcards.folder]}",
     output:
         directory("resources/{folder}"),
     log:
         "logs/download/unpack/{folder}.log",
     wildcard_constraints:
-        folder=stego_download.path_pattern(ARCHIVE_OF),
+        folder=stego_download.path_pattern(IN.archive_of),
     localrule: True
     conda:
         "../envs/stego.yaml"
-    threads: job_threads("unpack_resource")
+    threads: JOBS.threads("unpack_resource")
     resources:
-        mem_mb=job_mem_mb("unpack_resource"),
-        runtime=job_runtime("unpack_resource"),
+        mem_mb=JOBS.mem_mb("unpack_resource"),
+        runtime=JOBS.runtime("unpack_resource"),
     shell:
         "python -m stego_steps.stages.download --out {input:q} --extract-to {output:q} 2> {log}"
 
@@ -54,15 +54,15 @@ rule resource_by_hand:
     log:
         "logs/download/manual/{manual}.log",
     wildcard_constraints:
-        manual=stego_download.path_pattern(BY_HAND),
+        manual=stego_download.path_pattern(IN.by_hand),
     localrule: True
     conda:
         "../envs/stego.yaml"
-    threads: job_threads("resource_by_hand")
+    threads: JOBS.threads("resource_by_hand")
     resources:
-        mem_mb=job_mem_mb("resource_by_hand"),
-        runtime=job_runtime("resource_by_hand"),
+        mem_mb=JOBS.mem_mb("resource_by_hand"),
+        runtime=JOBS.runtime("resource_by_hand"),
     params:
-        instructions=lambda wildcards: RESOURCES[wildcards.manual]["instructions"],
+        instructions=lambda wildcards: IN.resources[wildcards.manual]["instructions"],
     shell:
         "python -m stego_steps.stages.download --out {output:q} --instructions {params.instructions:q} 2> {log}"

@@ -2,7 +2,7 @@ rule predict:
     """Codes of the evaluation images, averaged with those of their mirror images (flip TTA)."""
     input:
         provenance_check("predict"),
-        features=run_features("val"),
+        features=IN.run_features("val"),
         head=f"{RUN}/head.pt",
     output:
         f"{RUN}/codes.h5",
@@ -12,12 +12,12 @@ rule predict:
         "benchmarks/{ds}/{variant}/seed{seed}/predict.tsv"
     conda:
         "../envs/stego.yaml"
-    threads: job_threads("predict")
+    threads: JOBS.threads("predict")
     resources:
         device=DEVICE,
-        gpu=job_gpu("predict"),
-        mem_mb=job_mem_mb("predict"),
-        runtime=job_runtime("predict"),
+        gpu=JOBS.gpu("predict"),
+        mem_mb=JOBS.mem_mb("predict"),
+        runtime=JOBS.runtime("predict"),
     params:
         provenance=provenance("predict"),
         torch_threads=TORCH_THREADS,
@@ -33,7 +33,7 @@ rule segment:
     dense CRF."""
     input:
         provenance_check("segment"),
-        unpack(segment_inputs),
+        unpack(IN.segment_inputs),
     output:
         "results/{ds}/{owner}/segment/{probe}.{scatteritem}.h5",
     log:
@@ -42,15 +42,15 @@ rule segment:
         "benchmarks/{ds}/{owner}/segment_{probe}.{scatteritem}.tsv"
     conda:
         "../envs/stego.yaml"
-    threads: job_threads("segment")
+    threads: JOBS.threads("segment")
     resources:
-        mem_mb=job_mem_mb("segment"),
-        runtime=job_runtime("segment"),
+        mem_mb=JOBS.mem_mb("segment"),
+        runtime=JOBS.runtime("segment"),
     params:
         provenance=provenance("segment"),
-        args=segment_args,
-        shard=shard_index,
-        n_shards=shard_count,
+        args=IN.segment_args,
+        shard=IN.shard_index,
+        n_shards=IN.shard_count,
     shell:
         "python -m stego_steps.stages.segment --features {input.features} --probe {wildcards.probe} {params.args}"
         " --shard {params.shard} --n-shards {params.n_shards} --out {output} --threads {threads} 2> {log}"
@@ -61,7 +61,7 @@ rule evaluate:
     """Hungarian-matched accuracy / mIoU table, per-class IoU, confusion matrices and cluster → class mappings."""
     input:
         provenance_check("evaluate"),
-        unpack(evaluate_inputs),
+        unpack(IN.evaluate_inputs),
     output:
         table=report(
             f"{RUN}/miou.csv",
@@ -99,10 +99,10 @@ rule evaluate:
         "benchmarks/{ds}/{variant}/seed{seed}/evaluate.tsv"
     conda:
         "../envs/stego.yaml"
-    threads: job_threads("evaluate")
+    threads: JOBS.threads("evaluate")
     resources:
-        mem_mb=job_mem_mb("evaluate"),
-        runtime=job_runtime("evaluate"),
+        mem_mb=JOBS.mem_mb("evaluate"),
+        runtime=JOBS.runtime("evaluate"),
     params:
         provenance=provenance("evaluate"),
         out_dir=subpath(output.table, parent=True),
@@ -116,7 +116,7 @@ rule evaluate_unlabelled:
     """Without labels: the pixel share of every cluster of the cluster probe and the backbone K-Means."""
     input:
         provenance_check("evaluate_unlabelled"),
-        unpack(evaluate_unlabelled_inputs),
+        unpack(IN.evaluate_unlabelled_inputs),
     output:
         report(
             f"{RUN}/clusters.csv",
@@ -131,10 +131,10 @@ rule evaluate_unlabelled:
         "benchmarks/{ds}/{variant}/seed{seed}/evaluate_unlabelled.tsv"
     conda:
         "../envs/stego.yaml"
-    threads: job_threads("evaluate_unlabelled")
+    threads: JOBS.threads("evaluate_unlabelled")
     resources:
-        mem_mb=job_mem_mb("evaluate_unlabelled"),
-        runtime=job_runtime("evaluate_unlabelled"),
+        mem_mb=JOBS.mem_mb("evaluate_unlabelled"),
+        runtime=JOBS.runtime("evaluate_unlabelled"),
     params:
         provenance=provenance("evaluate_unlabelled"),
         out_dir=subpath(output[0], parent=True),
@@ -149,7 +149,7 @@ rule dataset_table:
     default variant, first seed), where the README's first command ends."""
     input:
         provenance_check("dataset_table"),
-        lambda w: f"{default_run(w.ds)}/{w.table}.csv",
+        lambda w: f"{EXP.default_run(w.ds)}/{w.table}.csv",
     output:
         "results/{ds}/{table}.csv",
     log:
@@ -159,10 +159,10 @@ rule dataset_table:
     localrule: True
     conda:
         "../envs/stego.yaml"
-    threads: job_threads("dataset_table")
+    threads: JOBS.threads("dataset_table")
     resources:
-        mem_mb=job_mem_mb("dataset_table"),
-        runtime=job_runtime("dataset_table"),
+        mem_mb=JOBS.mem_mb("dataset_table"),
+        runtime=JOBS.runtime("dataset_table"),
     params:
         provenance=provenance("dataset_table"),
     shell:

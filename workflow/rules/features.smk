@@ -5,11 +5,11 @@ rule extract:
     extraction shares them."""
     input:
         provenance_check("extract"),
-        index=lambda w: f"{index_of(w)}/{w.split}.csv",
-        classes=lambda w: f"{index_of(w)}/classes.json",
+        index=lambda w: f"{IN.index_of(w)}/{w.split}.csv",
+        classes=lambda w: f"{IN.index_of(w)}/classes.json",
         # The split's disk check runs first.
         plan="results/{ds}/plan/{fkey}/{split}.txt",
-        weights=backbone_weights_input,
+        weights=IN.backbone_weights_input,
     output:
         "results/{ds}/features/{fkey}/{split}/{scatteritem}.h5",
     log:
@@ -18,18 +18,18 @@ rule extract:
         "benchmarks/{ds}/extract/{fkey}_{split}.{scatteritem}.tsv"
     conda:
         "../envs/stego.yaml"
-    threads: job_threads("extract")
+    threads: JOBS.threads("extract")
     resources:
         device=DEVICE,
-        gpu=job_gpu("extract"),
-        mem_mb=job_mem_mb("extract"),
-        runtime=job_runtime("extract"),
+        gpu=JOBS.gpu("extract"),
+        mem_mb=JOBS.mem_mb("extract"),
+        runtime=JOBS.runtime("extract"),
     params:
         provenance=provenance("extract"),
         torch_threads=TORCH_THREADS,
-        settings=settings("extract"),
-        shard=shard_index,
-        n_shards=shard_count,
+        settings=IN.settings("extract"),
+        shard=IN.shard_index,
+        n_shards=IN.shard_count,
     shell:
         "python -m stego_steps.stages.extract --index {input.index} --classes {input.classes} --split {wildcards.split}"
         " --shard {params.shard} --n-shards {params.n_shards} --settings {params.settings:q}"
@@ -52,10 +52,10 @@ rule gather_features:
     localrule: True
     conda:
         "../envs/stego.yaml"
-    threads: job_threads("gather_features")
+    threads: JOBS.threads("gather_features")
     resources:
-        mem_mb=job_mem_mb("gather_features"),
-        runtime=job_runtime("gather_features"),
+        mem_mb=JOBS.mem_mb("gather_features"),
+        runtime=JOBS.runtime("gather_features"),
     params:
         provenance=provenance("gather_features"),
     shell:
@@ -76,12 +76,12 @@ rule knn:
         "benchmarks/{ds}/knn/{fkey}_{k}.tsv"
     conda:
         "../envs/stego.yaml"
-    threads: job_threads("knn")
+    threads: JOBS.threads("knn")
     resources:
         device=DEVICE,
-        gpu=job_gpu("knn"),
-        mem_mb=job_mem_mb("knn"),
-        runtime=job_runtime("knn"),
+        gpu=JOBS.gpu("knn"),
+        mem_mb=JOBS.mem_mb("knn"),
+        runtime=JOBS.runtime("knn"),
     params:
         provenance=provenance("knn"),
         torch_threads=TORCH_THREADS,

@@ -4,14 +4,14 @@
 rule figures:
     """All pictures of the default runs of the datasets under `run:` (target rule)."""
     input:
-        [figure_targets(ds) for ds in config["run"]],
+        [EXP.figure_targets(ds) for ds in config["run"]],
 
 
 rule figure_panels:
     """Evaluation images beside their ground truth and every probe's segmentation, in class colours."""
     input:
         provenance_check("figure_panels"),
-        unpack(panel_inputs),
+        unpack(IN.panel_inputs),
     output:
         report(
             f"{RUN}/figures/panels.png",
@@ -24,14 +24,14 @@ rule figure_panels:
         "logs/{ds}/{variant}/seed{seed}/figure_panels.log",
     conda:
         "../envs/stego.yaml"
-    threads: job_threads("figure_panels")
+    threads: JOBS.threads("figure_panels")
     resources:
-        mem_mb=job_mem_mb("figure_panels"),
-        runtime=job_runtime("figure_panels"),
+        mem_mb=JOBS.mem_mb("figure_panels"),
+        runtime=JOBS.runtime("figure_panels"),
     params:
         provenance=provenance("figure_panels"),
         n_images=config["figures"]["panel_images"],
-        extra=panel_args,
+        extra=IN.panel_args,
     shell:
         "python -m stego_steps.stages.figures panels --features {input.features} --segments {input.segments}"
         " {params.extra} --count {params.n_images} --out {output} 2> {log}"
@@ -66,10 +66,10 @@ rule figure_metrics:
         "logs/{ds}/{variant}/seed{seed}/figure_metrics.log",
     conda:
         "../envs/stego.yaml"
-    threads: job_threads("figure_metrics")
+    threads: JOBS.threads("figure_metrics")
     resources:
-        mem_mb=job_mem_mb("figure_metrics"),
-        runtime=job_runtime("figure_metrics"),
+        mem_mb=JOBS.mem_mb("figure_metrics"),
+        runtime=JOBS.runtime("figure_metrics"),
     params:
         provenance=provenance("figure_metrics"),
         out_dir=subpath(output.iou, parent=True),
@@ -96,10 +96,10 @@ rule figure_training:
         "logs/{ds}/{variant}/seed{seed}/figure_training.log",
     conda:
         "../envs/stego.yaml"
-    threads: job_threads("figure_training")
+    threads: JOBS.threads("figure_training")
     resources:
-        mem_mb=job_mem_mb("figure_training"),
-        runtime=job_runtime("figure_training"),
+        mem_mb=JOBS.mem_mb("figure_training"),
+        runtime=JOBS.runtime("figure_training"),
     params:
         provenance=provenance("figure_training"),
     shell:
@@ -111,8 +111,8 @@ rule figure_correlations:
     """Histograms of the feature correlations that each loss term compares with its shift."""
     input:
         provenance_check("figure_correlations"),
-        features=run_features("train"),
-        knn=run_knn,
+        features=IN.run_features("train"),
+        knn=IN.run_knn,
         resolved=f"{RUN}/settings.json",
         calibration=f"{RUN}/calibration.json",
     output:
@@ -143,10 +143,10 @@ rule figure_correlations:
         "benchmarks/{ds}/{variant}/seed{seed}/figure_correlations.tsv"
     conda:
         "../envs/stego.yaml"
-    threads: job_threads("figure_correlations")
+    threads: JOBS.threads("figure_correlations")
     resources:
-        mem_mb=job_mem_mb("figure_correlations"),
-        runtime=job_runtime("figure_correlations"),
+        mem_mb=JOBS.mem_mb("figure_correlations"),
+        runtime=JOBS.runtime("figure_correlations"),
     params:
         provenance=provenance("figure_correlations"),
         batches=config["figures"]["correlation_batches"],

@@ -9,16 +9,16 @@ rule render_demo:
     benchmark:
         "benchmarks/render_demo/{demo_root}.tsv"
     wildcard_constraints:
-        demo_root="|".join(re.escape(root) for root in DEMO_ROOTS) or "(?!)",
+        demo_root="|".join(re.escape(root) for root in IN.demo_roots) or "(?!)",
     conda:
         "../envs/stego.yaml"
-    threads: job_threads("render_demo")
+    threads: JOBS.threads("render_demo")
     resources:
-        mem_mb=job_mem_mb("render_demo"),
-        runtime=job_runtime("render_demo"),
+        mem_mb=JOBS.mem_mb("render_demo"),
+        runtime=JOBS.runtime("render_demo"),
     params:
         provenance=provenance("render_demo"),
-        settings=demo_settings,
+        settings=IN.demo_settings,
     shell:
         "python -m stego_steps.stages.prepare render --settings {params.settings:q} 2> {log}"
         " && python -m stego_steps.provenance record --provenance {params.provenance:q} {output:q}"
@@ -31,18 +31,18 @@ rule curated_list:
     log:
         "logs/curated_list/{coco_root}/{coco_split}/{list_name}.log",
     wildcard_constraints:
-        coco_root="|".join(re.escape(root) for root in COCO_ROOTS) or "(?!)",
+        coco_root="|".join(re.escape(root) for root in IN.coco_roots) or "(?!)",
         coco_split="train2017|val2017",
         list_name=r"[A-Za-z0-9_\-]+",
     localrule: True
     conda:
         "../envs/stego.yaml"
-    threads: job_threads("curated_list")
+    threads: JOBS.threads("curated_list")
     resources:
-        mem_mb=job_mem_mb("curated_list"),
-        runtime=job_runtime("curated_list"),
+        mem_mb=JOBS.mem_mb("curated_list"),
+        runtime=JOBS.runtime("curated_list"),
     params:
-        url=curated_url,
+        url=IN.curated_url,
     shell:
         "python -m stego_steps.stages.prepare fetch --root {wildcards.coco_root:q} --split {wildcards.coco_split}"
         " --name {wildcards.list_name} --url {params.url:q} 2> {log}"
@@ -53,7 +53,7 @@ rule prepare:
     the five crops of each image)."""
     input:
         provenance_check("prepare"),
-        unpack(data_files),
+        unpack(IN.data_files),
     output:
         train="results/{ds}/{idx}/train.csv",
         val="results/{ds}/{idx}/val.csv",
@@ -64,17 +64,17 @@ rule prepare:
         "benchmarks/{ds}/prepare/{idx}.tsv"
     conda:
         "../envs/stego.yaml"
-    threads: job_threads("prepare")
+    threads: JOBS.threads("prepare")
     resources:
-        mem_mb=job_mem_mb("prepare"),
-        runtime=job_runtime("prepare"),
+        mem_mb=JOBS.mem_mb("prepare"),
+        runtime=JOBS.runtime("prepare"),
     params:
         provenance=provenance("prepare"),
         kind=lookup(dpath="datasets/{ds}/kind", within=config),
-        settings=prepare_settings,
+        settings=IN.prepare_settings,
         out_dir=subpath(output.classes, parent=True),
         # Names, sizes and times of the dataset's files: a change re-runs prepare (and what depends on it).
-        manifest=dataset_manifest,
+        manifest=IN.dataset_manifest,
     shell:
         "python -m stego_steps.stages.prepare --kind {params.kind} --settings {params.settings:q}"
         " --out-dir {params.out_dir} --threads {threads} 2> {log}"
@@ -84,7 +84,7 @@ rule prepare:
 rule plan:
     """Samples and bytes of a split's feature store; refuses to start extracting when the disk cannot hold it."""
     input:
-        index=lambda w: f"{index_of(w)}/{w.split}.csv",
+        index=lambda w: f"{IN.index_of(w)}/{w.split}.csv",
     output:
         "results/{ds}/plan/{fkey}/{split}.txt",
     log:
@@ -93,12 +93,12 @@ rule plan:
         "benchmarks/{ds}/plan/{fkey}_{split}.tsv"
     conda:
         "../envs/stego.yaml"
-    threads: job_threads("plan")
+    threads: JOBS.threads("plan")
     resources:
-        mem_mb=job_mem_mb("plan"),
-        runtime=job_runtime("plan"),
+        mem_mb=JOBS.mem_mb("plan"),
+        runtime=JOBS.runtime("plan"),
     params:
-        settings=plan_settings,
+        settings=IN.plan_settings,
         store_dir="results/{ds}/features/{fkey}",
         title="plan: dataset {ds}, features {fkey}, split {split}",
     shell:

@@ -7,7 +7,7 @@ rule segment_images:
     """Label PNGs and colour overlays (and the CRF-refined ones) of a folder of new images, at their own sizes."""
     input:
         provenance_check("segment_images"),
-        unpack(segment_images_inputs),
+        unpack(IN.segment_images_inputs),
     output:
         directory("results/{ds}/segmented/{name}"),
     log:
@@ -16,15 +16,15 @@ rule segment_images:
         "benchmarks/{ds}/segment_images/{name}.tsv"
     conda:
         "../envs/stego.yaml"
-    threads: job_threads("segment_images")
+    threads: JOBS.threads("segment_images")
     resources:
-        gpu=job_gpu("segment_images"),
+        gpu=JOBS.gpu("segment_images"),
         device=DEVICE,
-        mem_mb=job_mem_mb("segment_images"),
-        runtime=job_runtime("segment_images"),
+        mem_mb=JOBS.mem_mb("segment_images"),
+        runtime=JOBS.runtime("segment_images"),
     params:
         provenance=provenance("segment_images"),
-        run=lambda w: default_run(w.ds),
+        run=lambda w: EXP.default_run(w.ds),
         images=lambda w: config["segment_images"][w.name],
         torch_threads=TORCH_THREADS,
     shell:

@@ -5,7 +5,7 @@
 rule tables:
     """Every table named under `tables:` in the config (target rule)."""
     input:
-        table_targets(),
+        EXP.table_targets(),
 
 
 rule table_main:
@@ -13,7 +13,7 @@ rule table_main:
     backbone baselines, mean ± std over the seeds, beside the paper's numbers."""
     input:
         provenance_check("table_main"),
-        lambda w: [run["path"] for run in main_table_runs()],
+        lambda w: [run["path"] for run in EXP.main_table_runs()],
     output:
         csv="results/tables/main.csv",
         md=report(
@@ -27,13 +27,13 @@ rule table_main:
     localrule: True
     conda:
         "../envs/stego.yaml"
-    threads: job_threads("table_main")
+    threads: JOBS.threads("table_main")
     resources:
-        mem_mb=job_mem_mb("table_main"),
-        runtime=job_runtime("table_main"),
+        mem_mb=JOBS.mem_mb("table_main"),
+        runtime=JOBS.runtime("table_main"),
     params:
         provenance=provenance("table_main"),
-        runs=lambda w: json.dumps(main_table_runs()),
+        runs=lambda w: json.dumps(EXP.main_table_runs()),
     shell:
         "python -m stego_steps.stages.tables main --runs {params.runs:q} --out-csv {output.csv} --out-md {output.md}"
         " 2> {log}"
@@ -44,7 +44,7 @@ rule table_ablation:
     """One row per ablation of the dataset's preset (each switches one component), ✓/✗ per component."""
     input:
         provenance_check("table_ablation"),
-        lambda w: [run["path"] for run in ablation_runs(w)],
+        lambda w: [run["path"] for run in EXP.ablation_runs(w.ds)],
     output:
         csv="results/tables/ablation_{ds}.csv",
         md=report(
@@ -58,13 +58,13 @@ rule table_ablation:
     localrule: True
     conda:
         "../envs/stego.yaml"
-    threads: job_threads("table_ablation")
+    threads: JOBS.threads("table_ablation")
     resources:
-        mem_mb=job_mem_mb("table_ablation"),
-        runtime=job_runtime("table_ablation"),
+        mem_mb=JOBS.mem_mb("table_ablation"),
+        runtime=JOBS.runtime("table_ablation"),
     params:
         provenance=provenance("table_ablation"),
-        runs=lambda w: json.dumps(ablation_runs(w)),
+        runs=lambda w: json.dumps(EXP.ablation_runs(w.ds)),
     shell:
         "python -m stego_steps.stages.tables ablation --runs {params.runs:q} --out-csv {output.csv}"
         " --out-md {output.md} 2> {log}"

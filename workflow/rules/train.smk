@@ -1,7 +1,7 @@
 # One run = one variant of a dataset trained with one seed: results/{ds}/runs/{variant}/seed{seed}/.
 # RUN and BASELINE: the templates of stego_steps.layout (results/{ds}/runs/{variant}/seed{seed},
 # results/{ds}/baselines/{bkey}/seed{seed}: the baselines are shared by variants with the same features and
-# settings). TRAINED_VARIANT and IMPORTED_VARIANT (common.smk): the variants that train, or import a checkpoint.
+# settings). TRAINED_VARIANT, IMPORTED_VARIANT (common.smk): the variants that train, or import a checkpoint.
 
 
 rule calibrate:
@@ -10,9 +10,9 @@ rule calibrate:
     labels)."""
     input:
         provenance_check("calibrate"),
-        features=run_features("train"),
-        knn=run_knn,
-        index=lambda w: f"{index_of(w)}/train.csv",
+        features=IN.run_features("train"),
+        knn=IN.run_knn,
+        index=lambda w: f"{IN.index_of(w)}/train.csv",
     output:
         f"{RUN}/calibration.json",
     log:
@@ -23,16 +23,16 @@ rule calibrate:
         variant=TRAINED_VARIANT,
     conda:
         "../envs/stego.yaml"
-    threads: job_threads("calibrate")
+    threads: JOBS.threads("calibrate")
     resources:
         device=DEVICE,
-        gpu=job_gpu("calibrate"),
-        mem_mb=job_mem_mb("calibrate"),
-        runtime=job_runtime("calibrate"),
+        gpu=JOBS.gpu("calibrate"),
+        mem_mb=JOBS.mem_mb("calibrate"),
+        runtime=JOBS.runtime("calibrate"),
     params:
         provenance=provenance("calibrate"),
         torch_threads=TORCH_THREADS,
-        settings=settings("calibrate"),
+        settings=IN.settings("calibrate"),
     shell:
         "python -m stego_steps.stages.calibrate --features {input.features} --knn {input.knn} --index {input.index}"
         " --settings {params.settings:q} --device {resources.device} --out {output} --threads {threads}"
@@ -45,8 +45,8 @@ rule train:
     """The segmentation head, trained with the STEGO correlation loss on cached features."""
     input:
         provenance_check("train"),
-        features=run_features("train"),
-        knn=run_knn,
+        features=IN.run_features("train"),
+        knn=IN.run_knn,
         calibration=f"{RUN}/calibration.json",
     output:
         head=f"{RUN}/head.pt",
@@ -60,17 +60,17 @@ rule train:
         variant=TRAINED_VARIANT,
     conda:
         "../envs/stego.yaml"
-    threads: job_threads("train")
+    threads: JOBS.threads("train")
     resources:
         device=DEVICE,
-        gpu=job_gpu("train"),
-        mem_mb=job_mem_mb("train"),
-        runtime=job_runtime("train"),
-        checkpoint_every=bookkeeping_of("train", "checkpoint_every"),
+        gpu=JOBS.gpu("train"),
+        mem_mb=JOBS.mem_mb("train"),
+        runtime=JOBS.runtime("train"),
+        checkpoint_every=IN.bookkeeping_of("train", "checkpoint_every"),
     params:
         provenance=provenance("train"),
         torch_threads=TORCH_THREADS,
-        settings=settings("train"),
+        settings=IN.settings("train"),
     shell:
         "python -m stego_steps.stages.train --features {input.features} --knn {input.knn}"
         " --settings {params.settings:q} --calibration {input.calibration} --device {resources.device}"
@@ -83,7 +83,7 @@ rule cluster:
     """Minibatch spherical K-Means on the head's codes of the training set."""
     input:
         provenance_check("cluster"),
-        features=run_features("train"),
+        features=IN.run_features("train"),
         head=f"{RUN}/head.pt",
     output:
         f"{RUN}/centroids.npy",
@@ -95,16 +95,16 @@ rule cluster:
         variant=TRAINED_VARIANT,
     conda:
         "../envs/stego.yaml"
-    threads: job_threads("cluster")
+    threads: JOBS.threads("cluster")
     resources:
         device=DEVICE,
-        gpu=job_gpu("cluster"),
-        mem_mb=job_mem_mb("cluster"),
-        runtime=job_runtime("cluster"),
+        gpu=JOBS.gpu("cluster"),
+        mem_mb=JOBS.mem_mb("cluster"),
+        runtime=JOBS.runtime("cluster"),
     params:
         provenance=provenance("cluster"),
         torch_threads=TORCH_THREADS,
-        settings=settings("cluster"),
+        settings=IN.settings("cluster"),
     shell:
         "python -m stego_steps.stages.cluster --features {input.features} --head {input.head}"
         " --settings {params.settings:q} --device {resources.device} --out {output} --threads {threads}"
@@ -116,7 +116,7 @@ rule linear_probe:
     """Supervised linear probe on the final codes (a diagnostic, uses the training labels)."""
     input:
         provenance_check("linear_probe"),
-        features=run_features("train"),
+        features=IN.run_features("train"),
         head=f"{RUN}/head.pt",
     output:
         f"{RUN}/linear.pt",
@@ -128,16 +128,16 @@ rule linear_probe:
         variant=TRAINED_VARIANT,
     conda:
         "../envs/stego.yaml"
-    threads: job_threads("linear_probe")
+    threads: JOBS.threads("linear_probe")
     resources:
         device=DEVICE,
-        gpu=job_gpu("linear_probe"),
-        mem_mb=job_mem_mb("linear_probe"),
-        runtime=job_runtime("linear_probe"),
+        gpu=JOBS.gpu("linear_probe"),
+        mem_mb=JOBS.mem_mb("linear_probe"),
+        runtime=JOBS.runtime("linear_probe"),
     params:
         provenance=provenance("linear_probe"),
         torch_threads=TORCH_THREADS,
-        settings=settings("probe"),
+        settings=IN.settings("probe"),
     shell:
         "python -m stego_steps.stages.probe --features {input.features} --head {input.head}"
         " --settings {params.settings:q} --device {resources.device} --out {output} --threads {threads}"
@@ -149,7 +149,7 @@ rule backbone_kmeans:
     """The paper's baseline: the same K-Means directly on the backbone features."""
     input:
         provenance_check("backbone_kmeans"),
-        features=baseline_features,
+        features=IN.baseline_features,
     output:
         f"{BASELINE}/kmeans.npy",
     log:
@@ -158,16 +158,16 @@ rule backbone_kmeans:
         "benchmarks/{ds}/baselines/{bkey}/seed{seed}/backbone_kmeans.tsv"
     conda:
         "../envs/stego.yaml"
-    threads: job_threads("backbone_kmeans")
+    threads: JOBS.threads("backbone_kmeans")
     resources:
         device=DEVICE,
-        gpu=job_gpu("backbone_kmeans"),
-        mem_mb=job_mem_mb("backbone_kmeans"),
-        runtime=job_runtime("backbone_kmeans"),
+        gpu=JOBS.gpu("backbone_kmeans"),
+        mem_mb=JOBS.mem_mb("backbone_kmeans"),
+        runtime=JOBS.runtime("backbone_kmeans"),
     params:
         provenance=provenance("backbone_kmeans"),
         torch_threads=TORCH_THREADS,
-        settings=settings("cluster"),
+        settings=IN.settings("cluster"),
     shell:
         "python -m stego_steps.stages.cluster --features {input.features} --settings {params.settings:q}"
         " --device {resources.device} --out {output} --threads {threads}"
@@ -179,7 +179,7 @@ rule backbone_linear:
     """The paper's other baseline: the same linear probe directly on the backbone features (uses labels)."""
     input:
         provenance_check("backbone_linear"),
-        features=baseline_features,
+        features=IN.baseline_features,
     output:
         f"{BASELINE}/linear.pt",
     log:
@@ -188,16 +188,16 @@ rule backbone_linear:
         "benchmarks/{ds}/baselines/{bkey}/seed{seed}/backbone_linear.tsv"
     conda:
         "../envs/stego.yaml"
-    threads: job_threads("backbone_linear")
+    threads: JOBS.threads("backbone_linear")
     resources:
         device=DEVICE,
-        gpu=job_gpu("backbone_linear"),
-        mem_mb=job_mem_mb("backbone_linear"),
-        runtime=job_runtime("backbone_linear"),
+        gpu=JOBS.gpu("backbone_linear"),
+        mem_mb=JOBS.mem_mb("backbone_linear"),
+        runtime=JOBS.runtime("backbone_linear"),
     params:
         provenance=provenance("backbone_linear"),
         torch_threads=TORCH_THREADS,
-        settings=settings("probe"),
+        settings=IN.settings("probe"),
     shell:
         "python -m stego_steps.stages.probe --features {input.features} --settings {params.settings:q}"
         " --device {resources.device} --out {output} --threads {threads}"
@@ -210,8 +210,8 @@ rule import_checkpoint:
     backbone must be the DINO weights file that the variant's features come from."""
     input:
         provenance_check("import_checkpoint"),
-        ckpt=checkpoint_input,
-        weights=backbone_weights_input,
+        ckpt=IN.checkpoint_input,
+        weights=IN.backbone_weights_input,
     output:
         head=f"{RUN}/head.pt",
         centroids=f"{RUN}/centroids.npy",
@@ -222,13 +222,13 @@ rule import_checkpoint:
         variant=IMPORTED_VARIANT,
     conda:
         "../envs/stego.yaml"
-    threads: job_threads("import_checkpoint")
+    threads: JOBS.threads("import_checkpoint")
     resources:
-        mem_mb=job_mem_mb("import_checkpoint"),
-        runtime=job_runtime("import_checkpoint"),
+        mem_mb=JOBS.mem_mb("import_checkpoint"),
+        runtime=JOBS.runtime("import_checkpoint"),
     params:
         provenance=provenance("import_checkpoint"),
-        args=import_args,
+        args=IN.import_args,
         out_dir=subpath(output.head, parent=True),
     shell:
         "python -m stego_steps.stages.import_checkpoint --ckpt {input.ckpt} --out-dir {params.out_dir} {params.args} 2> {log}"

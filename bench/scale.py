@@ -51,7 +51,7 @@ VAL_STAGES = {"plan val", "extract val", "gather_features val", "predict", "segm
 # Stages with a job per split, told apart because only their train jobs see the training set.
 PER_SPLIT = {"plan", "extract", "gather_features"}
 FOLDER = re.compile(r"(\d+)(?:_val(\d+))?")
-SPLIT = re.compile(r"_(train|val)\.(\d+-of-\d+\.)?tsv$")
+SPLIT = re.compile(r"\.(train|val)\.(\d+-of-\d+\.)?tsv$")
 # The one stage allowed to grow faster than linearly: the exact all-against-all KNN search.
 SUPERLINEAR_ALLOWED = {"knn"}
 # Stages whose memory may grow with the training set, and why: those that the one resource table

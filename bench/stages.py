@@ -39,13 +39,12 @@ ORDER = ["render_demo", "prepare", "plan", "extract", "gather_features", "knn", 
 
 
 def stage_of(tsv: Path) -> str:
-    """The rule of a benchmark file: a run's and a baseline's files are named after their rule
-    (`<run>/train.tsv`, `<baseline>/segment_backbone_kmeans.1-of-1.tsv`), the others sit in a folder named after
-    it (`extract/<features>_train.1-of-1.tsv`, `render_demo/<root>.tsv`)."""
+    """The rule of a benchmark file: files are named after their rule, with what it makes after a dot
+    (`<run>/train.tsv`, `<baseline>/segment.backbone_kmeans.1-of-1.tsv`, `features/<key>/extract.train.1-of-1.tsv`);
+    jobs outside results/ sit in a folder named after it (`render_demo/<root>.tsv`)."""
     stem = tsv.name.split(".")[0]
-    for stage in sorted(ORDER, key=len, reverse=True):
-        if stem == stage or (stage == "segment" and stem.startswith("segment_")):
-            return stage
+    if stem in ORDER:
+        return stem
     return next((part for part in reversed(tsv.parts) if part in ORDER), tsv.parent.name)
 
 

@@ -50,3 +50,18 @@ def shard(scatteritem: str) -> tuple[int, int]:
     """(0-based shard, number of shards) of a scatter item `i-of-n`."""
     i, n = scatteritem.split("-of-")
     return int(i) - 1, int(n)
+
+
+# Logs and benchmarks mirror the results: a job's log is `logs/<the folder under results/ that its outputs belong
+# to: run, baseline, feature store, index, dataset>/<rule>.log`, with what it makes there after a dot where the rule
+# makes several (`features/<key>/extract.train.1-of-4.log`, `runs/default/seed0/segment.cluster.1-of-1.log`); its
+# time and memory take the same path under benchmarks/ (`.tsv`). Jobs whose outputs lie outside results/
+# (downloads, the demo's scenes, curated lists) log under `logs/<rule>/`.
+def mirror(template: str, root: str) -> str:
+    """The folder under `root` (logs, benchmarks) that mirrors a results folder template."""
+    return root + template.removeprefix("results")
+
+
+RUN_LOGS, RUN_BENCHMARKS = mirror(RUN, "logs"), mirror(RUN, "benchmarks")
+BASELINE_LOGS, BASELINE_BENCHMARKS = mirror(BASELINE, "logs"), mirror(BASELINE, "benchmarks")
+FEATURE_LOGS, FEATURE_BENCHMARKS = mirror(FEATURES, "logs"), mirror(FEATURES, "benchmarks")

@@ -55,7 +55,7 @@ def test_bad_files_reach_the_terminal_and_fixing_them_reruns_in_one_go(workdir):
     Image.fromarray(rgb()).save(images / "train1.png", exif=_rotated())
     rc, said = snakemake(workdir, "--configfile", str(workdir / "mine.yaml"), "--cores", "1", INDEX)
     assert rc != 0 and "Traceback" not in said
-    assert ("logs/mine/prepare_index.log:\nERROR: 2 problems with the files of the 'directory' dataset at "
+    assert ("logs/mine/index/prepare.log:\nERROR: 2 problems with the files of the 'directory' dataset at "
             "data/mine") in said
     assert "    data/mine/imgs/train/train0.png is an empty file (0 bytes)" in said
     assert "    data/mine/labels/train/train1.png: the label map is 32x24 (width x height) but its image" in said

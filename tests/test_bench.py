@@ -60,9 +60,11 @@ def test_calibration_summary_uses_sample_std_and_ranks_the_heads():
 
 def _fake_benchmarks(workdir: Path, walls: dict[str, list[tuple[float, float]]]) -> None:
     """Snakemake-style benchmark files: one per job, `s` and `max_rss` columns, in the workflow's folders."""
-    paths = {"extract": "scale/extract/f_train.{i}-of-2.tsv", "extract_val": "scale/extract/f_val.1-of-1.tsv",
-             "knn": "scale/knn/f_7.tsv",
-             "train": "scale/default/seed0/train.tsv", "segment": "scale/default/seed0/segment_cluster.{i}-of-2.tsv"}
+    paths = {"extract": "scale/features/f/extract.train.{i}-of-2.tsv",
+             "extract_val": "scale/features/f/extract.val.1-of-1.tsv",
+             "knn": "scale/features/f/knn.7.tsv",
+             "train": "scale/runs/default/seed0/train.tsv",
+             "segment": "scale/runs/default/seed0/segment.cluster.{i}-of-2.tsv"}
     for stage, jobs in walls.items():
         for i, (seconds, rss) in enumerate(jobs, start=1):
             path = workdir / "benchmarks" / paths[stage].format(i=i)

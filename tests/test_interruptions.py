@@ -126,11 +126,11 @@ def resume_line(workdir: Path, stage: str, path: Path, done: int) -> tuple[Path,
     rel = path.relative_to(workdir)
     if stage == "extract":
         fkey, item = rel.parts[3], rel.name.removesuffix(".h5.partial")
-        return workdir / f"logs/demo/extract_{fkey}_val.{item}.log", f"resuming {rel} at sample {done} of"
+        return workdir / f"logs/demo/features/{fkey}/extract.val.{item}.log", f"resuming {rel} at sample {done} of"
     if stage == "train":
-        return workdir / "logs/demo/default/seed0/train.log", f"resuming training at step {done} from {rel}"
+        return workdir / "logs/demo/runs/default/seed0/train.log", f"resuming training at step {done} from {rel}"
     probe, item = re.fullmatch(r"(\w+)\.(\S+)\.h5\.partial", rel.name).groups()
-    return workdir / f"logs/demo/runs/default/seed0/segment_{probe}.{item}.log", f"resuming {rel} at image {done} of"
+    return workdir / f"logs/demo/runs/default/seed0/segment.{probe}.{item}.log", f"resuming {rel} at image {done} of"
 
 
 def group_gone(pgid: int, timeout_s: float = 30) -> None:

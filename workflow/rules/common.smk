@@ -19,7 +19,8 @@ from stego_steps.config import ConfigError
 from stego_steps.errors import UserError, report_failed_jobs
 from stego_steps.experiment import Experiment
 from stego_steps.job_sizes import JobResources
-from stego_steps.layout import BASELINE, RUN
+from stego_steps.layout import BASELINE, BASELINE_BENCHMARKS, BASELINE_LOGS, FEATURE_BENCHMARKS, FEATURE_LOGS, RUN
+from stego_steps.layout import RUN_BENCHMARKS, RUN_LOGS
 from stego_steps.protocol import PROBES, ROWS, row_key
 from stego_steps.rule_inputs import RuleInputs
 from stego_steps.store import MAX_MEMORY_GB

@@ -7,9 +7,9 @@ rule predict:
     output:
         f"{RUN}/codes.h5",
     log:
-        "logs/{ds}/{variant}/seed{seed}/predict.log",
+        f"{RUN_LOGS}/predict.log",
     benchmark:
-        "benchmarks/{ds}/{variant}/seed{seed}/predict.tsv"
+        f"{RUN_BENCHMARKS}/predict.tsv"
     conda:
         "../envs/stego.yaml"
     threads: JOBS.threads("predict")
@@ -37,9 +37,9 @@ rule segment:
     output:
         "results/{ds}/{owner}/segment/{probe}.{scatteritem}.h5",
     log:
-        "logs/{ds}/{owner}/segment_{probe}.{scatteritem}.log",
+        "logs/{ds}/{owner}/segment.{probe}.{scatteritem}.log",
     benchmark:
-        "benchmarks/{ds}/{owner}/segment_{probe}.{scatteritem}.tsv"
+        "benchmarks/{ds}/{owner}/segment.{probe}.{scatteritem}.tsv"
     conda:
         "../envs/stego.yaml"
     threads: JOBS.threads("segment")
@@ -94,9 +94,9 @@ rule evaluate:
             labels={"figure": "cluster → class, {row}"},
         ),
     log:
-        "logs/{ds}/{variant}/seed{seed}/evaluate.log",
+        f"{RUN_LOGS}/evaluate.log",
     benchmark:
-        "benchmarks/{ds}/{variant}/seed{seed}/evaluate.tsv"
+        f"{RUN_BENCHMARKS}/evaluate.tsv"
     conda:
         "../envs/stego.yaml"
     threads: JOBS.threads("evaluate")
@@ -126,9 +126,9 @@ rule evaluate_unlabelled:
             labels={"figure": "cluster pixel shares"},
         ),
     log:
-        "logs/{ds}/{variant}/seed{seed}/evaluate_unlabelled.log",
+        f"{RUN_LOGS}/evaluate_unlabelled.log",
     benchmark:
-        "benchmarks/{ds}/{variant}/seed{seed}/evaluate_unlabelled.tsv"
+        f"{RUN_BENCHMARKS}/evaluate_unlabelled.tsv"
     conda:
         "../envs/stego.yaml"
     threads: JOBS.threads("evaluate_unlabelled")
@@ -153,7 +153,7 @@ rule dataset_table:
     output:
         "results/{ds}/{table}.csv",
     log:
-        "logs/{ds}/dataset_table_{table}.log",
+        "logs/{ds}/dataset_table.{table}.log",
     wildcard_constraints:
         table="miou|clusters",
     localrule: True

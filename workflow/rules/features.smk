@@ -13,9 +13,9 @@ rule extract:
     output:
         "results/{ds}/features/{fkey}/{split}/{scatteritem}.h5",
     log:
-        "logs/{ds}/extract_{fkey}_{split}.{scatteritem}.log",
+        f"{FEATURE_LOGS}/extract.{{split}}.{{scatteritem}}.log",
     benchmark:
-        "benchmarks/{ds}/extract/{fkey}_{split}.{scatteritem}.tsv"
+        f"{FEATURE_BENCHMARKS}/extract.{{split}}.{{scatteritem}}.tsv"
     conda:
         "../envs/stego.yaml"
     threads: JOBS.threads("extract")
@@ -46,9 +46,9 @@ rule gather_features:
     output:
         "results/{ds}/features/{fkey}/{split}.h5",
     log:
-        "logs/{ds}/gather_features_{fkey}_{split}.log",
+        f"{FEATURE_LOGS}/gather_features.{{split}}.log",
     benchmark:
-        "benchmarks/{ds}/gather_features/{fkey}_{split}.tsv"
+        f"{FEATURE_BENCHMARKS}/gather_features.{{split}}.tsv"
     localrule: True
     conda:
         "../envs/stego.yaml"
@@ -71,9 +71,9 @@ rule knn:
     output:
         "results/{ds}/features/{fkey}/knn{k}.npy",
     log:
-        "logs/{ds}/knn_{fkey}_{k}.log",
+        f"{FEATURE_LOGS}/knn.{{k}}.log",
     benchmark:
-        "benchmarks/{ds}/knn/{fkey}_{k}.tsv"
+        f"{FEATURE_BENCHMARKS}/knn.{{k}}.tsv"
     conda:
         "../envs/stego.yaml"
     threads: JOBS.threads("knn")

@@ -21,7 +21,7 @@ rule figure_panels:
             labels={"figure": "validation panels"},
         ),
     log:
-        "logs/{ds}/{variant}/seed{seed}/figure_panels.log",
+        f"{RUN_LOGS}/figure_panels.log",
     conda:
         "../envs/stego.yaml"
     threads: JOBS.threads("figure_panels")
@@ -63,7 +63,7 @@ rule figure_metrics:
             labels={"figure": "per-class IoU"},
         ),
     log:
-        "logs/{ds}/{variant}/seed{seed}/figure_metrics.log",
+        f"{RUN_LOGS}/figure_metrics.log",
     conda:
         "../envs/stego.yaml"
     threads: JOBS.threads("figure_metrics")
@@ -93,7 +93,7 @@ rule figure_training:
             labels={"figure": "training curves"},
         ),
     log:
-        "logs/{ds}/{variant}/seed{seed}/figure_training.log",
+        f"{RUN_LOGS}/figure_training.log",
     conda:
         "../envs/stego.yaml"
     threads: JOBS.threads("figure_training")
@@ -138,9 +138,9 @@ rule figure_correlations:
             labels={"figure": "loss shifts: calibration"},
         ),
     log:
-        "logs/{ds}/{variant}/seed{seed}/figure_correlations.log",
+        f"{RUN_LOGS}/figure_correlations.log",
     benchmark:
-        "benchmarks/{ds}/{variant}/seed{seed}/figure_correlations.tsv"
+        f"{RUN_BENCHMARKS}/figure_correlations.tsv"
     conda:
         "../envs/stego.yaml"
     threads: JOBS.threads("figure_correlations")

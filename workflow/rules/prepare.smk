@@ -59,9 +59,9 @@ rule prepare:
         val="results/{ds}/{idx}/val.csv",
         classes="results/{ds}/{idx}/classes.json",
     log:
-        "logs/{ds}/prepare_{idx}.log",
+        "logs/{ds}/{idx}/prepare.log",
     benchmark:
-        "benchmarks/{ds}/prepare/{idx}.tsv"
+        "benchmarks/{ds}/{idx}/prepare.tsv"
     conda:
         "../envs/stego.yaml"
     threads: JOBS.threads("prepare")
@@ -88,9 +88,9 @@ rule plan:
     output:
         "results/{ds}/plan/{fkey}/{split}.txt",
     log:
-        "logs/{ds}/plan_{fkey}_{split}.log",
+        "logs/{ds}/plan/{fkey}/plan.{split}.log",
     benchmark:
-        "benchmarks/{ds}/plan/{fkey}_{split}.tsv"
+        "benchmarks/{ds}/plan/{fkey}/plan.{split}.tsv"
     conda:
         "../envs/stego.yaml"
     threads: JOBS.threads("plan")

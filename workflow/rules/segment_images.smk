@@ -11,9 +11,9 @@ rule segment_images:
     output:
         directory("results/{ds}/segmented/{name}"),
     log:
-        "logs/{ds}/segment_images_{name}.log",
+        "logs/{ds}/segment_images.{name}.log",
     benchmark:
-        "benchmarks/{ds}/segment_images/{name}.tsv"
+        "benchmarks/{ds}/segment_images.{name}.tsv"
     conda:
         "../envs/stego.yaml"
     threads: JOBS.threads("segment_images")

@@ -23,7 +23,7 @@ rule table_main:
             labels={"figure": "main table"},
         ),
     log:
-        "logs/tables/main.log",
+        "logs/tables/table_main.log",
     localrule: True
     conda:
         "../envs/stego.yaml"
@@ -54,7 +54,7 @@ rule table_ablation:
             labels={"figure": "ablation, {ds}"},
         ),
     log:
-        "logs/tables/ablation_{ds}.log",
+        "logs/tables/table_ablation.{ds}.log",
     localrule: True
     conda:
         "../envs/stego.yaml"

@@ -16,9 +16,9 @@ rule calibrate:
     output:
         f"{RUN}/calibration.json",
     log:
-        "logs/{ds}/{variant}/seed{seed}/calibrate.log",
+        f"{RUN_LOGS}/calibrate.log",
     benchmark:
-        "benchmarks/{ds}/{variant}/seed{seed}/calibrate.tsv"
+        f"{RUN_BENCHMARKS}/calibrate.tsv"
     wildcard_constraints:
         variant=TRAINED_VARIANT,
     conda:
@@ -53,9 +53,9 @@ rule train:
         log_csv=f"{RUN}/train_log.csv",
         resolved=f"{RUN}/settings.json",
     log:
-        "logs/{ds}/{variant}/seed{seed}/train.log",
+        f"{RUN_LOGS}/train.log",
     benchmark:
-        "benchmarks/{ds}/{variant}/seed{seed}/train.tsv"
+        f"{RUN_BENCHMARKS}/train.tsv"
     wildcard_constraints:
         variant=TRAINED_VARIANT,
     conda:
@@ -88,9 +88,9 @@ rule cluster:
     output:
         f"{RUN}/centroids.npy",
     log:
-        "logs/{ds}/{variant}/seed{seed}/cluster.log",
+        f"{RUN_LOGS}/cluster.log",
     benchmark:
-        "benchmarks/{ds}/{variant}/seed{seed}/cluster.tsv"
+        f"{RUN_BENCHMARKS}/cluster.tsv"
     wildcard_constraints:
         variant=TRAINED_VARIANT,
     conda:
@@ -121,9 +121,9 @@ rule linear_probe:
     output:
         f"{RUN}/linear.pt",
     log:
-        "logs/{ds}/{variant}/seed{seed}/linear_probe.log",
+        f"{RUN_LOGS}/linear_probe.log",
     benchmark:
-        "benchmarks/{ds}/{variant}/seed{seed}/linear_probe.tsv"
+        f"{RUN_BENCHMARKS}/linear_probe.tsv"
     wildcard_constraints:
         variant=TRAINED_VARIANT,
     conda:
@@ -153,9 +153,9 @@ rule backbone_kmeans:
     output:
         f"{BASELINE}/kmeans.npy",
     log:
-        "logs/{ds}/baselines/{bkey}/seed{seed}/backbone_kmeans.log",
+        f"{BASELINE_LOGS}/backbone_kmeans.log",
     benchmark:
-        "benchmarks/{ds}/baselines/{bkey}/seed{seed}/backbone_kmeans.tsv"
+        f"{BASELINE_BENCHMARKS}/backbone_kmeans.tsv"
     conda:
         "../envs/stego.yaml"
     threads: JOBS.threads("backbone_kmeans")
@@ -183,9 +183,9 @@ rule backbone_linear:
     output:
         f"{BASELINE}/linear.pt",
     log:
-        "logs/{ds}/baselines/{bkey}/seed{seed}/backbone_linear.log",
+        f"{BASELINE_LOGS}/backbone_linear.log",
     benchmark:
-        "benchmarks/{ds}/baselines/{bkey}/seed{seed}/backbone_linear.tsv"
+        f"{BASELINE_BENCHMARKS}/backbone_linear.tsv"
     conda:
         "../envs/stego.yaml"
     threads: JOBS.threads("backbone_linear")
@@ -217,7 +217,7 @@ rule import_checkpoint:
         centroids=f"{RUN}/centroids.npy",
         linear=f"{RUN}/linear.pt",
     log:
-        "logs/{ds}/{variant}/seed{seed}/import_checkpoint.log",
+        f"{RUN_LOGS}/import_checkpoint.log",
     wildcard_constraints:
         variant=IMPORTED_VARIANT,
     conda:

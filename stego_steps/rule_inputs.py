@@ -32,10 +32,11 @@ Wildcards = Any  # Snakemake's Wildcards or a mapping: anything with .items()
 
 class RuleInputs:
     """`resources`: the table of known downloads (stego_steps.download.load_table). `gather_segment`: Snakemake's
-    `gather.segment` (a pattern → its segment shards). `dryrun`, `warn`: a dry run warns where a real run stops."""
+    `gather.segment` (a pattern → its segment shards). `dryrun` (asked when needed: Snakemake sets it after
+    parsing), `warn`: a dry run warns where a real run stops."""
 
     def __init__(self, exp: Experiment, resources: Mapping[str, Mapping[str, Any]], *,
-                 gather_segment: Callable[[str], list[str]], dryrun: bool = False,
+                 gather_segment: Callable[[str], list[str]], dryrun: Callable[[], bool] = lambda: False,
                  warn: Callable[[str], object] = print) -> None:
         self.exp, self.config, self.resources = exp, exp.config, resources
         self.gather_segment, self.dryrun, self.warn = gather_segment, dryrun, warn
@@ -133,7 +134,7 @@ class RuleInputs:
             message = f"backbone '{backbone}' (dataset '{w['ds']}'): {err}"
             if path and os.path.relpath(path, "resources").startswith("dino") and self.config["offline"]:
                 message += f"; with network access set `offline: false` and Snakemake downloads it to {path}"
-            if not self.dryrun:
+            if not self.dryrun():
                 raise UserError(message) from None
             # A dry run still shows the whole DAG with the preset values, and says what a real run needs.
             self.warn(f"a real run would stop here: {message}")

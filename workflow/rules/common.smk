@@ -101,7 +101,7 @@ wildcard_constraints:
 TRAINED_VARIANT, IMPORTED_VARIANT = _alternatives(EXP.trained()), _alternatives(EXP.imported())
 
 # The rules' input functions and params (stego_steps.rule_inputs): `IN.run_features("train")`, `IN.settings(...)`.
-IN = RuleInputs(EXP, RESOURCES, gather_segment=gather.segment, dryrun=workflow.dryrun, warn=logger.warning)
+IN = RuleInputs(EXP, RESOURCES, gather_segment=gather.segment, dryrun=lambda: workflow.dryrun, warn=logger.warning)
 
 
 # Start-up checks of the command line (the Snakemake CLI that reads this file; not inside a job): targets that

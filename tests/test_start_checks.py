@@ -209,3 +209,29 @@ def test_start_up_refusals_before_any_job(tmp_path):
         assert not (tmp_path / "results").exists()
         out = snakemake(tmp_path, "-n", "--config", "device=cuda", "--", "results/demo/miou.csv", timeout=300)
         assert out.returncode == 0, out.stderr  # a dry run runs nothing here
+
+
+def test_the_request_is_planned_from_the_extract_jobs_before_prepare():
+    from types import SimpleNamespace
+
+    from workflow_config import workflow_config
+
+    from stego_steps import config as C
+    from stego_steps import start_checks
+    from stego_steps.experiment import Experiment
+
+    exp = Experiment(workflow_config())
+    fkey = exp.feature_key["demo"]["default"]
+    settings = json.dumps(C.stage_settings(exp.config, "demo", "extract", "train"))
+    job = SimpleNamespace(rule=SimpleNamespace(name="extract", resources={"device": "cpu"}),
+                          wildcards=SimpleNamespace(ds="demo", fkey=fkey, split="train"),
+                          input=SimpleNamespace(index="absent/train.csv"), params=SimpleNamespace(settings=settings),
+                          resources={"device": "cpu"})
+    stores, unknown = start_checks.requested_stores(exp, [("demo", fkey, "train", "absent/train.csv", settings)] * 2)
+    assert unknown == [] and [s.path for s in stores] == [f"results/demo/features/{fkey}/train.h5"]
+    assert stores[0].plan.samples == 24  # the demo's generator says it before `prepare`
+    start_checks.check_jobs(exp, [job], local=True, torch_threads=1)
+    with pytest.raises(disk_space.InsufficientSpace):
+        start_checks.check_jobs(exp, [job], local=False, torch_threads=1, disk_free_bytes=0)
+    with pytest.raises(UserError, match="torch_threads is 100000 but this machine has"):
+        start_checks.check_local_machine(["train"], [], 100000)

@@ -24,7 +24,7 @@ from stego_steps.config import (
 )
 from stego_steps.errors import UserError
 from stego_steps.experiment import Experiment, wildcard_values
-from stego_steps.layout import shard
+from stego_steps.layout import run_dir, shard
 from stego_steps.protocol import BASELINE_PROBES, PROBES, SUPERVISED_PROBES, UNSUPERVISED_PROBES
 
 Wildcards = Any  # Snakemake's Wildcards or a mapping: anything with .items()
@@ -274,7 +274,7 @@ class RuleInputs:
         paths: list[str] = []
         for probe in probes:
             owner = (self.exp.baseline_dir(ds, variant, seed) if probe in BASELINE_PROBES
-                     else f"results/{ds}/runs/{variant}/seed{seed}")
+                     else run_dir(ds, variant, seed))
             paths += self.gather_segment(f"{owner}/segment/{probe}.{{scatteritem}}.h5")
         return paths
 
@@ -298,7 +298,7 @@ class RuleInputs:
         labelled = self.exp.labelled(w["ds"])
         inputs = self._evaluation_inputs(w, PROBES if labelled else UNSUPERVISED_PROBES)
         if labelled:
-            inputs["mapping"] = f"results/{w['ds']}/runs/{w['variant']}/seed{w['seed']}/mapping"
+            inputs["mapping"] = f"{run_dir(w['ds'], w['variant'], w['seed'])}/mapping"
         return inputs
 
     @staticmethod

@@ -95,7 +95,7 @@ def test_demo_runs_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setenv("STEGO_MAX_MEMORY_GB", "0")
     out = snakemake(tmp_path, "--cores", "1", "--forceall", "results/demo/miou.csv")
     assert out.returncode == 0, out.stderr[-4000:]
-    assert "streaming" in (tmp_path / "logs" / "demo" / "default" / "seed0" / "train.log").read_text()
+    assert "streaming" in (tmp_path / "logs" / "demo" / "runs" / "default" / "seed0" / "train.log").read_text()
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "results" / "demo" / "miou.csv"), table)
 
 

@@ -1,7 +1,7 @@
 """What each rule's jobs use (Snakemake `threads:` and `resources:`): whether the rule runs its model on the
 device, the threads it computes with and what extra threads are for, its memory as a function of its inputs and
-workers, and its run time. The rules (workflow/rules/*.smk, through stego_steps.job_sizes), the profiles and the README's
-table read this one table; tests/test_resources.py checks the profiles and docs against it.
+workers, and its run time. The rules (workflow/rules/*.smk, through stego_steps.job_sizes), the profiles and
+the docs' table read this one table; tests/test_resources.py checks the profiles and docs against it.
 
 Threads. Model rules compute with the config's `torch_threads` (fixed, so that a result does not depend on the
 node): that is their `threads`, and a profile must not hand them more CPUs, which they would leave idle. Extra

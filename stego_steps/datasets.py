@@ -397,20 +397,72 @@ DIRECTORY_LAYOUT = ("<root>/imgs/{train,val}/<name>.<jpg|png|...> with optional 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".mat"}
 
 
-def _files_by_stem(folder: Path, suffixes: set[str], kind: str) -> dict[str, Path]:
-    found: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or not path.is_file():
-            continue
-        if path.suffix.lower() not in suffixes:
-            log.warning("skipping %s: not one of the file types %s", path, ", ".join(sorted(suffixes)))
-            continue
-        if path.stem in found:
-            raise UserError(f"two files with the name stem '{path.stem}' in {folder} "
-                             f"({found[path.stem].name}, {path.name}): the '{kind}' dataset pairs images "
-                             f"and labels by stem")
-        found[path.stem] = path
-    return found
+def _by_stem(folder: Path, suffixes: set[str]) -> tuple[dict[str, list[Path]], list[Path]]:
+    """The files of `folder` of the given types by name stem (sorted), and the files of other types; hidden
+    files and sub-folders are not looked at, a missing folder has none."""
+    found: dict[str, list[Path]] = {}
+    other: list[Path] = []
+    if folder.is_dir():
+        for path in sorted(folder.iterdir()):
+            if path.name.startswith(".") or not path.is_file():
+                continue
+            if path.suffix.lower() in suffixes:
+                found.setdefault(path.stem, []).append(path)
+            else:
+                other.append(path)
+    return found, other
+
+
+def _files(folder: Path, suffixes: set[str]) -> dict[str, Path]:
+    """One file per stem of a folder whose stems `directory_problems` found unique; other types are skipped."""
+    found, skipped = _by_stem(folder, suffixes)
+    for path in skipped:
+        log.warning("skipping %s: not one of the file types %s", path, ", ".join(sorted(suffixes)))
+    return {stem: paths[0] for stem, paths in found.items()}
+
+
+def has_labels_folder(root: str | Path) -> bool:
+    """Whether a `directory` dataset has `<root>/labels`: what says, by default, that it is labelled."""
+    return (Path(root) / "labels").is_dir()
+
+
+def labelled_splits(root: str | Path) -> list[str]:
+    """The splits of a `directory` dataset that have labels: those with a `<root>/labels/<split>` folder (each
+    of its images then needs a label PNG; a split without one has no labels)."""
+    return [split for split in SPLITS if (Path(root) / "labels" / split).is_dir()]
+
+
+def directory_images(root: str | Path, split: str) -> dict[str, list[Path]] | None:
+    """The image files of one split of a `directory` dataset by name stem; None when its folder is missing."""
+    folder = Path(root) / "imgs" / split
+    return _by_stem(folder, IMAGE_SUFFIXES)[0] if folder.is_dir() else None
+
+
+def directory_problems(root: str | Path) -> list[str]:
+    """Every duplicate name stem and unpaired image or label of a `directory` dataset (empty when fine), each
+    with its fix."""
+    root = Path(root)
+    problems: list[str] = []
+    labelled = labelled_splits(root)
+    for split in SPLITS:
+        stems: dict[str, dict[str, list[Path]]] = {}
+        for sub, suffixes in (("imgs", IMAGE_SUFFIXES), ("labels", {".png"})):
+            folder = root / sub / split
+            stems[sub] = found = _by_stem(folder, suffixes)[0]
+            for stem, paths in found.items():
+                if len(paths) > 1:
+                    problems.append(f"{folder}: {len(paths)} files share the name stem '{stem}' "
+                                    f"({', '.join(p.name for p in paths)}); images and labels are paired by "
+                                    "stem: rename or remove all but one")
+        if split in labelled:
+            imgs, labels = stems["imgs"], stems["labels"]
+            for stem in sorted(set(imgs) - set(labels)):
+                problems.append(f"{imgs[stem][0]}: no label {root / 'labels' / split / (stem + '.png')}; add the "
+                                f"label PNG or remove the image")
+            for stem in sorted(set(labels) - set(imgs)):
+                problems.append(f"{labels[stem][0]}: a label without an image in {root / 'imgs' / split}; add "
+                                "the image or remove the label")
+    return problems
 
 
 def _directory_index(settings: Settings) -> tuple[dict[str, list[Row]], Classes]:
@@ -433,30 +485,23 @@ def _directory_index(settings: Settings) -> tuple[dict[str, list[Row]], Classes]
     if 0 <= ignore < len(names):
         raise UserError(f"ignore_label {ignore} is a class id (there are {len(names)} classes); use a value "
                          f">= {len(names)}")
+    for split in SPLITS:
+        _require_dir(root / "imgs" / split, "directory", DIRECTORY_LAYOUT)
+    problems = directory_problems(root)
+    if problems:
+        more = f" and {len(problems) - 10} more" if len(problems) > 10 else ""
+        raise FileNotFoundError(f"the files of the 'directory' dataset at {root} are not paired one to one by "
+                                f"name stem ({len(problems)} problem{'s' * (len(problems) != 1)}): "
+                                f"{'; '.join(problems[:10])}{more}; or remove the labels folder of a split to "
+                                f"use no labels ({README_HINT})")
+    labelled = labelled_splits(root)
     splits: dict[str, list[Row]] = {}
     for split in SPLITS:
-        img_dir = _require_dir(root / "imgs" / split, "directory", DIRECTORY_LAYOUT)
-        images = _files_by_stem(img_dir, IMAGE_SUFFIXES, "directory")
+        images = _files(root / "imgs" / split, IMAGE_SUFFIXES)
         if not images:
-            raise FileNotFoundError(f"no images in {img_dir}; the 'directory' dataset expects the layout "
-                                    f"{DIRECTORY_LAYOUT} ({README_HINT})")
-        label_dir = root / "labels" / split
-        labels: dict[str, Path] = {}
-        if label_dir.is_dir():
-            labels = _files_by_stem(label_dir, {".png"}, "directory")
-            no_label = sorted(set(images) - set(labels))
-            no_image = sorted(set(labels) - set(images))
-            if no_label or no_image:
-                parts = []
-                if no_label:
-                    parts.append(f"images without a label PNG in {label_dir}: "
-                                 + ", ".join(images[s].name for s in no_label[:10]))
-                if no_image:
-                    parts.append(f"labels without an image in {img_dir}: "
-                                 + ", ".join(labels[s].name for s in no_image[:10]))
-                raise FileNotFoundError(f"the '{split}' split of the 'directory' dataset has unpaired files "
-                                        f"({'; '.join(parts)}); pair them by file stem or remove {label_dir} "
-                                        f"to use no labels ({README_HINT})")
+            raise FileNotFoundError(f"no images in {root / 'imgs' / split}; the 'directory' dataset expects the "
+                                    f"layout {DIRECTORY_LAYOUT} ({README_HINT})")
+        labels = _files(root / "labels" / split, {".png"}) if split in labelled else {}
         splits[split] = [{"id": stem, "image": str(path), "label": str(labels[stem]) if labels else ""}
                          for stem, path in images.items()]
     lut = [IGNORE] * max(LUT_SIZE, len(names), ignore + 1)

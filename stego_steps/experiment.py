@@ -9,7 +9,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from stego_steps import backbone_specs, layout
+from stego_steps import backbone_specs, datasets, layout
 from stego_steps import validate as stego_validate
 from stego_steps.config import (
     DEFAULT_VARIANT,
@@ -27,6 +27,7 @@ from stego_steps.config import (
 )
 from stego_steps.errors import UserError
 from stego_steps.protocol import ROWS, row_key
+from stego_steps.index import SPLITS
 from stego_steps.targets import Dataset
 
 
@@ -123,8 +124,8 @@ class Experiment:
         if entry["kind"] != "directory":
             return entry.get("labelled", True)
         root = entry["root"]
-        flag = entry.get("labelled", os.path.isdir(os.path.join(root, "labels")))
-        missing = [s for s in ("train", "val") if not os.path.isdir(os.path.join(root, "labels", s))]
+        flag = entry.get("labelled", datasets.has_labels_folder(root))
+        missing = [s for s in SPLITS if s not in datasets.labelled_splits(root)]
         if flag and os.path.isdir(root) and missing:
             why = "`labelled: true`" if "labelled" in entry else f"{os.path.join(root, 'labels')} exists"
             raise UserError(

@@ -46,40 +46,6 @@ SHOWN = 200  # problems shown in one error message
 
 
 # ---------------------------------------------------------------------------------------------------------
-# The folder layout of a `directory` dataset, checked whole before the adapter (which stops at the first)
-
-
-def directory_problems(root: str | Path) -> list[str]:
-    """Every duplicate name stem and unpaired image or label of a `directory` dataset (empty when fine)."""
-    root = Path(root)
-    problems: list[str] = []
-    for split in datasets.SPLITS:
-        stems: dict[str, dict[str, list[Path]]] = {}
-        for sub, suffixes in (("imgs", datasets.IMAGE_SUFFIXES), ("labels", {".png"})):
-            folder = root / sub / split
-            found: dict[str, list[Path]] = {}
-            if folder.is_dir():
-                for path in sorted(folder.iterdir()):
-                    if path.is_file() and not path.name.startswith(".") and path.suffix.lower() in suffixes:
-                        found.setdefault(path.stem, []).append(path)
-            stems[sub] = found
-            for stem, paths in found.items():
-                if len(paths) > 1:
-                    problems.append(f"{folder}: {len(paths)} files share the name stem '{stem}' "
-                                    f"({', '.join(p.name for p in paths)}); images and labels are paired by "
-                                    "stem: rename or remove all but one")
-        if (root / "labels" / split).is_dir():
-            imgs, labels = stems["imgs"], stems["labels"]
-            for stem in sorted(set(imgs) - set(labels)):
-                problems.append(f"{imgs[stem][0]}: no label {root / 'labels' / split / (stem + '.png')}; add the "
-                                f"label PNG or remove the image")
-            for stem in sorted(set(labels) - set(imgs)):
-                problems.append(f"{labels[stem][0]}: a label without an image in {root / 'imgs' / split}; add "
-                                "the image or remove the label")
-    return problems
-
-
-# ---------------------------------------------------------------------------------------------------------
 # Per-file checks
 
 
@@ -185,7 +151,7 @@ def checked_index(kind: str, settings: Mapping[str, Any], threads: int = 1
     """
     settings = dict(settings)
     if kind == "directory" and settings.get("root") and Path(settings["root"]).is_dir():
-        problems = directory_problems(settings["root"])
+        problems = datasets.directory_problems(settings["root"])
         if problems:
             raise _problems_error(kind, settings, problems)
     try:
@@ -266,11 +232,10 @@ def split_samples(kind: str, settings: Mapping[str, Any], split: str) -> int | N
     if kind == "demo":
         n = int(settings.get("generator", {}).get(f"n_{split}", 0))
     elif kind == "directory" and settings.get("root"):
-        folder = Path(settings["root"]) / "imgs" / split
-        if not folder.is_dir():
+        found = datasets.directory_images(settings["root"], split)
+        if found is None:
             return None
-        n = sum(1 for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
-                and p.suffix.lower() in datasets.IMAGE_SUFFIXES)
+        n = sum(len(paths) for paths in found.values())
     else:
         return None
     return n * 5 if split == "train" and settings.get("five_crop") else n

@@ -215,8 +215,11 @@ def test_directory_with_labels(tmp_path):
 
     (root / "labels" / "val" / "e.png").unlink()
     png(root / "labels" / "val" / "zz.png", np.zeros((16, 20), np.uint8))
-    with pytest.raises(FileNotFoundError, match=r"without a label PNG.*e\.jpg.*without an image.*zz\.png"):
+    assert datasets.labelled_splits(root) == ["train", "val"] and datasets.has_labels_folder(root)
+    with pytest.raises(FileNotFoundError, match=r"not paired.*e\.jpg: no label .*zz\.png: a label without an image"):
         datasets.build_index("directory", settings)
+    png(root / "imgs" / "train" / "b.png", np.zeros((16, 20, 3), np.uint8))  # b.jpg exists
+    assert "imgs/train: 2 files share the name stem 'b' (b.jpg, b.png)" in datasets.directory_problems(root)[0]
 
 
 def test_directory_without_labels(tmp_path):
@@ -224,6 +227,8 @@ def test_directory_without_labels(tmp_path):
     splits, classes = datasets.build_index("directory", {"root": str(root), "class_names": ["a", "b"]})
     assert all(r["label"] == "" for rows in splits.values() for r in rows)
     assert len(splits["train"]) == 3 and len(splits["val"]) == 2
+    assert datasets.labelled_splits(root) == [] and not datasets.has_labels_folder(root)
+    assert sorted(datasets.directory_images(root, "val")) == ["d", "e"] and datasets.directory_images(root, "x") is None
     with pytest.raises(ValueError, match="class_names"):
         datasets.build_index("directory", {"root": str(root)})
     with pytest.raises(ValueError, match="ignore_label 1"):

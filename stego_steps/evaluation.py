@@ -3,8 +3,9 @@ the CRF's effect per class, the cluster → class mapping and the cluster shares
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -14,20 +15,49 @@ from stego_steps.artifacts import open_h5
 from stego_steps.errors import UserError
 from stego_steps.protocol import ROWS, SUPERVISED_PROBES, row_key
 
+# A block of one probe's label maps: its image rows, the raw maps and the CRF maps ([len(rows),H,W] each).
+Block = tuple[range, np.ndarray, np.ndarray]
+
 
 def evaluate(labels: np.ndarray, predictions: dict[str, dict[bool, np.ndarray]], n_clusters: dict[str, int],
              n_classes: int) -> tuple[list[dict], dict[str, np.ndarray]]:
-    """Score rows and the confusion matrix of every (probe, crf) in ROWS present in `predictions`."""
-    rows, confusions = [], {}
+    """Score rows and the confusion matrix of every (probe, crf) in ROWS present in `predictions`, from whole
+    arrays in memory (`evaluate_blocks` gives the same from blocks of images)."""
+    confusions = {row_key(probe, crf): metrics.confusion(predictions[probe][crf], labels, n_clusters[probe],
+                                                          n_classes)
+                  for probe, crf in ROWS if probe in predictions}
+    return score_rows(confusions), confusions
+
+
+def evaluate_blocks(labels: Any, blocks: Mapping[str, Iterable[Block]], n_clusters: dict[str, int],
+                    n_classes: int) -> tuple[list[dict], dict[str, np.ndarray]]:
+    """`evaluate` from each probe's maps block by block (`labels` sliced per block: an array or an HDF5
+    dataset), holding one block and the [clusters, classes] counts. Counts add exactly, so the rows are
+    those of `evaluate` on the whole arrays."""
+    confusions: dict[str, np.ndarray] = {}
+    for probe, probe_blocks in blocks.items():
+        k = n_clusters[probe]
+        for key in (row_key(probe, False), row_key(probe, True)):
+            confusions[key] = np.zeros((k, n_classes), np.int64)
+        for rows, raw, crf in probe_blocks:
+            target = labels[rows.start:rows.stop]
+            confusions[row_key(probe, False)] += metrics.confusion(raw, target, k, n_classes)
+            confusions[row_key(probe, True)] += metrics.confusion(crf, target, k, n_classes)
+    ordered = {row_key(p, c): confusions[row_key(p, c)] for p, c in ROWS if row_key(p, c) in confusions}
+    return score_rows(ordered), ordered
+
+
+def score_rows(confusions: Mapping[str, np.ndarray]) -> list[dict]:
+    """Accuracy, mIoU, per-class IoU and the cluster → class assignment of every (probe, crf) in ROWS that
+    has a confusion matrix; the cluster probes are matched by one Hungarian assignment, the linear ones not."""
+    rows = []
     for probe, crf in ROWS:
-        if probe not in predictions:
+        if (key := row_key(probe, crf)) not in confusions:
             continue
-        conf = metrics.confusion(predictions[probe][crf], labels, n_clusters[probe], n_classes)
-        s = metrics.scores(conf, hungarian=probe not in SUPERVISED_PROBES)
+        s = metrics.scores(confusions[key], hungarian=probe not in SUPERVISED_PROBES)
         rows.append({"probe": probe, "crf": crf, "pixel_accuracy": float(s["pixel_accuracy"]),
                      "miou": float(s["miou"]), "iou": s["iou"], "assignment": s["assignment"]})
-        confusions[row_key(probe, crf)] = conf
-    return rows, confusions
+    return rows
 
 
 def score_tables(rows: list[dict], names: list[str], *, dataset: str, backbone: str,
@@ -69,21 +99,30 @@ def confusion_table(conf: np.ndarray, mapping: pd.DataFrame, names: list[str]) -
     return pd.concat([mapping[["cluster", "class"]], pd.DataFrame(conf, columns=names)], axis=1)
 
 
-def cluster_shares(predictions: dict[str, dict[bool, np.ndarray]], n_clusters: dict[str, int]) -> list[dict]:
-    """Pixels, pixel share (percent) and images of every cluster, for each (probe, crf) in ROWS present."""
+def cluster_shares(blocks: Mapping[str, Iterable[Block]], n_clusters: dict[str, int]) -> list[dict]:
+    """Pixels, pixel share (percent) and images of every cluster, for each (probe, crf) in ROWS present, from
+    each probe's maps block by block."""
+    counts = {}
+    for probe, probe_blocks in blocks.items():
+        k = n_clusters[probe]
+        pixels = {crf: np.zeros(k, np.int64) for crf in (False, True)}
+        images = {crf: np.zeros(k, np.int64) for crf in (False, True)}
+        for _, *maps in probe_blocks:
+            for crf, block in zip((False, True), maps, strict=True):
+                per_image = np.stack([np.bincount(m.ravel(), minlength=k)[:k] for m in block]) if len(block) \
+                    else np.zeros((0, k), np.int64)
+                pixels[crf] += per_image.sum(0)
+                images[crf] += (per_image > 0).sum(0)
+        counts[probe] = (pixels, images)
     rows = []
     for probe, crf in ROWS:
-        if probe not in predictions:
+        if probe not in counts:
             continue
-        maps = predictions[probe][crf]
-        k = n_clusters[probe]
-        per_image = np.stack([np.bincount(m.ravel(), minlength=k)[:k] for m in maps]) if len(maps) \
-            else np.zeros((0, k), np.int64)
-        pixels = per_image.sum(0)
+        pixels, images = counts[probe][0][crf], counts[probe][1][crf]
         total = max(int(pixels.sum()), 1)
         rows += [{"probe": probe, "crf": crf, "cluster": c, "pixels": int(pixels[c]),
-                  "share": 100.0 * pixels[c] / total, "images": int((per_image[:, c] > 0).sum())}
-                 for c in range(k)]
+                  "share": 100.0 * pixels[c] / total, "images": int(images[c])}
+                 for c in range(n_clusters[probe])]
     return rows
 
 

@@ -122,19 +122,37 @@ def other_counts(out: Path) -> list[Path]:
                   and int(m["n"]) != int(this["n"]))
 
 
-def read_predictions(paths: list[Path], probe: str, n: int) -> dict[bool, np.ndarray]:
-    """Stitch the shards of one probe back into [N,H,W] maps for raw (False) and CRF (True)."""
+def shard_ranges(paths: list[Path], probe: str, n: int) -> list[tuple[int, int, Path]]:
+    """The (start, stop, path) of every shard of one probe, in image order, checked to cover images 0..n-1
+    exactly; reads only the shards' attributes."""
     shards = []
     for path in paths:
         with open_h5(path, "segment shard") as f:
             if f.attrs["probe"] == probe:
-                shards.append((int(f.attrs["start"]), int(f.attrs["stop"]), f["raw"][...], f["crf"][...]))
+                shards.append((int(f.attrs["start"]), int(f.attrs["stop"]), Path(path)))
     shards.sort(key=lambda s: s[0])
-    covered = [i for start, stop, *_ in shards for i in range(start, stop)]
+    covered = [i for start, stop, _ in shards for i in range(start, stop)]
     if covered != list(range(n)):
         raise UserError(f"segment shards of probe '{probe}' do not cover images 0..{n - 1} exactly: "
                          f"{[(s[0], s[1]) for s in shards]}; rerun the segment stage")
-    return {False: np.concatenate([s[2] for s in shards]), True: np.concatenate([s[3] for s in shards])}
+    return shards
+
+
+def iter_predictions(paths: list[Path], probe: str, n: int,
+                     images_per_read: int = 64) -> Iterator[tuple[range, np.ndarray, np.ndarray]]:
+    """The raw and CRF maps of one probe in image order, `images_per_read` images at a time at most:
+    (rows, raw [len(rows),H,W], crf [len(rows),H,W]). Holds one block, whatever the number of images."""
+    for start, stop, path in shard_ranges(paths, probe, n):
+        with open_h5(path, "segment shard") as f:
+            for a in range(0, stop - start, images_per_read):
+                b = min(a + images_per_read, stop - start)
+                yield range(start + a, start + b), f["raw"][a:b], f["crf"][a:b]
+
+
+def read_predictions(paths: list[Path], probe: str, n: int) -> dict[bool, np.ndarray]:
+    """Stitch the shards of one probe back into [N,H,W] maps for raw (False) and CRF (True)."""
+    blocks = list(iter_predictions(paths, probe, n, images_per_read=max(n, 1)))
+    return {False: np.concatenate([b[1] for b in blocks]), True: np.concatenate([b[2] for b in blocks])}
 
 
 def palette(n: int) -> np.ndarray:

@@ -90,3 +90,57 @@ def test_mapping_and_confusion_tables_name_the_classes():
     table = evaluation.confusion_table(conf, mapping, names)
     assert table.columns.tolist() == ["cluster", "class", *names]
     np.testing.assert_array_equal(table[names].to_numpy(), conf)
+
+
+def _segment_shards(tmp_path, maps, bounds):
+    """Segment shard files of every probe in `maps` (probe → (raw, crf, k)), cut at `bounds`."""
+    paths = []
+    for probe, (raw, crf, k) in maps.items():
+        for start, stop in zip(bounds, bounds[1:], strict=False):
+            paths.append(tmp_path / f"{probe}.{start}.h5")
+            with h5py.File(paths[-1], "w") as f:
+                f["raw"], f["crf"] = raw[start:stop], crf[start:stop]
+                f.attrs.update(start=start, stop=stop, probe=probe, n_clusters=k)
+    return paths[::-1]  # out of order, as a glob may list them
+
+
+def test_streamed_evaluation_equals_the_whole_array_one(tmp_path):
+    rng = np.random.default_rng(3)
+    n, size, n_classes = 11, 6, 4
+    labels = rng.integers(-1, n_classes, (n, size, size)).astype(np.int16)
+    ks = {"cluster": 6, "linear": 4, "backbone_kmeans": 5, "backbone_linear": 4}  # extra clusters unmatched
+    maps = {p: (rng.integers(0, k, (n, size, size)).astype(np.uint8),
+                rng.integers(0, k, (n, size, size)).astype(np.uint8), k) for p, k in ks.items()}
+    paths = _segment_shards(tmp_path, maps, [0, 3, 4, 11])
+    with h5py.File(tmp_path / "labels.h5", "w") as f:
+        f.create_dataset("label", data=labels, chunks=(2, size, size), compression="gzip")
+    whole = {p: label_maps.read_predictions(paths, p, n) for p in ks}
+    rows, conf = evaluation.evaluate(labels, whole, ks, n_classes)
+    with h5py.File(tmp_path / "labels.h5", "r") as f:  # read block by block: 2 images at a time
+        blocks = {p: label_maps.iter_predictions(paths, p, n, images_per_read=2) for p in ks}
+        streamed_rows, streamed_conf = evaluation.evaluate_blocks(f["label"], blocks, ks, n_classes)
+    assert list(streamed_conf) == list(conf)
+    for key in conf:
+        assert streamed_conf[key].dtype == np.int64 and np.array_equal(streamed_conf[key], conf[key])
+    names = [f"c{i}" for i in range(n_classes)]
+    tables = [evaluation.score_tables(r, names, dataset="d", backbone="b", n_images=n) for r in (rows, streamed_rows)]
+    for whole_table, streamed_table in zip(*tables, strict=True):
+        assert whole_table.equals(streamed_table)  # bit-identical, not approximately equal
+    for r, s in zip(rows, streamed_rows, strict=True):
+        assert np.array_equal(r["assignment"], s["assignment"])
+        assert np.array_equal(r["iou"], s["iou"], equal_nan=True)
+
+
+def test_cluster_shares_are_counted_block_by_block(tmp_path):
+    rng = np.random.default_rng(4)
+    raw, crf = (rng.integers(0, 5, (7, 4, 4)).astype(np.uint8) for _ in range(2))
+    raw = np.where(raw == 4, 3, raw).astype(np.uint8)  # cluster 4 never appears in the raw maps
+    paths = _segment_shards(tmp_path, {"cluster": (raw, crf, 5)}, [0, 5, 7])
+    rows = evaluation.cluster_shares({"cluster": label_maps.iter_predictions(paths, "cluster", 7, 3)},
+                                     {"cluster": 5})
+    for crf_row, maps in ((False, raw), (True, crf)):
+        got = [r for r in rows if r["crf"] == crf_row]
+        pixels = np.bincount(maps.ravel(), minlength=5)
+        assert [r["pixels"] for r in got] == pixels.tolist()
+        assert [r["images"] for r in got] == [int((maps == c).any(axis=(1, 2)).sum()) for c in range(5)]
+        assert [r["share"] for r in got] == (100.0 * pixels / pixels.sum()).tolist()

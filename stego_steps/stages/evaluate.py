@@ -31,12 +31,12 @@ from stego_steps.evaluation import (
     cluster_shares,
     confusion_table,
     crf_effect,
-    evaluate,
+    evaluate_blocks,
     mapping_table,
     score_tables,
     segment_clusters,
 )
-from stego_steps.label_maps import read_predictions
+from stego_steps.label_maps import iter_predictions
 from stego_steps.protocol import PROBES, row_key
 from stego_steps.store import FeatureStore
 
@@ -59,13 +59,12 @@ def main(argv: list[str] | None = None) -> None:
         if not store.has("label"):
             raise UserError(f"{args.features} has no labels: the labelled metrics cannot be computed; set "
                             "`labelled: false` for this dataset (its result is then clusters.csv)")
-        labels = store.read("label")
-        names, backbone = store.class_names, store.attrs["backbone"]
-    n_classes = len(names)
-    n_clusters = segment_clusters(args.segments)
-    predictions = {p: read_predictions(args.segments, p, len(labels)) for p in PROBES if p in n_clusters}
-    rows, confusions = evaluate(labels, predictions, n_clusters, n_classes)
-    table, per_class = score_tables(rows, names, dataset=args.dataset, backbone=backbone, n_images=len(labels))
+        names, backbone, n = store.class_names, store.attrs["backbone"], store.n
+        n_clusters = segment_clusters(args.segments)
+        # Block by block: the memory is one block of maps and labels, whatever the number of images.
+        blocks = {p: iter_predictions(args.segments, p, n) for p in PROBES if p in n_clusters}
+        rows, confusions = evaluate_blocks(store.dataset("label"), blocks, n_clusters, len(names))
+    table, per_class = score_tables(rows, names, dataset=args.dataset, backbone=backbone, n_images=n)
     for r in rows:
         key = row_key(r["probe"], r["crf"])
         mapping = mapping_table(confusions[key], r["assignment"], names)
@@ -82,9 +81,9 @@ def write_cluster_table(args: argparse.Namespace) -> None:
     with FeatureStore(args.features, max_memory_gb=0) as store:
         n, backbone = store.n, store.attrs["backbone"]
     n_clusters = segment_clusters(args.segments)
-    predictions = {p: read_predictions(args.segments, p, n) for p in n_clusters}
+    blocks = {p: iter_predictions(args.segments, p, n) for p in n_clusters}
     table = pd.DataFrame([{"dataset": args.dataset, "backbone": backbone, **r, "n_images": n}
-                          for r in cluster_shares(predictions, n_clusters)])
+                          for r in cluster_shares(blocks, n_clusters)])
     write_csv(args.out_dir / "clusters.csv", table)
     log.info("\n%s", table.to_string(index=False, float_format="%.2f"))
 

@@ -21,11 +21,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from stego_steps import head_training, kmeans, loss
+from stego_steps import head_training, kmeans, linear_probe, loss
 from stego_steps.backbones import build_backbone
+from stego_steps.codes import predict_codes
 from stego_steps.index import read_index
-from stego_steps.stages import extract, prepare, probe
-from stego_steps.stages.predict import predict_codes
+from stego_steps.stages import extract, prepare
 from stego_steps.store import FeatureStore
 
 TRAIN = {"code_dim": 90, "dropout": 0.1, "lr": 5e-4, "checkpoint_every": 10**9, "samples": 11, "negatives": 5,
@@ -137,7 +137,7 @@ def main() -> None:
         _, t = timed(dev, kmeans.spherical_kmeans, store, lambda f: f, int(store.attrs["n_classes"]), **kw)
         rows.append({"stage": "backbone_kmeans", "backbone": name, "seconds": t, "throughput": 600 / t,
                      "unit": "iterations/s"})
-        _, t = timed(dev, probe.train_probe, store, head, int(store.attrs["n_classes"]), steps=args.steps,
+        _, t = timed(dev, linear_probe.train_probe, store, head, int(store.attrs["n_classes"]), steps=args.steps,
                      batch_size=args.batch, lr=5e-3, seed=0, device=dev)
         rows.append({"stage": "linear probe", "backbone": name, "seconds": t, "throughput": args.steps / t,
                      "unit": "steps/s"})

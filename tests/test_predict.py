@@ -6,8 +6,8 @@ import torch
 from helpers import write_store
 
 from stego_steps import head, label_maps
+from stego_steps.codes import predict_codes
 from stego_steps.head import SegmentationHead, flip_tta_code
-from stego_steps.stages.predict import predict_codes
 from stego_steps.store import FeatureStore
 
 

@@ -9,6 +9,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,10 @@ from typing import Any
 import numpy as np
 
 from stego_steps.errors import UserError
+
+# The workflow's shard files: Snakemake's scatter items `<i>-of-<n>`, after a prefix where a folder holds several
+# sets (an extraction's `train/1-of-4.h5`, the segment stage's `segment/cluster.1-of-2.h5`), and their partial files.
+SHARD_NAME = re.compile(r"(?:(?P<prefix>[^.]+)\.)?(?P<i>\d+)-of-(?P<n>\d+)\.h5(?:\.partial)?")
 
 
 @contextlib.contextmanager
@@ -117,3 +122,16 @@ def open_h5(path: str | os.PathLike, what: str = "HDF5 file") -> Any:
         return h5py.File(path, "r")
     except OSError as err:
         raise damaged(path, err, what) from err
+
+
+def other_counts(out: str | os.PathLike) -> list[Path]:
+    """The files beside shard `out` of the same set cut into another number of shards: left by an earlier
+    `extract_shards` or `segment_shards`, they would stand beside this count's shards for anything that lists the
+    folder (and hold its disk)."""
+    out = Path(out)
+    this = SHARD_NAME.fullmatch(out.name)
+    if this is None or not out.parent.is_dir():
+        return []
+    return sorted(p for p in out.parent.iterdir()
+                  if (m := SHARD_NAME.fullmatch(p.name)) and m["prefix"] == this["prefix"]
+                  and int(m["n"]) != int(this["n"]))

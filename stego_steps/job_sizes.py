@@ -12,17 +12,24 @@ from typing import Any
 import h5py
 
 from stego_steps import resources
+from stego_steps.artifacts import SHARD_NAME
 from stego_steps.experiment import wildcard_values
 from stego_steps.layout import shard
 
 
 def store_mb(features: str | None) -> float:
-    """Size of a feature store in MB; a gathered store is virtual, so count its shard files."""
+    """Size of a feature store in MB; a gathered store is virtual, so count its shard files (those of one shard
+    count: an earlier `extract_shards`' files may still stand beside them until the next extraction)."""
     if not features:
         return 0.0
     shard_dir = Path(features).with_suffix("")
-    files = list(shard_dir.glob("*.h5")) if shard_dir.is_dir() else [Path(features)]
-    return sum(f.stat().st_size for f in files if f.exists()) / 2**20
+    if not shard_dir.is_dir():
+        return Path(features).stat().st_size / 2**20 if Path(features).exists() else 0.0
+    by_count: dict[str, int] = {}
+    for f in shard_dir.glob("*.h5"):
+        count = m["n"] if (m := SHARD_NAME.fullmatch(f.name)) else ""
+        by_count[count] = by_count.get(count, 0) + f.stat().st_size
+    return max(by_count.values(), default=0) / 2**20
 
 
 def pooled_mb(features: str | None) -> float:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import re
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ import matplotlib
 import numpy as np
 
 from stego_steps import testhooks
-from stego_steps.artifacts import fingerprint, open_h5
+from stego_steps.artifacts import fingerprint, open_h5, other_counts  # noqa: F401 (the segment stage's)
 from stego_steps.cli import progress
 from stego_steps.crf import CRF_DEFAULTS, refine_labels
 from stego_steps.errors import UserError
@@ -105,21 +104,6 @@ def shard_key(probe: str, rows: range, source: np.ndarray, *weights: Path) -> st
     digest = hashlib.sha256(np.ascontiguousarray(source).tobytes()).hexdigest()
     files = [hashlib.sha256(Path(w).read_bytes()).hexdigest() for w in weights]
     return fingerprint(probe, rows.start, rows.stop, digest, files, CRF_DEFAULTS)
-
-
-# The workflow's shard files: `{probe}.{i}-of-{n}.h5` (Snakemake's scatter items), and their partial files.
-SHARD_NAME = re.compile(r"(?P<probe>[^.]+)\.(?P<i>\d+)-of-(?P<n>\d+)\.h5(\.partial)?")
-
-
-def other_counts(out: Path) -> list[Path]:
-    """The files beside shard `out` of the same probe cut into another number of shards: left by an earlier
-    `segment_shards`, they would stand beside this count's shards for anything that lists the folder."""
-    this = SHARD_NAME.fullmatch(out.name)
-    if this is None or not out.parent.is_dir():
-        return []
-    return sorted(p for p in out.parent.iterdir()
-                  if (m := SHARD_NAME.fullmatch(p.name)) and m["probe"] == this["probe"]
-                  and int(m["n"]) != int(this["n"]))
 
 
 def shard_ranges(paths: list[Path], probe: str, n: int) -> list[tuple[int, int, Path]]:

@@ -35,6 +35,9 @@ def test_sizes_are_measured_or_guessed(tmp_path):
     (tmp_path / "val" / "1-of-2.h5").write_bytes(b"x" * 2**20)
     (tmp_path / "val" / "2-of-2.h5").write_bytes(b"x" * 2**20)
     assert job_sizes.store_mb(str(tmp_path / "val.h5")) == 2.0
+    # the shards of an earlier extract_shards, not yet removed, are not a second copy of the store
+    (tmp_path / "val" / "1-of-1.h5").write_bytes(b"x" * 2**20)
+    assert job_sizes.store_mb(str(tmp_path / "val.h5")) == 2.0
 
 
 def test_resources_follow_the_table(tmp_path):

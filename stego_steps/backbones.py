@@ -1,11 +1,13 @@
-"""Frozen feature extractors: DINO / DINOv2 ViTs through timm and an offline EfficientNet-Lite0.
+"""Frozen feature extractors: DINO / DINOv2 / DINOv3 ViTs and any timm model through timm, and an offline
+EfficientNet-Lite0.
 
 Every backbone is wrapped in a `FeatureExtractor`: it takes RGB images in [0, 1], normalises them itself,
 runs the wrapped model frozen, in eval mode and without gradients, and returns dense float32 features
 `[B, dim, H/stride, W/stride]`.
 
 Weights never silently fall back to random values. A pretrained ViT loads either a file named in the config
-(official DINO `.pth` files load as they are) or timm's hub weights when they already sit in the local
+(official DINO, DINOv2 and DINOv3 `.pth` files load as they are, as do timm's own files) or timm's hub
+weights when they already sit in the local
 Hugging Face cache; otherwise `WeightsUnavailable` says how to supply them. The `<name>_random` variants are
 seeded random initialisations for tests and speed measurements only.
 
@@ -35,14 +37,16 @@ from stego_steps.backbone_specs import (  # noqa: F401 (the static facts, re-exp
     IMAGENET_STD,
     RANDOM_SUFFIX,
     BackboneSpec,
+    UnknownTimmModel,
+    WeightsMismatch,
     WeightsUnavailable,
-    _effnet_package_file,
-    _spec,
-    _unavailable_message,
     backbone_id,
     backbone_info,
     cached_hub_weights,
     check_weights,
+    effnet_package_file,
+    spec,
+    unavailable_message,
 )
 from stego_steps.errors import UserError
 
@@ -143,10 +147,12 @@ class FeatureExtractor(nn.Module):
     `.train()` is called with, all its parameters have requires_grad=False and it runs under no_grad.
     """
 
-    def __init__(self, name: str, stride: int, dim: int, model: nn.Module, weights_source: str) -> None:
+    def __init__(self, name: str, stride: int, dim: int, model: nn.Module, weights_source: str,
+                 multiple: int | None = None) -> None:
         super().__init__()
         self.name = name
         self.stride = stride
+        self.multiple = multiple or stride  # what an input side must be a multiple of
         self.dim = dim
         self.weights_source = weights_source  # provenance for logs: file path, hub cache path, random seed
         self.model = model
@@ -167,10 +173,10 @@ class FeatureExtractor(nn.Module):
         if not images.is_floating_point():
             raise ValueError(f"{self.name}: expected float images in [0, 1], got dtype {images.dtype}")
         h, w = images.shape[-2:]
-        if h % self.stride or w % self.stride:
+        if h % self.multiple or w % self.multiple:
             raise ValueError(
                 f"{self.name}: image size {h}x{w} (HxW) is not a multiple of the backbone stride "
-                f"{self.stride}; crop or resize to a multiple of {self.stride}"
+                f"{self.multiple}; crop or resize to a multiple of {self.multiple}"
             )
 
     def _normalize(self, images: torch.Tensor) -> torch.Tensor:
@@ -193,8 +199,8 @@ class ViTFeatureExtractor(FeatureExtractor):
     def __init__(self, spec: BackboneSpec, model: nn.Module, weights_source: str) -> None:
         super().__init__(spec.name, spec.stride, spec.dim, model, weights_source)
         self.family = spec.family
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1), persistent=False)
 
     def _normalize(self, images: torch.Tensor) -> torch.Tensor:
         return (images - self.mean) / self.std
@@ -244,16 +250,43 @@ class ViTFeatureExtractor(FeatureExtractor):
             # DINOv2: timm's dynamic-size path (built with dynamic_img_size=True), which resamples the
             # 37x37 table with F.interpolate(size=..., bicubic, antialias=True). This can differ slightly
             # from the official DINOv2 code (scale_factor with +0.1 offset in its early releases).
+            # DINOv3: no position table; the RoPE angles are computed for this very grid.
             x = m.forward_features(images)
         x = x[:, m.num_prefix_tokens:]
         return x.reshape(b, gh, gw, -1).permute(0, 3, 1, 2).contiguous()
+
+
+class TimmFeatureExtractor(FeatureExtractor):
+    """Any timm model: its `forward_intermediates` at the chosen feature_info layers (ViT tokens after the final
+    norm, prefix tokens dropped, as maps; ConvNet stage outputs), coarser layers bilinearly upsampled to the
+    finest grid and concatenated."""
+
+    def __init__(self, spec: BackboneSpec, model: nn.Module, weights_source: str) -> None:
+        super().__init__(spec.name, spec.stride, spec.dim, model, weights_source, multiple=spec.input_multiple)
+        self.layers = list(spec.layers or (-1,))
+        self.vit = spec.vit
+        self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1), persistent=False)
+
+    def _normalize(self, images: torch.Tensor) -> torch.Tensor:
+        return (images - self.mean) / self.std
+
+    def _features(self, images: torch.Tensor) -> torch.Tensor:
+        kwargs: dict[str, Any] = {"indices": self.layers, "intermediates_only": True, "output_fmt": "NCHW"}
+        if self.vit:
+            kwargs["norm"] = True  # the final norm on every chosen block's tokens
+        maps = self.model.forward_intermediates(images, **kwargs)
+        grid = (images.shape[-2] // self.stride, images.shape[-1] // self.stride)
+        maps = [f if tuple(f.shape[-2:]) == grid else
+                F.interpolate(f, size=grid, mode="bilinear", align_corners=False) for f in maps]
+        return torch.cat(maps, dim=1)
 
 
 class EfficientNetFeatureExtractor(FeatureExtractor):
     """EfficientNet-Lite0: stride-8 (40 ch) ⊕ stride-16 (112 ch, bilinear to the stride-8 grid) = 152 ch."""
 
     def __init__(self, spec: BackboneSpec, model: nn.Module, weights_source: str) -> None:
-        super().__init__(spec.name, spec.stride, spec.dim, model, weights_source)
+        super().__init__(spec.name, spec.stride, spec.dim, model, weights_source, multiple=spec.input_multiple)
 
     def _normalize(self, images: torch.Tensor) -> torch.Tensor:
         return (255.0 * images - 127.0) / 128.0  # the reference package's input scaling
@@ -269,85 +302,153 @@ class EfficientNetFeatureExtractor(FeatureExtractor):
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _create_vit(spec: BackboneSpec, init: bool = True) -> nn.Module:
+def dinov3_arch(s: BackboneSpec, state_dict: dict[str, torch.Tensor] | None) -> str:
+    """timm's DINOv3 model for a state dict: `_qkvb` (q and v biases; Meta's files and timm's `_qkvb` files)
+    unless the file has no attention bias at all (timm's plain `_dinov3` files, whose biases were zero)."""
+    if state_dict is None or any(k.endswith(("qkv.bias", "q_bias")) for k in state_dict):
+        return s.timm_name
+    return s.timm_name.replace("_qkvb", "")
+
+
+def _create_vit(s: BackboneSpec, init: bool = True, arch: str | None = None) -> nn.Module:
     """The timm ViT without pretrained weights; `init=False` skips timm's (slow) init before a load."""
     import timm
 
     kwargs: dict[str, Any] = {"pretrained": False, "num_classes": 0}
-    if not init:
+    if not init and s.family != "dinov3":  # timm's EVA models (DINOv3) have no weight_init option
         kwargs["weight_init"] = "skip"
-    if spec.family == "dinov2":
+    if s.family in ("dinov2", "dinov3"):
         kwargs["dynamic_img_size"] = True
-    model = timm.create_model(spec.timm_name, **kwargs)
-    if spec.family == "dino":
+    model = timm.create_model(arch or s.timm_name, **kwargs)
+    if s.family == "dino":
         model.patch_embed.strict_img_size = False  # any multiple of the patch size; pos-embed is ours
     return model
 
 
-def _load_vit_weights(spec: BackboneSpec, model: nn.Module, path: str | os.PathLike) -> None:
-    state_dict = read_state_dict(path)
-    if spec.family == "dinov2":
+def _create_timm(s: BackboneSpec) -> nn.Module:
+    """A `timm/<model>` network with random weights; ViTs take any input size the patch divides."""
+    import timm
+
+    kwargs: dict[str, Any] = {"pretrained": False, "num_classes": 0}
+    if s.vit:
+        kwargs["dynamic_img_size"] = True
+    try:
+        return timm.create_model(s.timm_name, **kwargs)
+    except TypeError:  # a ViT-like model without a dynamic-size option
+        kwargs.pop("dynamic_img_size", None)
+        return timm.create_model(s.timm_name, **kwargs)
+
+
+def _load_strict(s: BackboneSpec, model: nn.Module, state_dict: dict[str, torch.Tensor], path: object) -> None:
+    """Load every tensor of the network, or a `WeightsMismatch` naming what does not fit."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    misshapen = sorted(k for k in set(own) & set(state_dict) if own[k].shape != state_dict[k].shape)
+    if missing or unexpected or misshapen:
+        parts = [f"{what} {len(keys)} (e.g. {', '.join(keys[:3])})"
+                 for what, keys in (("missing", missing), ("unexpected", unexpected), ("misshapen", misshapen))
+                 if keys]
+        raise WeightsMismatch(
+            f"weights {path} do not fit backbone {s.name!r} (timm model {s.timm_name}): {'; '.join(parts)}. "
+            "Is it the file of this very model (official or timm layout)?"
+        )
+    model.load_state_dict(state_dict, strict=True)
+
+
+def _load_vit_weights(s: BackboneSpec, model: nn.Module, state_dict: dict[str, torch.Tensor], path: object) -> None:
+    if s.family == "dinov2":
         # Official DINOv2 files name a few tensors differently (mask_token, register_tokens, w12/w3);
         # timm's own filter converts them and leaves timm-layout files alone.
         from timm.models.vision_transformer import checkpoint_filter_fn
 
         state_dict = checkpoint_filter_fn(state_dict, model)
-    try:
-        model.load_state_dict(state_dict, strict=True)
-    except RuntimeError as err:
-        raise UserError(
-            f"weights {path} do not fit backbone {spec.name!r} ({spec.timm_name}): {err}"
-        ) from err
+    elif s.family == "dinov3":
+        # Official DINOv3 files (storage_tokens, ls1.gamma, qkv.bias with a masked k part, rope periods, the
+        # satellite model's local_cls_norm) become timm's EVA names in timm's own filter; timm-layout files
+        # pass through it unchanged.
+        from timm.models.eva import checkpoint_filter_fn
+
+        state_dict = checkpoint_filter_fn(state_dict, model)
+    _load_strict(s, model, state_dict, path)
 
 
-def _build_efficientnet(spec: BackboneSpec, weights: str | os.PathLike | None) -> FeatureExtractor:
+def _timm_filter(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The model module's own `checkpoint_filter_fn` (other layouts of the same weights), where timm has one,
+    and without the classifier's tensors (the features need none)."""
+    import sys
+
+    filter_fn = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
+    if filter_fn is not None:
+        try:
+            state_dict = filter_fn(state_dict, model)
+        except Exception as err:  # a filter for another layout: the strict load says what does not fit
+            log.debug("timm's checkpoint filter for %s failed (%s); loading the keys as they are",
+                      type(model).__name__, err)
+    classifier = (getattr(model, "pretrained_cfg", None) or {}).get("classifier")
+    heads = (classifier,) if isinstance(classifier, str) else tuple(classifier or ())
+    own = model.state_dict().keys()
+    return {k: v for k, v in state_dict.items()
+            if k in own or not any(k == h or k.startswith(h + ".") for h in heads if h)}
+
+
+def _build_efficientnet(s: BackboneSpec, weights: str | os.PathLike | None) -> FeatureExtractor:
     import timm
 
-    path = Path(weights).expanduser() if weights is not None else _effnet_package_file()
+    path = Path(weights).expanduser() if weights is not None else effnet_package_file()
     if path is None:
-        raise WeightsUnavailable(_unavailable_message(spec))
+        raise WeightsUnavailable(unavailable_message(s))
     state_dict = convert_efficientnet_lite0_state_dict(read_state_dict(path))
-    model = timm.create_model(spec.timm_name, pretrained=False, features_only=True, out_indices=(2, 3))
+    model = timm.create_model(s.timm_name, pretrained=False, features_only=True, out_indices=(2, 3))
     wanted = model.state_dict().keys()
     missing = [k for k in wanted if k not in state_dict]
     if missing:
-        raise UserError(
+        raise WeightsMismatch(
             f"weights {path} lack {len(missing)} EfficientNet-Lite0 tensors, e.g. {missing[:3]}"
         )
     model.load_state_dict({k: state_dict[k] for k in wanted}, strict=True)
-    return EfficientNetFeatureExtractor(spec, model, f"file:{path}")
+    return EfficientNetFeatureExtractor(s, model, f"file:{path}")
 
 
-def build_backbone(name: str, weights: str | os.PathLike | None = None, seed: int = 0) -> FeatureExtractor:
-    """Build the frozen feature extractor `name` (see `BACKBONES`).
+def build_backbone(name: str, weights: str | os.PathLike | None = None, seed: int = 0,
+                   layers: list[int] | tuple[int, ...] | None = None) -> FeatureExtractor:
+    """Build the frozen feature extractor `name` (see `BACKBONES`, or `timm/<model>[_random]`).
 
-    `weights`: a checkpoint file (`.pth`/`.bin`/`.safetensors`; official DINO files load as they are). Without
-    it, pretrained ViTs use timm's weights from the local Hugging Face cache, or raise WeightsUnavailable.
-    `seed` only affects the `_random` variants, which are built under a forked RNG (global state untouched).
+    `weights`: a checkpoint file (`.pth`/`.bin`/`.safetensors`; official DINO, DINOv2 and DINOv3 files load as
+    they are, as do timm's). Without it, pretrained models use timm's weights from the local Hugging Face cache,
+    or raise WeightsUnavailable. `seed` only affects the `_random` variants, which are built under a forked RNG
+    (global state untouched). `layers`: the feature_info indices of a `timm/` model (default: the last).
     """
-    spec = _spec(name)
+    s = spec(name, layers)
     check_weights(name, weights)
-    if spec.family == "efficientnet":
-        return _build_efficientnet(spec, weights)
-    if spec.random:
+    if s.family == "efficientnet":
+        return _build_efficientnet(s, weights)
+    wrap = TimmFeatureExtractor if s.family == "timm" else ViTFeatureExtractor
+    if s.random:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = _create_vit(spec)
-        return ViTFeatureExtractor(spec, model, f"random(seed={seed})")
+            model = _create_timm(s) if s.family == "timm" else _create_vit(s)
+        return wrap(s, model, f"random(seed={seed})")
     if weights is not None:
         path: str | os.PathLike = Path(weights).expanduser()
         source = f"file:{path}"
     else:
         cached = cached_hub_weights(name)
         if cached is None:  # removed since check_weights ran
-            raise WeightsUnavailable(_unavailable_message(spec))
+            raise WeightsUnavailable(unavailable_message(s))
         path, source = cached, f"hf-cache:{cached}"
-        if spec.note:
-            log.warning("%s: %s", name, spec.note)
-    model = _create_vit(spec, init=False)  # every tensor is overwritten by the strict load
-    _load_vit_weights(spec, model, path)
-    log.info("backbone %s (%s) loaded from %s", name, spec.timm_name, source)
-    return ViTFeatureExtractor(spec, model, source)
+        if s.note:
+            log.warning("%s: %s", name, s.note)
+    state_dict = read_state_dict(path)
+    if s.family == "timm":
+        model = _create_timm(s)
+        _load_strict(s, model, _timm_filter(model, state_dict), path)
+    else:
+        # Every tensor is overwritten by the strict load, so timm's init is skipped.
+        model = _create_vit(s, init=False, arch=dinov3_arch(s, state_dict) if s.family == "dinov3" else None)
+        _load_vit_weights(s, model, state_dict, path)
+    log.info("backbone %s (%s) loaded from %s", name, s.timm_name, source)
+    return wrap(s, model, source)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -24,24 +24,22 @@ from stego_steps.store import FeatureStore
 
 log = logging.getLogger(__name__)
 
-# Dataset kinds whose presets hold the shifts released with the paper's checkpoints (tuned for DINO).
-PAPER_KINDS = ("cocostuff", "cityscapes", "potsdam")
 REPORTED_QUANTILES = tuple(round(q, 2) for q in np.linspace(0.05, 0.95, 19))
 
 
-def calibration_enabled(mode: bool | str, kind: str, backbone: str) -> tuple[bool, str]:
-    """Whether to calibrate, and why. `auto`: on, except for a paper dataset with a DINO ViT backbone, whose
-    preset holds the released, hand-tuned shifts, and for the built-in demo, whose preset shifts were chosen on
-    its scenes."""
+def calibration_enabled(mode: bool | str, kind: str, backbone: str, released: Sequence[str] = ()) -> tuple[bool, str]:
+    """Whether to calibrate, and why. `auto`: on, except where the preset holds the released, hand-tuned shifts
+    for this very backbone (`released`: the preset's `released_shifts`, the backbones its shifts were tuned
+    for), and for the built-in demo, whose preset shifts were chosen on its scenes."""
     if isinstance(mode, bool):
         return mode, f"calibrate: {str(mode).lower()} in the configuration"
     if mode != "auto":
         raise UserError(f"calibrate must be true, false or auto, not {mode!r}")
-    if kind in PAPER_KINDS and backbone.startswith("dino_vit"):
-        return False, f"auto: the {kind} preset holds the released shifts for {backbone}"
+    if backbone in released:
+        return False, f"auto: the preset holds the released shifts for {backbone}"
     if kind == "demo":
         return False, "auto: the demo preset's shifts were chosen on the demo scenes"
-    return True, f"auto: no released shifts for {backbone} on a dataset of kind {kind}"
+    return True, f"auto: the preset holds no released shifts for {backbone} (dataset of kind {kind})"
 
 
 def term_statistics(values: np.ndarray, preset_shift: float) -> dict:
@@ -135,7 +133,7 @@ def calibrate(store: FeatureStore, knn: np.ndarray, settings: Mapping, index: pd
     why. `index` (the training split's index) is needed only to choose among several candidates."""
     s = settings
     c = s["calibration"]
-    enabled, reason = calibration_enabled(s["calibrate"], s["kind"], s["backbone"])
+    enabled, reason = calibration_enabled(s["calibrate"], s["kind"], s["backbone"], s.get("released_shifts") or ())
     values = term_correlations(store, knn, s, batches=c["batches"], per_batch=c["values_per_batch"],
                                seed=s["seed"])
     stats = {t: term_statistics(values[t], s["shifts"][t]) for t in TERMS}

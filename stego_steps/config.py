@@ -10,6 +10,7 @@ import copy
 import functools
 import hashlib
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ PRESET_DEFAULTS: dict[str, Any] = {
     "store_dtype": "float16",
     "precision": "float32",
     "calibrate": "auto",
+    "released_shifts": [],
     "calibration": {"candidates": [{"self": 0.7, "knn": 0.7, "random": 0.95},
                                    {"self": 0.2, "knn": 0.1, "random": 1.0}],
                     "selection": {"steps": 200, "images": 32, "ratio": 0.8}, "batches": 24,
@@ -236,7 +238,8 @@ def _extraction(config: dict, dataset: str, variant: str) -> dict[str, Any]:
 def features_key(config: dict, dataset: str, variant: str = DEFAULT_VARIANT) -> str:
     """The folder name of a variant's feature stores: `<backbone>_<digest of what produced them>`, so that
     variants with the same extraction share them and any other extraction gets its own."""
-    return f"{resolve(config, dataset, variant)['backbone']}_{digest(_extraction(config, dataset, variant))}"
+    backbone = safe_name(resolve(config, dataset, variant)["backbone"])
+    return f"{backbone}_{digest(_extraction(config, dataset, variant))}"
 
 
 def baseline_key(config: dict, dataset: str, variant: str = DEFAULT_VARIANT) -> str:
@@ -273,6 +276,17 @@ def dataset_settings(config: dict, dataset: str, variant: str = DEFAULT_VARIANT)
 
 def backbone_weights(config: dict, backbone: str) -> str | None:
     return (config.get("backbones") or {}).get(backbone, {}).get("weights")
+
+
+def backbone_layers(config: dict, backbone: str) -> list[int] | None:
+    """The feature layers configured for a `timm/<model>` backbone (None: its last block or stage)."""
+    return (config.get("backbones") or {}).get(backbone, {}).get("layers")
+
+
+def safe_name(backbone: str) -> str:
+    """A backbone name as a folder name and wildcard value: `timm/vit_base_patch16_clip_224.openai` →
+    `timm-vit_base_patch16_clip_224-openai` (no `/` or `.`); the named backbones are already safe."""
+    return re.sub(r"[^A-Za-z0-9_\-]", "-", backbone)
 
 
 # Preset keys of a stage that change how often something is saved, never what is computed: they stay out of
@@ -314,6 +328,8 @@ def stage_settings(config: dict, dataset: str, stage: str, split: str = "train",
             "batch_size": r["extract_batch"],
             **({"seed": r["seed"]} if random_backbone(r["backbone"]) else {}),
             "store_dtype": r["store_dtype"], "precision": r["precision"],
+            # Chosen layers of a `timm/` model, only where configured (the other keys stay as they were).
+            **({"layers": layers} if (layers := backbone_layers(config, r["backbone"])) else {}),
         }
     if stage == "train":
         kept = {k: v for k, v in r["train"].items() if k not in BOOKKEEPING["train"]}
@@ -325,7 +341,7 @@ def stage_settings(config: dict, dataset: str, stage: str, split: str = "train",
                    if k != "steps"}
         return {**trained, "calibrate": r["calibrate"],
                 "calibration": r["calibration"], "cluster": r["cluster"], "kind": config["datasets"][dataset]["kind"],
-                "backbone": r["backbone"]}
+                "backbone": r["backbone"], "released_shifts": r["released_shifts"]}
     if stage == "cluster":
         return {**r["cluster"], "seed": run_seed}
     if stage == "probe":

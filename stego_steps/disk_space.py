@@ -74,11 +74,11 @@ def index_summary(path: str | Path) -> tuple[int, bool]:
 
 def split_plan(split: str, samples: int, labelled: bool, settings: Mapping[str, Any]) -> SplitPlan:
     """The store of one split from its sample count and its `extract` settings (backbone, res, evaluation)."""
-    info = backbone_info(settings["backbone"])
+    info = backbone_info(settings["backbone"], settings.get("layers"))
     res, stride = int(settings["res"]), int(info["stride"])
-    if res % stride:
+    if res % info["input_multiple"]:
         raise UserError(f"{split}: resolution {res} is not a multiple of backbone {settings['backbone']}'s "
-                         f"stride {stride}; pick a multiple in the preset (train_res / eval_res)")
+                         f"stride {info['input_multiple']}; pick a multiple in the preset (train_res / eval_res)")
     return SplitPlan(split=split, samples=samples, res=res, stride=stride, channels=int(info["dim"]),
                      evaluation=bool(settings["evaluation"]), labelled=labelled,
                      dtype=settings.get("store_dtype", "float16"))

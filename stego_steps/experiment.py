@@ -15,6 +15,7 @@ from stego_steps.config import (
     DEFAULT_VARIANT,
     ConfigError,
     ablation_axes,
+    backbone_layers,
     baseline_key,
     check_experiments,
     dataset_settings,
@@ -162,14 +163,16 @@ class Experiment:
         index once `prepare` has written it) stop here."""
         for ds, entry in self.config["datasets"].items():
             try:
-                backbone_specs.backbone_info(self.resolved[ds][DEFAULT_VARIANT]["backbone"])
+                name = self.resolved[ds][DEFAULT_VARIANT]["backbone"]
+                backbone_specs.backbone_info(name, backbone_layers(self.config, name))
             except ValueError as err:
                 raise UserError(
                     f"dataset '{ds}' (preset '{entry['preset']}' and its overrides), key backbone: {err}"
                 ) from None
             for v, r in self.resolved[ds].items():
                 try:
-                    stride = backbone_specs.backbone_info(r["backbone"])["stride"]
+                    info = backbone_specs.backbone_info(r["backbone"], backbone_layers(self.config, r["backbone"]))
+                    stride = info["input_multiple"]
                 except ValueError as err:
                     raise UserError(f"dataset '{ds}', variant '{v}', key backbone: {err}") from None
                 for key in ("train_res", "eval_res"):

@@ -132,7 +132,8 @@ class RuleInputs:
             backbone_specs.check_weights(backbone, path)
         except (ValueError, RuntimeError, FileNotFoundError) as err:
             message = f"backbone '{backbone}' (dataset '{w['ds']}'): {err}"
-            if path and os.path.relpath(path, "resources").startswith("dino") and self.config["offline"]:
+            known = self.resources.get(os.path.relpath(path, "resources"), {}) if path else {}
+            if known.get("url") and self.config["offline"]:
                 message += f"; with network access set `offline: false` and Snakemake downloads it to {path}"
             if not self.dryrun():
                 raise UserError(message) from None

@@ -203,13 +203,14 @@ def build_network(run: Run, weights: str | None = None) -> tuple[FeatureExtracto
     path = weights or (str(found) if found else None)
     # The id names the file as the config did: the run's file under another path (or moved) is the same network.
     same = bool(weights and recorded) and (found is None or os.path.samefile(Path(weights).expanduser(), found))
-    network = backbone_id(run.backbone, recorded if same else weights or recorded, seed)
+    layers = run.features.get("layers")  # a `timm/` model's chosen layers, where the run chose them
+    network = backbone_id(run.backbone, recorded if same else weights or recorded, seed, layers)
     if run.backbone_id and network != run.backbone_id:
         raise UserError(f"--weights {weights} is not the network that computed the features of the run "
                         f"({run.backbone} with {recorded or 'its default weights'}, recorded in {run.codes}): pass "
                         "the weights file the run used, or leave --weights out")
     try:
-        return build_backbone(run.backbone, weights=path, seed=seed), network
+        return build_backbone(run.backbone, weights=path, seed=seed, layers=layers), network
     except WeightsUnavailable as err:
         raise UserError(str(err)) from err
 

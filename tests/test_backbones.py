@@ -28,9 +28,11 @@ from stego_steps.backbones import (
 )
 from stego_steps.errors import UserError
 
+DINOV3_NAMES = ["dinov3_vits16", "dinov3_vitsplus16", "dinov3_vitb16", "dinov3_vitl16", "dinov3_vitl16_sat"]
 VIT_NAMES = [
     "dino_vits8", "dino_vits16", "dino_vitb8", "dino_vitb16",
     "dinov2_vits14", "dinov2_vitb14", "dinov2_vits14_reg", "dinov2_vitb14_reg",
+    *DINOV3_NAMES,
 ]
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
@@ -86,6 +88,7 @@ def test_table_names_and_static_info_match_timm() -> None:
             model = timm.create_model(spec.timm_name, pretrained=False, num_classes=0)
         info = backbone_info(name)
         assert (info["stride"], info["dim"]) == (model.patch_embed.patch_size[0], model.embed_dim)
+        assert info["prefix_tokens"] == model.num_prefix_tokens
         assert backbone_info(name + "_random")["random"] is True
     lite0 = backbone_info("efficientnet_lite0")
     assert (lite0["stride"], lite0["dim"]) == (8, 152)
@@ -426,7 +429,7 @@ def _lite0_reference(sd: dict[str, torch.Tensor], x: torch.Tensor) -> tuple[torc
 
 @pytest.fixture(scope="module")
 def lite0_file_state_dict() -> dict[str, torch.Tensor]:
-    path = bb._effnet_package_file()
+    path = bb.effnet_package_file()
     assert path is not None and path.name == "efficientnet-lite0-57934424.pth"
     return torch.load(path, map_location="cpu", weights_only=True)
 
@@ -455,3 +458,187 @@ def test_lite0_features_are_stride8_plus_upsampled_stride16(
     assert (f8.shape[1], f16.shape[1]) == (40, 112) and f8.shape[-2:] == (5, 7) and f16.shape[-2:] == (3, 4)
     want = torch.cat([f8, F.interpolate(f16, size=(5, 7), mode="bilinear", align_corners=False)], dim=1)
     torch.testing.assert_close(lite0(images), want, rtol=1e-4, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# DINOv3
+# ----------------------------------------------------------------------------------------------------------
+
+
+def official_dinov3_layout(timm_sd: dict[str, torch.Tensor], seed: int = 1) -> dict[str, torch.Tensor]:
+    """A timm `_qkvb` DINOv3 state dict in the key layout of Meta's files: storage_tokens, ls1/ls2.gamma, one
+    qkv.bias with its (masked) k part and bias_mask, SwiGLU w1/w2/w3, mask_token and the RoPE periods; the k
+    bias is random, as the official model masks it."""
+    g = torch.Generator().manual_seed(seed)
+    swiglu = any(".mlp.fc1_g." in k for k in timm_sd)
+    out: dict[str, torch.Tensor] = {}
+    for k, v in timm_sd.items():
+        if k.endswith("attn.v_bias"):
+            continue
+        if k.endswith("attn.q_bias"):
+            q, vb = v, timm_sd[k.replace("q_bias", "v_bias")]
+            out[k.replace("q_bias", "qkv.bias")] = torch.cat([q, torch.randn(q.shape, generator=g), vb])
+            out[k.replace("q_bias", "qkv.bias_mask")] = torch.cat([torch.ones_like(q), torch.zeros_like(q),
+                                                                   torch.ones_like(q)])
+            continue
+        k = k.replace("reg_token", "storage_tokens").replace("gamma_1", "ls1.gamma").replace("gamma_2", "ls2.gamma")
+        if swiglu:
+            k = k.replace("mlp.fc1_g.", "mlp.w1.").replace("mlp.fc1_x.", "mlp.w2.").replace("mlp.fc2.", "mlp.w3.")
+        out[k] = v
+    dim = timm_sd["cls_token"].shape[-1]
+    out["mask_token"] = torch.zeros(1, dim)
+    out["rope_embed.periods"] = torch.rand(16, generator=g)
+    return out
+
+
+def test_dinov3_tokens_are_the_last_blocks_patch_tokens_after_the_final_norm() -> None:
+    """Features = timm's forward_features (final norm) less the class token and the 4 registers, as a map, at
+    square and non-square sizes (no position table: RoPE is computed for each grid)."""
+    fx = _built("dinov3_vits16_random")
+    assert (fx.stride, fx.dim, fx.model.num_prefix_tokens) == (16, 384, 5)
+    assert fx.model.reg_token.shape[1] == 4 and fx.model.cls_token.shape[1] == 1
+    for h, w in ((32, 48), (64, 32)):
+        x = _images(2, h, w)
+        out = fx(x)
+        assert out.shape == (2, 384, h // 16, w // 16)
+        with torch.no_grad():
+            tokens = fx.model.forward_features((x - MEAN) / STD)
+        assert tokens.shape[1] == 5 + (h // 16) * (w // 16)
+        ref = tokens[:, 5:].reshape(2, h // 16, w // 16, 384).permute(0, 3, 1, 2)
+        torch.testing.assert_close(out, ref)
+
+
+def test_dinov3_satellite_model_normalises_with_its_own_statistics() -> None:
+    from stego_steps.backbone_specs import SAT493M_MEAN, SAT493M_STD
+
+    sat = BACKBONES["dinov3_vitl16_sat"]
+    assert (sat.mean, sat.std) == (SAT493M_MEAN, SAT493M_STD)
+    assert timm.models.get_pretrained_cfg(sat.timm_name).mean == SAT493M_MEAN
+    assert BACKBONES["dinov3_vitl16"].mean == (0.485, 0.456, 0.406)
+
+
+@pytest.mark.parametrize("name", ["dinov3_vits16", "dinov3_vitsplus16"])
+def test_dinov3_loads_the_official_and_the_timm_layout(name: str, tmp_path: Path) -> None:
+    ref = _built(name + "_random")
+    sd = {k: v.clone() for k, v in ref.model.state_dict().items()}
+    g = torch.Generator().manual_seed(3)
+    sd = {k: (torch.randn(v.shape, generator=g) * 0.02 if k.endswith(("q_bias", "v_bias")) else v)
+          for k, v in sd.items()}  # non-zero q/v biases, as in Meta's files
+    timm_model = timm.create_model(ref.model.pretrained_cfg["architecture"], pretrained=False, num_classes=0)
+    timm_model.load_state_dict(sd)
+    x = _images(1, 48, 32)
+    with torch.no_grad():
+        want = timm_model.forward_features((x - MEAN) / STD)[:, 5:].reshape(1, 3, 2, -1).permute(0, 3, 1, 2)
+    official = official_dinov3_layout(sd)
+    assert "storage_tokens" in official and "blocks.0.attn.qkv.bias" in official
+    for layout, state in (("official", official), ("timm", sd)):
+        path = tmp_path / f"{layout}.pth"
+        torch.save(state, path)
+        fx = build_backbone(name, weights=str(path))
+        torch.testing.assert_close(fx(x), want, rtol=1e-5, atol=1e-5, msg=layout)
+    # safetensors in timm's layout too (the hub's format)
+    from safetensors.torch import save_file
+
+    save_file(sd, str(tmp_path / "model.safetensors"))
+    torch.testing.assert_close(build_backbone(name, weights=str(tmp_path / "model.safetensors"))(x), want,
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_dinov3_timm_files_without_qkv_bias_load_into_timms_plain_model(tmp_path: Path) -> None:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        plain = timm.create_model("vit_small_patch16_dinov3", pretrained=False, num_classes=0).eval()
+    path = tmp_path / "plain.pth"
+    torch.save(plain.state_dict(), path)
+    fx = build_backbone("dinov3_vits16", weights=str(path))
+    assert not any(k.endswith("q_bias") for k in fx.model.state_dict())
+    x = _images(1, 32, 32)
+    with torch.no_grad():
+        want = plain.forward_features((x - MEAN) / STD)[:, 5:].reshape(1, 2, 2, -1).permute(0, 3, 1, 2)
+    torch.testing.assert_close(fx(x), want)
+
+
+def test_weights_that_do_not_fit_dinov3_are_a_named_error(vits16: FeatureExtractor, tmp_path: Path) -> None:
+    path = tmp_path / "dino_vits16.pth"
+    torch.save(vits16.model.state_dict(), path)  # DINO v1 ViT-S/16: abs. position table, no registers
+    with pytest.raises(bb.WeightsMismatch, match=r"do not fit backbone 'dinov3_vits16'.*missing.*unexpected"):
+        build_backbone("dinov3_vits16", weights=str(path))
+
+
+def test_missing_dinov3_file_says_how_to_get_the_gated_weights(tmp_path: Path) -> None:
+    missing = tmp_path / "dinov3_vits16_pretrain_lvd1689m-08c60483.pth"
+    with pytest.raises(FileNotFoundError) as info:
+        check_weights("dinov3_vits16", str(missing))
+    msg = str(info.value)
+    assert "dinov3-downloads" in msg and "licence" in msg
+    assert "resources/dinov3/dinov3_vits16_pretrain_lvd1689m-08c60483.pth" in msg and "downloads:" in msg
+    with pytest.raises(WeightsUnavailable, match="dinov3-downloads"):
+        check_weights("dinov3_vitl16_sat", None)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Any timm model by name
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_timm_convnet_facts_come_from_the_model() -> None:
+    last = backbone_info("timm/resnet18_random")
+    assert (last["stride"], last["dim"], last["input_multiple"], last["prefix_tokens"]) == (32, 512, 32, 0)
+    two = backbone_info("timm/resnet18_random", [2, -2])
+    assert (two["stride"], two["dim"], two["input_multiple"], two["layers"]) == (8, 128 + 256, 16, (2, 3))
+    assert backbone_info("timm/resnet18")["hf_hub_id"] == timm.models.get_pretrained_cfg("resnet18").hf_hub_id
+    fx = build_backbone("timm/resnet18_random", layers=[2, 3])
+    out = fx(_images(2, 48, 32))
+    assert out.shape == (2, 384, 6, 4)
+    with pytest.raises(ValueError, match="not a multiple of the backbone stride 16"):
+        fx(_images(1, 40, 32))
+    with torch.no_grad():
+        stage2 = fx.model.forward_intermediates((_images(2, 48, 32) - MEAN) / STD, indices=[2],
+                                                intermediates_only=True)[0]
+    torch.testing.assert_close(out[:, :128], stage2)
+
+
+def test_timm_vit_reads_prefix_tokens_and_returns_normed_patch_tokens() -> None:
+    info = backbone_info("timm/vit_tiny_patch16_224_random")
+    assert (info["stride"], info["dim"], info["prefix_tokens"], info["vit"]) == (16, 192, 1, True)
+    fx = build_backbone("timm/vit_tiny_patch16_224_random")
+    x = _images(1, 32, 64)
+    out = fx(x)
+    assert out.shape == (1, 192, 2, 4)
+    assert tuple(fx.mean.flatten().tolist()) == timm.models.get_pretrained_cfg("vit_tiny_patch16_224").mean
+    with torch.no_grad():
+        tokens = fx.model.forward_features((x - fx.mean) / fx.std)  # the model's own normalisation
+    torch.testing.assert_close(out, tokens[:, 1:].reshape(1, 2, 4, 192).permute(0, 3, 1, 2))
+
+
+def test_timm_named_errors(tmp_path: Path) -> None:
+    with pytest.raises(bb.UnknownTimmModel, match="has no model 'resnet_nonexistent'"):
+        backbone_info("timm/resnet_nonexistent")
+    with pytest.raises(UserError, match="5 feature layers.*out of range"):
+        backbone_info("timm/resnet18", [7])
+    with pytest.raises(UserError, match="`layers` applies to `timm/<model>` backbones only"):
+        backbone_info("dino_vits8", [1])
+    other = tmp_path / "resnet34.pth"
+    torch.save(timm.create_model("resnet10t", pretrained=False).state_dict(), other)
+    with pytest.raises(bb.WeightsMismatch, match="do not fit backbone 'timm/resnet18'"):
+        build_backbone("timm/resnet18", weights=str(other))
+
+
+def test_timm_weights_file_with_classifier_loads(tmp_path: Path) -> None:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        full = timm.create_model("resnet18", pretrained=False).eval()  # with its fc classifier
+    path = tmp_path / "resnet18.pth"
+    torch.save(full.state_dict(), path)
+    fx = build_backbone("timm/resnet18", weights=str(path))
+    x = _images(1, 64, 64)
+    with torch.no_grad():
+        want = full.forward_features((x - MEAN) / STD)
+    torch.testing.assert_close(fx(x), want)
+
+
+def test_timm_names_become_safe_folder_names() -> None:
+    from stego_steps.config import safe_name
+
+    assert safe_name("timm/vit_base_patch16_clip_224.openai") == "timm-vit_base_patch16_clip_224-openai"
+    assert safe_name("dinov3_vitb16") == "dinov3_vitb16"

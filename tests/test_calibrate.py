@@ -89,9 +89,35 @@ def test_auto_mode():
     assert calibration.calibration_enabled("auto", "directory", "dino_vitb8")[0]
     assert not calibration.calibration_enabled("auto", "demo", "efficientnet_lite0")[0]
     assert calibration.calibration_enabled("auto", "cocostuff", "efficientnet_lite0")[0]
-    assert not calibration.calibration_enabled("auto", "cocostuff", "dino_vitb8")[0]
-    assert calibration.calibration_enabled(True, "potsdam", "dino_vits8")[0]
+    assert not calibration.calibration_enabled("auto", "cocostuff", "dino_vitb8", ["dino_vitb8"])[0]
+    assert calibration.calibration_enabled(True, "potsdam", "dino_vits8", ["dino_vits8"])[0]
     assert not calibration.calibration_enabled(False, "directory", "dinov2_vits14")[0]
+
+
+def test_auto_mode_keeps_released_shifts_for_that_very_backbone_only():
+    """A name that merely starts like the released backbone's (or another DINO ViT) is calibrated."""
+    released = ["dino_vitb8"]
+    assert not calibration.calibration_enabled("auto", "cocostuff", "dino_vitb8", released)[0]
+    for other in ("dino_vitb8_random", "dino_vits16", "dinov3_vitb16", "dino_vitb8x"):
+        on, why = calibration.calibration_enabled("auto", "cocostuff", other, released)
+        assert on and other in why, other
+    # Without released shifts in the preset nothing is kept, whatever the dataset kind.
+    assert calibration.calibration_enabled("auto", "cocostuff", "dino_vitb8")[0]
+
+
+def test_the_paper_presets_name_their_released_backbone():
+    from workflow_config import workflow_config
+
+    from stego_steps import config as C
+
+    cfg = workflow_config()
+    for ds, backbone in (("cocostuff", "dino_vitb8"), ("cityscapes", "dino_vitb8"), ("potsdam", "dino_vits8")):
+        s = C.stage_settings(cfg, ds, "calibrate")
+        assert s["backbone"] == backbone and s["released_shifts"] == [backbone]
+        assert not calibration.calibration_enabled(s["calibrate"], s["kind"], s["backbone"], s["released_shifts"])[0]
+        v3 = C.stage_settings(cfg, ds, "calibrate", variant="dinov3")
+        assert v3["backbone"].startswith("dinov3_")
+        assert calibration.calibration_enabled(v3["calibrate"], v3["kind"], v3["backbone"], v3["released_shifts"])[0]
 
 
 def _run(store, table, tmp_path, name, settings=SETTINGS):

@@ -40,14 +40,14 @@ README_HINT = "see docs/datasets.md"
 LUT_SIZE = 256  # 8-bit label PNGs; larger raw values fall outside the table and become ignore (−1)
 
 
-def render_demo(settings: Settings) -> dict[str, list[Row]]:
-    """Render the demo scenes of the settings (`root`, `generator`); returns their rows."""
+def render_demo(settings: Settings, workers: int = 1) -> dict[str, list[Row]]:
+    """Render the demo scenes of the settings (`root`, `generator`) in `workers` processes; returns their rows."""
     from stego_steps import demo
 
     gen = settings["generator"]
     return demo.write_demo(Path(settings["root"]), {"train": gen["n_train"], "val": gen["n_val"]},
                            height=gen["height"], width=gen["width"], seed=gen["seed"],
-                           style=gen.get("style", "easy"))
+                           style=gen.get("style", "easy"), workers=workers)
 
 
 def _demo_index(settings: Settings) -> tuple[dict[str, list[Row]], dict]:

@@ -445,25 +445,41 @@ def _manifest(counts: dict[str, int], height: int, width: int, seed: int, style:
     return manifest
 
 
-def write_demo(root: Path, counts: dict[str, int], *, height: int, width: int, seed: int, style: str = "easy"
-               ) -> dict[str, list[dict]]:
+def _write_scene(job: tuple[dict, int, str, int, int, int, str]) -> None:
+    """Render scene `i` of `split` and write its image and label (one task of `write_demo`)."""
+    row, seed, split, i, height, width, style = job
+    rng = np.random.default_rng(image_seed(seed, split, i))
+    rgb, label = render_scene(rng, height, width, required=i % len(class_names(style)), style=style)
+    Image.fromarray(rgb, "RGB").save(row["image"], compress_level=1)
+    Image.fromarray(label, "L").save(row["label"], compress_level=1)
+
+
+def write_demo(root: Path, counts: dict[str, int], *, height: int, width: int, seed: int, style: str = "easy",
+               workers: int = 1) -> dict[str, list[dict]]:
     """Write `root/{split}/images/{id}.png` and `root/{split}/labels/{id}.png`; return the rows per split.
 
     Rows are `{'id', 'image', 'label'}` with string paths. Image `i` of a split depends only on
-    `(seed, split, i, height, width, style)`. `root/MANIFEST`, written last, records the settings of the scenes.
+    `(seed, split, i, height, width, style)`, so `workers` processes render the same files as one.
+    `root/MANIFEST`, written last, records the settings of the scenes.
     """
     root = Path(root)
-    n_classes = len(class_names(style))
     index = scene_rows(root, counts)
     (root / MANIFEST).unlink(missing_ok=True)
+    jobs = []
     for split, rows in index.items():
-        for i, row in enumerate(rows):
-            rng = np.random.default_rng(image_seed(seed, split, i))
-            rgb, label = render_scene(rng, height, width, required=i % n_classes, style=style)
-            Path(row["image"]).parent.mkdir(parents=True, exist_ok=True)
-            Path(row["label"]).parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(rgb, "RGB").save(row["image"], compress_level=1)
-            Image.fromarray(label, "L").save(row["label"], compress_level=1)
+        for folder in ("images", "labels") if rows else ():
+            (root / split / folder).mkdir(parents=True, exist_ok=True)
+        jobs += [(row, seed, split, i, height, width, style) for i, row in enumerate(rows)]
+    if workers > 1 and len(jobs) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # spawn: nothing of this process is inherited; a worker imports numpy, SciPy and PIL only.
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            list(pool.map(_write_scene, jobs, chunksize=max(len(jobs) // (8 * workers), 1)))
+    else:
+        for job in jobs:
+            _write_scene(job)
     (root / MANIFEST).write_text(json.dumps(_manifest(counts, height, width, seed, style), sort_keys=True) + "\n")
     return index
 

@@ -9,11 +9,11 @@ threads are for workers only: `extract`'s image-loading processes (beside the co
 worker processes of `segment` and of `calibrate`'s candidate selection (one per thread), `prepare`'s file-checking
 threads. Raise those with `--set-threads` (the SLURM profile does).
 
-Memory. Each CRF worker is a spawned process that imports torch: 1.02 GB peak RSS for the imports and one
-320×320 image of 27 classes (`/usr/bin/time -v`, torch 2.14 CPU/CUDA build; about 0.45 GB of it are shared
-library pages), so a CRF job's memory grows by `WORKER_MB["crf"]` per worker. Rules that hold the training
-store in memory ask for 1.2 × the store (up to the memory budget, beyond which they stream). Every amount grows
-with each retry (`attempt`).
+Memory. Each CRF worker is a spawned process; it imported torch until 2026-12-07 (1.02 GB peak RSS for the
+imports and one 320×320 image of 27 classes, `/usr/bin/time -v`, torch 2.14 CPU/CUDA build; about 0.45 GB of it
+shared library pages) and no longer does, so `WORKER_MB["crf"]` per worker is an upper bound. Rules that hold
+the training store in memory ask for 1.2 × the store (up to the memory budget, beyond which they stream).
+Every amount grows with each retry (`attempt`).
 
 Pure data and pure functions: no Snakemake, no torch.
 """
@@ -24,7 +24,8 @@ from dataclasses import dataclass
 
 #: What a worker of each kind costs in MB. `crf`: measured, see above (rounded up). `loader`: a forked DataLoader
 #: process (shares its parent's pages; decoding buffers and two prefetched batches), an estimate. `io`: a thread.
-WORKER_MB: dict[str, int] = {"crf": 1000, "loader": 500, "io": 0}
+#: `render`: a spawned process drawing demo scenes (numpy, SciPy, PIL; the whole serial job peaked at 103 MB).
+WORKER_MB: dict[str, int] = {"crf": 1000, "loader": 500, "io": 0, "render": 300}
 #: Memory beyond 1.2 × the training store for the rules that hold it in memory.
 STORE_FACTOR = 1.2
 #: knn holds the pooled descriptors about four times (the float32 read, a float64 copy while normalising, the
@@ -69,7 +70,8 @@ RULES: dict[str, Rule] = {
     "download": Rule(mem_mb=500, runtime_min=24 * 60),
     "unpack_resource": Rule(mem_mb=1000, runtime_min=6 * 60),
     "resource_by_hand": Rule(mem_mb=500),
-    "render_demo": Rule(mem_mb=2000, runtime_min=60),
+    "render_demo": Rule(compute=0, workers="render", default_workers=2, mem_mb=2000, runtime_min=60,
+                        note="draws the scenes in one process per thread"),
     "curated_list": Rule(mem_mb=500),
     "prepare": Rule(compute=0, workers="io", default_workers=4, mem_mb=2000, runtime_min=60,
                     note="reads every image and label once, one file per thread"),
@@ -198,7 +200,8 @@ def _threads_text(name: str) -> str:
     c = "`torch_threads`" if rule.compute == "torch" else str(rule.compute)
     if not rule.workers:
         return c
-    kind = {"loader": "image loaders", "crf": "CRF processes", "io": "file-checking threads"}[rule.workers]
+    kind = {"loader": "image loaders", "crf": "CRF processes", "io": "file-checking threads",
+            "render": "render processes"}[rule.workers]
     default = f" (default {rule.default_workers})" if rule.default_workers else ""
     if rule.alongside:
         return f"{c} + {kind}{default}"
@@ -211,7 +214,8 @@ def _memory_text(name: str) -> str:
     rule = _rule(name)
     parts = [f"{rule.mem_mb:,}"]
     if rule.workers and WORKER_MB[rule.workers]:
-        parts.append(f"{WORKER_MB[rule.workers]:,} per {'CRF process' if rule.workers == 'crf' else 'loader'}")
+        each = {"crf": "CRF process", "render": "render process"}.get(rule.workers, "loader")
+        parts.append(f"{WORKER_MB[rule.workers]:,} per {each}")
     if rule.holds_store:
         parts.append(f"{STORE_FACTOR:g} × training store (up to the budget)")
     if rule.holds_pooled:

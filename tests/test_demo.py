@@ -104,6 +104,15 @@ def test_write_demo_deterministic(tmp_path: Path) -> None:
     assert not set(_files(a["train"])[::2]) & set(_files(a["val"])[::2])
 
 
+def test_write_demo_workers_write_the_same_files(tmp_path: Path) -> None:
+    counts = {"train": 3, "val": 2}
+    one = write_demo(tmp_path / "one", counts, height=H, width=W, seed=2)
+    two = write_demo(tmp_path / "two", counts, height=H, width=W, seed=2, workers=2)
+    for split in counts:
+        assert _files(one[split]) == _files(two[split])
+    assert (tmp_path / "two" / demo.MANIFEST).read_text() == (tmp_path / "one" / demo.MANIFEST).read_text()
+
+
 def test_write_demo_stable_when_counts_grow(tmp_path: Path) -> None:
     small = write_demo(tmp_path / "small", {"train": 2, "val": 1}, height=H, width=W, seed=1)
     large = write_demo(tmp_path / "large", {"val": 3, "train": 5}, height=H, width=W, seed=1)

@@ -29,7 +29,7 @@ GPU_RULES = {"extract", "calibrate", "train", "cluster", "linear_probe", "backbo
 
 def test_device_rules_are_the_rules_that_put_tensors_on_the_gpu():
     assert set(DEVICE_RULES) == GPU_RULES
-    assert set(WORKER_RULES) == {"prepare", "extract", "calibrate", "segment"}
+    assert set(WORKER_RULES) == {"render_demo", "prepare", "extract", "calibrate", "segment"}
 
 
 @pytest.mark.parametrize("torch_threads", [1, 2, 7])

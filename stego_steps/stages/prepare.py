@@ -53,7 +53,7 @@ def render_main(argv: list[str] | None = None) -> None:
     parser = base_parser("Render the demo dataset's scenes.")
     parser.add_argument("--settings", type=settings_arg, required=True, help="demo dataset settings as JSON")
     args = parse_stage_args(parser, argv)
-    rows = datasets.render_demo(args.settings)
+    rows = datasets.render_demo(args.settings, workers=args.threads)
     log.info("rendered %s", ", ".join(f"{k}: {len(v)} scenes" for k, v in rows.items()))
 
 

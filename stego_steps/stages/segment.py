@@ -18,20 +18,12 @@ import os
 from pathlib import Path
 
 import h5py
-import torch
 
 from stego_steps.artifacts import atomic_path, open_h5, read_npy
 from stego_steps.cli import base_parser, parse_stage_args
 from stego_steps.errors import cli
-from stego_steps.head import (
-    BASELINE_PROBES,
-    PROBES,
-    SUPERVISED_PROBES,
-    cluster_log_probs,
-    linear_log_probs,
-    load_probe,
-)
 from stego_steps.label_maps import other_counts, segment, shard_key
+from stego_steps.protocol import BASELINE_PROBES, PROBES, SUPERVISED_PROBES
 from stego_steps.store import FeatureStore, shard_range
 
 log = logging.getLogger(__name__)
@@ -49,6 +41,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--crf-timeout", type=float, default=600.0, help="seconds per image before giving up")
     parser.add_argument("--out", type=Path, required=True)
     args = parse_stage_args(parser, argv)
+    # torch only here: the CRF's spawned workers import this module, and start in a fraction of a second
+    # without it.
+    import torch
+
+    from stego_steps.head import cluster_log_probs, linear_log_probs, load_probe
+
     torch.set_num_threads(1)  # the CRF workers take the job's threads
     with contextlib.ExitStack() as stack:
         store = stack.enter_context(FeatureStore(args.features, max_memory_gb=0))

@@ -20,7 +20,7 @@ rule render_demo:
         provenance=provenance("render_demo"),
         settings=IN.demo_settings,
     shell:
-        "python -m stego_steps.stages.prepare render --settings {params.settings:q} 2> {log}"
+        "python -m stego_steps.stages.prepare render --settings {params.settings:q} --threads {threads} 2> {log}"
         " && python -m stego_steps.provenance record --provenance {params.provenance:q} {output:q}"
 
 

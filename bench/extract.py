@@ -21,10 +21,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from stego_steps import images
+from stego_steps import feature_extraction, images
 from stego_steps.backbones import build_backbone
 from stego_steps.index import read_index
-from stego_steps.stages import extract, prepare
+from stego_steps.stages import prepare
 
 
 def sync(device: str) -> None:
@@ -34,11 +34,11 @@ def sync(device: str) -> None:
 
 def bare_forward(net: torch.nn.Module, batches: list[torch.Tensor], device: str, precision: str) -> float:
     """Seconds of the forward passes alone over batches already on the device."""
-    extract.features_of(net, batches[0], device, precision)  # warm-up
+    feature_extraction.features_of(net, batches[0], device, precision)  # warm-up
     sync(device)
     start = time.perf_counter()
     for x in batches:
-        dtype = extract.PRECISIONS[precision]
+        dtype = feature_extraction.PRECISIONS[precision]
         with torch.no_grad(), torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype != torch.float32):
             net(x)
     sync(device)
@@ -66,18 +66,18 @@ def main() -> None:
     classes = json.loads((work / "index" / "classes.json").read_text())
     net = build_backbone(args.backbone, seed=0).to(args.device)
     imgs = [torch.from_numpy(images.transform_image(images.read_image(p), args.res)) for p in index["image"]]
-    batches = [extract.to_float(torch.stack(imgs[i:i + args.batch])).to(args.device)
+    batches = [feature_extraction.to_float(torch.stack(imgs[i:i + args.batch])).to(args.device)
                for i in range(0, len(imgs), args.batch)]
     rows = []
     for precision in args.precisions:
         out = work / f"{precision}.h5"
         kw = dict(backbone=args.backbone, weights=None, res=args.res, evaluation=False, batch_size=args.batch,
                   workers=args.workers, device=args.device, precision=precision, split="train")
-        extract.extract(index.iloc[: 2 * args.batch], classes, work / "warmup.h5", **kw)  # warm-up, workers
+        feature_extraction.extract(index.iloc[: 2 * args.batch], classes, work / "warmup.h5", **kw)  # warm-up, workers
         bare = bare_forward(net, batches, args.device, precision)
         sync(args.device)
         start = time.perf_counter()
-        extract.extract(index, classes, out, **kw)
+        feature_extraction.extract(index, classes, out, **kw)
         sync(args.device)
         full = time.perf_counter() - start
         rows.append({"precision": precision, "extract_images_per_s": args.n / full,

@@ -21,11 +21,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from stego_steps import head_training, kmeans, linear_probe, loss
+from stego_steps import feature_extraction, head_training, kmeans, linear_probe, loss
 from stego_steps.backbones import build_backbone
 from stego_steps.codes import predict_codes
 from stego_steps.index import read_index
-from stego_steps.stages import extract, prepare
+from stego_steps.stages import prepare
 from stego_steps.store import FeatureStore
 
 TRAIN = {"code_dim": 90, "dropout": 0.1, "lr": 5e-4, "checkpoint_every": 10**9, "samples": 11, "negatives": 5,
@@ -64,7 +64,7 @@ def feature_agreement(name: str, index: pd.DataFrame, device: str) -> float:
 
     imgs = torch.stack([torch.from_numpy(images.transform_image(images.read_image(p), 224))
                         for p in index["image"][:2]])
-    x = extract.to_float(imgs)
+    x = feature_extraction.to_float(imgs)
     cpu = build_backbone(name, seed=0)(x)
     dev = build_backbone(name, seed=0).to(device)(x.to(device)).cpu()
     return float((cpu - dev).abs().max() / cpu.abs().max())
@@ -108,7 +108,7 @@ def main() -> None:
         checks[f"{name} features rel. diff CPU vs device"] = feature_agreement(name, index["train"], dev)
         base = args.out / name
         for split, res in (("train", 224), ("val", 320)):
-            _, t = timed(dev, extract.extract, index[split], classes, base / f"{split}.h5", backbone=name,
+            _, t = timed(dev, feature_extraction.extract, index[split], classes, base / f"{split}.h5", backbone=name,
                          weights=None, res=res, evaluation=split == "val", batch_size=64, workers=8, device=dev,
                          split=split)
             n = len(index[split]) * (2 if split == "val" else 1)

@@ -6,9 +6,9 @@ import h5py
 import numpy as np
 import pytest
 
-from stego_steps import images, store
+from stego_steps import feature_extraction, images, store
 from stego_steps.index import read_index, row_box
-from stego_steps.stages import extract, prepare
+from stego_steps.stages import prepare
 
 SETTINGS = dict(backbone="dino_vits16_random", weights=None, batch_size=3, device="cpu", seed=0)
 
@@ -24,8 +24,8 @@ def demo_index(tmp_path):
 def test_train_and_eval_stores_round_trip(demo_index, tmp_path):
     classes = json.loads((demo_index / "classes.json").read_text())
     train_index, val_index = read_index(demo_index / "train.csv"), read_index(demo_index / "val.csv")
-    extract.extract(train_index, classes, tmp_path / "train.h5", res=32, evaluation=False, **SETTINGS)
-    extract.extract(val_index, classes, tmp_path / "val.h5", res=48, evaluation=True, **SETTINGS)
+    feature_extraction.extract(train_index, classes, tmp_path / "train.h5", res=32, evaluation=False, **SETTINGS)
+    feature_extraction.extract(val_index, classes, tmp_path / "val.h5", res=48, evaluation=True, **SETTINGS)
     with h5py.File(tmp_path / "train.h5") as f:
         assert f["feats"].shape == (5, 384, 2, 2) and f["feats"].dtype == np.float16
         assert f["pooled"].shape == (5, 384) and f["pooled"].dtype == np.float32
@@ -48,8 +48,8 @@ def test_train_and_eval_stores_round_trip(demo_index, tmp_path):
 def test_killed_extraction_resumes_to_the_same_file(demo_index, tmp_path, monkeypatch):
     classes = json.loads((demo_index / "classes.json").read_text())
     index = read_index(demo_index / "train.csv")
-    extract.extract(index, classes, tmp_path / "ref.h5", res=32, evaluation=False, **SETTINGS)
-    real, calls = extract.features_of, []
+    feature_extraction.extract(index, classes, tmp_path / "ref.h5", res=32, evaluation=False, **SETTINGS)
+    real, calls = feature_extraction.features_of, []
 
     def dies_on_second_batch(*args):
         calls.append(1)
@@ -57,14 +57,14 @@ def test_killed_extraction_resumes_to_the_same_file(demo_index, tmp_path, monkey
             raise KeyboardInterrupt("killed")
         return real(*args)
 
-    monkeypatch.setattr(extract, "features_of", dies_on_second_batch)
+    monkeypatch.setattr(feature_extraction, "features_of", dies_on_second_batch)
     with pytest.raises(KeyboardInterrupt):
-        extract.extract(index, classes, tmp_path / "out.h5", res=32, evaluation=False, **SETTINGS)
+        feature_extraction.extract(index, classes, tmp_path / "out.h5", res=32, evaluation=False, **SETTINGS)
     assert not (tmp_path / "out.h5").exists()
     with h5py.File(tmp_path / "out.h5.partial") as f:
         assert f.attrs["done"] == 3
-    monkeypatch.setattr(extract, "features_of", real)
-    extract.extract(index, classes, tmp_path / "out.h5", res=32, evaluation=False, **SETTINGS)
+    monkeypatch.setattr(feature_extraction, "features_of", real)
+    feature_extraction.extract(index, classes, tmp_path / "out.h5", res=32, evaluation=False, **SETTINGS)
     with h5py.File(tmp_path / "ref.h5") as a, h5py.File(tmp_path / "out.h5") as b:
         for key in ("feats", "pooled", "label"):
             np.testing.assert_array_equal(a[key][...], b[key][...])
@@ -73,8 +73,8 @@ def test_killed_extraction_resumes_to_the_same_file(demo_index, tmp_path, monkey
 def test_resolution_must_be_a_multiple_of_the_stride(demo_index, tmp_path):
     classes = json.loads((demo_index / "classes.json").read_text())
     with pytest.raises(ValueError, match="multiple"):
-        extract.extract(read_index(demo_index / "train.csv"), classes, tmp_path / "x.h5", res=40,
-                        evaluation=False, **SETTINGS)
+        feature_extraction.extract(read_index(demo_index / "train.csv"), classes, tmp_path / "x.h5", res=40,
+                                   evaluation=False, **SETTINGS)
 
 
 @pytest.fixture
@@ -91,10 +91,11 @@ def test_shards_gather_into_the_same_store(seven_val_index, tmp_path, n_shards):
     equal by construction (7 samples in batches of 3; with 4 shards one shard is empty)."""
     classes = json.loads((seven_val_index / "classes.json").read_text())
     index = read_index(seven_val_index / "val.csv")
-    extract.extract(index, classes, tmp_path / "whole.h5", res=32, evaluation=True, **SETTINGS)
+    feature_extraction.extract(index, classes, tmp_path / "whole.h5", res=32, evaluation=True, **SETTINGS)
     shards = [tmp_path / "shards" / f"{i}.h5" for i in range(n_shards)]
     for i, path in enumerate(shards):
-        extract.extract(index, classes, path, res=32, evaluation=True, shard=i, n_shards=n_shards, **SETTINGS)
+        feature_extraction.extract(index, classes, path, res=32, evaluation=True, shard=i, n_shards=n_shards,
+                                   **SETTINGS)
     store.gather(shards[::-1], tmp_path / "val.h5")
     with h5py.File(tmp_path / "whole.h5") as a, h5py.File(tmp_path / "val.h5") as b:
         assert b["feats"].is_virtual and b.attrs["shards"] == n_shards
@@ -120,7 +121,7 @@ def test_a_gathered_store_with_a_missing_shard_is_an_error_not_zeros(seven_val_i
     index = read_index(seven_val_index / "val.csv")
     shards = [tmp_path / "val" / f"{i}.h5" for i in range(2)]
     for i, path in enumerate(shards):
-        extract.extract(index, classes, path, res=32, evaluation=True, shard=i, n_shards=2, **SETTINGS)
+        feature_extraction.extract(index, classes, path, res=32, evaluation=True, shard=i, n_shards=2, **SETTINGS)
     store.gather(shards, tmp_path / "val.h5")
     with store.FeatureStore(tmp_path / "val.h5") as whole:
         assert whole.n == 7

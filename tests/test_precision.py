@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from stego_steps import disk_space, images, loss, store
+from stego_steps import disk_space, feature_extraction, images, loss, store
 from stego_steps.backbones import build_backbone
 from stego_steps.head import SegmentationHead
 from stego_steps.index import read_index
-from stego_steps.stages import extract, prepare
+from stego_steps.stages import prepare
 
 BACKBONE = "dino_vits8_random"
 RES = 48  # a 6×6 grid of patches: small enough for CPU tests, every block of the ViT still runs
@@ -69,8 +69,8 @@ def assert_close_to_reference(feats: torch.Tensor, ref: torch.Tensor, feature_to
 def test_int8_store_is_half_the_size_and_close_to_float16(scenes, tmp_path):
     _, index, classes = scenes
     kw = dict(backbone=BACKBONE, weights=None, res=RES, evaluation=True, batch_size=4, device="cpu")
-    extract.extract(index, classes, tmp_path / "f16.h5", **kw)
-    extract.extract(index, classes, tmp_path / "int8.h5", store_dtype="int8", **kw)
+    feature_extraction.extract(index, classes, tmp_path / "f16.h5", **kw)
+    feature_extraction.extract(index, classes, tmp_path / "int8.h5", store_dtype="int8", **kw)
     rows = np.arange(len(index))
     with store.FeatureStore(tmp_path / "f16.h5") as f16, store.FeatureStore(tmp_path / "int8.h5") as q, \
             store.FeatureStore(tmp_path / "int8.h5", max_memory_gb=0) as q_disk, \
@@ -90,10 +90,10 @@ def test_int8_store_is_half_the_size_and_close_to_float16(scenes, tmp_path):
 def test_bfloat16_features_stay_close_to_float32(scenes):
     _, index, _ = scenes
     net = build_backbone(BACKBONE, seed=0)
-    x = extract.to_float(torch.stack([torch.from_numpy(images.transform_image(images.read_image(p), RES))
-                                      for p in index["image"]]))
-    f32 = extract.features_of(net, x, "cpu")
-    bf16 = extract.features_of(net, x, "cpu", "bfloat16")
+    x = feature_extraction.to_float(torch.stack([torch.from_numpy(images.transform_image(images.read_image(p), RES))
+                                                 for p in index["image"]]))
+    f32 = feature_extraction.features_of(net, x, "cpu")
+    bf16 = feature_extraction.features_of(net, x, "cpu", "bfloat16")
     assert bf16.dtype == torch.float32 and bf16.shape == f32.shape
     # bfloat16 keeps 8 bits of mantissa (0.4% per rounding); over 12 blocks with float32 norms and softmax the
     # features stay within about 0.5% of their norm (measured 0.53%); 2% allowed.

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stego_steps import datasets, errors, images, validate
+from stego_steps import datasets, errors, feature_extraction, images, validate
 from stego_steps.index import read_index
-from stego_steps.stages import extract, prepare
+from stego_steps.stages import prepare
 
 CLASSES = ["sky", "grass", "road"]
 
@@ -224,8 +224,8 @@ def test_spaces_and_non_ascii_names_work_through_extraction(tmp_path):
     index = read_index(tmp_path / "index" / "train.csv")
     assert name in set(index["id"])
     classes = json.loads((tmp_path / "index" / "classes.json").read_text())
-    extract.extract(index, classes, tmp_path / "train.h5", backbone="dino_vits16_random", weights=None, res=16,
-                    evaluation=False, batch_size=3, device="cpu", seed=0)
+    feature_extraction.extract(index, classes, tmp_path / "train.h5", backbone="dino_vits16_random", weights=None,
+                               res=16, evaluation=False, batch_size=3, device="cpu", seed=0)
     with h5py.File(tmp_path / "train.h5") as f:
         assert [i.decode() for i in f["ids"][...]] == list(index["id"])
 

@@ -27,8 +27,8 @@ from stego_steps.config import (
     variants,
 )
 from stego_steps.errors import UserError
-from stego_steps.protocol import ROWS, row_key
 from stego_steps.index import SPLITS
+from stego_steps.protocol import ROWS, row_key
 from stego_steps.targets import Dataset
 
 

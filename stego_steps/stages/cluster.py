@@ -36,6 +36,10 @@ def main(argv: list[str] | None = None) -> None:
                         else (lambda f: f))
         # K = number of classes (+ optional extra clusters); the class count comes with the features.
         n_clusters = int(store.attrs["n_classes"]) + s.get("extra_clusters", 0)
+        if not store.has("label"):  # no labels to check it against: say where the count came from
+            log.info("%d clusters: the number of class names in the config (%d) plus extra_clusters (%d); "
+                     "without labels nothing chose it", n_clusters, int(store.attrs["n_classes"]),
+                     s.get("extra_clusters", 0))
         centroids, score = spherical_kmeans(
             store, embed, n_clusters, iterations=s["iterations"], batch_images=s["batch_images"],
             init_images=s["init_images"], n_init=s["n_init"], seed=s["seed"], device=device)

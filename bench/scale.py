@@ -1,7 +1,7 @@
 """How each stage's time and memory grow with the training set: a COCO-shaped synthetic run at several sizes.
 
-    python bench/scale.py                           # 1,000 / 5,000 / 20,000 training samples (~35 min, 2 cores)
-    python bench/scale.py --samples 10000 50000     # other sizes (50,000: over half an hour on 2 cores)
+    python bench/scale.py                           # 1,000 / 10,000 / 50,000 training samples (~1 h, 2 cores)
+    python bench/scale.py --samples 1000 5000       # other sizes
     python bench/scale.py --samples 1000 --val-images 240   # the validation stages on another split
     python bench/scale.py --report                  # only re-read the finished sizes' benchmark files
 
@@ -15,14 +15,17 @@ size, so only what depends on the training set can grow. Reads each job's wall t
 stage table and the growth exponents between consecutive sizes (log time ratio / log sample ratio, and the
 same for memory), checks them, and extrapolates each stage to COCO-Stuff's 488,510 training crops and 2,175
 validation images. Writes bench/scale.csv with every finished size under --out (results/bench/scale/<samples>/);
-a finished size is not rerun (delete its folder to measure again).
+a finished size is not rerun (delete its folder to measure again). The machine's load average at each size's start
+and end goes beside its rows (a shared machine's load changes every time).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
+import os
 import re
 import subprocess
 import sys
@@ -62,6 +65,8 @@ MEMORY_ALLOWED = {
     "holds every sample's pooled descriptor"
     for name, rule in RULES.items() if rule.holds_store or rule.holds_pooled
 }
+# When a size ran and the machine's 5-minute load average at its start and end (a size folder's load.json).
+LOAD_COLUMNS = ["start_utc", "load_start", "load_end"]
 TIME_TOLERANCE = 1.15  # exponents up to this are linear within the noise of a shared 2-core machine
 MEMORY_TOLERANCE = 0.1  # ×10 samples → at most ×1.26 peak RSS counts as not growing
 
@@ -131,7 +136,9 @@ def scale_table(per_size: dict[int | tuple[int, int], pd.DataFrame]) -> pd.DataF
         n, v = key if isinstance(key, tuple) else (key, VAL_IMAGES)
         frames.append(t.reset_index().rename(columns={"index": "stage"}).assign(samples=n, val_images=v))
     table = pd.concat(frames, ignore_index=True)
-    return table[["samples", "val_images", "stage", "jobs", "wall_s", "max_rss_mb"]].sort_values(
+    columns = ["samples", "val_images", "stage", "jobs", "wall_s", "max_rss_mb"]
+    columns += [c for c in LOAD_COLUMNS if c in table.columns]
+    return table[columns].sort_values(
         ["val_images", "samples", "stage"], key=lambda c: c.map(_order) if c.name == "stage" else c, kind="stable"
     ).reset_index(drop=True)
 
@@ -261,6 +268,10 @@ def report(runs: pd.DataFrame) -> None:
     print(wide(table).to_string())
     totals = table.groupby("samples")["wall_s"].sum()
     print("sum of job wall times: " + ", ".join(f"{n}: {s:.0f} s" for n, s in totals.items()))
+    if set(LOAD_COLUMNS) <= set(table.columns):
+        load = table.groupby("samples")[LOAD_COLUMNS].first().dropna()
+        print("5-minute load average at start → end (2 cores): " + ", ".join(
+            f"{n}: {r.load_start:.1f} → {r.load_end:.1f} ({r.start_utc} UTC)" for n, r in load.iterrows()))
     if not exponents.empty:
         print("\ngrowth exponents (log ratio / log sample ratio):")
         shown = exponents.assign(pair=[f"{a}→{b}" for a, b in zip(exponents["small"], exponents["large"], strict=True)])
@@ -285,7 +296,7 @@ def report(runs: pd.DataFrame) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--samples", type=int, nargs="+", default=[1000, 5000, 20000])
+    parser.add_argument("--samples", type=int, nargs="+", default=[1000, 10000, 50000])
     parser.add_argument("--steps", type=int, default=50, help="training and probe steps (the same at every size)")
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("results/bench/scale"))
@@ -298,16 +309,23 @@ def main() -> None:
     for n in [] if args.report else sorted(args.samples):
         for v in args.val_images:
             workdir = (args.out / size_folder(n, v)).resolve()
+            if (workdir / TARGET).exists():
+                log.info("%d samples, %d val images: finished before, not rerun (%s)", n, v, workdir)
+                continue
             workdir.mkdir(parents=True, exist_ok=True)
             configfile = workdir / "scale.yaml"
             configfile.write_text(yaml.safe_dump(scale_config(n, args.steps, v)))
+            load = {"start_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "load_start": os.getloadavg()[1]}
             elapsed = run_size(workdir, configfile, args.cores)
+            # The machine is shared: the 5-minute load average beside the times says how loaded it was.
+            (workdir / "load.json").write_text(json.dumps({**load, "load_end": os.getloadavg()[1]}))
             log.info("%d samples, %d val images: %.1f s this call (%s)", n, v, elapsed, workdir)
     # Every finished size under --out, so that sizes measured by separate calls share one table.
     per_size = {}
     for d in sorted(args.out.glob("*")):
         if (m := FOLDER.fullmatch(d.name)) and (d / TARGET).exists():
-            per_size[(int(m.group(1)), int(m.group(2) or VAL_IMAGES))] = size_stages(d)
+            load = json.loads((d / "load.json").read_text()) if (d / "load.json").exists() else {}
+            per_size[(int(m.group(1)), int(m.group(2) or VAL_IMAGES))] = size_stages(d).assign(**load)
     if not per_size:
         raise SystemExit(f"no finished size under {args.out}")
     table = scale_table(per_size)

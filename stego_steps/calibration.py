@@ -127,6 +127,17 @@ def choose(agreements: list[float], ratio: float) -> int:
     return best if changes[best] <= ratio * changes[0] else 0
 
 
+def shifts_source(enabled: bool, chosen: int, candidates: list[dict], settings: Mapping) -> str:
+    """Where the shifts `train` uses come from, in one sentence."""
+    if enabled:
+        quantiles = ", ".join(f"{t} {q:g}" for t, q in candidates[chosen]["quantiles"].items())
+        return (f"calibrated: candidate {chosen + 1} of {len(candidates)}, each term's shift at the quantile of its "
+                f"feature correlation on the training features ({quantiles})")
+    if settings["backbone"] in (settings.get("released_shifts") or ()):
+        return f"the preset's shifts, the released ones tuned for {settings['backbone']}"
+    return "the preset's shifts"
+
+
 def calibrate(store: FeatureStore, knn: np.ndarray, settings: Mapping, index: pd.DataFrame | None = None, *,
               workers: int = 1, device: str = "cpu") -> dict:
     """The calibration artifact: chosen shifts and weights, the preset's, the statistics, the candidates and
@@ -137,7 +148,9 @@ def calibrate(store: FeatureStore, knn: np.ndarray, settings: Mapping, index: pd
     values = term_correlations(store, knn, s, batches=c["batches"], per_batch=c["values_per_batch"],
                                seed=s["seed"])
     stats = {t: term_statistics(values[t], s["shifts"][t]) for t in TERMS}
-    candidates = [{"quantiles": dict(q), "shifts": quantile_shifts(values, q)} for q in c["candidates"]]
+    # Off, no candidate is looked at: the artifact records none rather than shifts nobody compared or used.
+    candidates = ([{"quantiles": dict(q), "shifts": quantile_shifts(values, q)} for q in c["candidates"]]
+                  if enabled else [])
     chosen = 0
     if enabled and len(candidates) > 1:
         if index is None:
@@ -160,7 +173,8 @@ def calibrate(store: FeatureStore, knn: np.ndarray, settings: Mapping, index: pd
                  "calibrated" if enabled else "preset", shifts[t])
     return {
         "calibrated": enabled, "reason": reason,
-        "shifts": shifts, "weights": {t: float(s["weights"][t]) for t in TERMS},
+        "shifts": shifts, "shifts_from": shifts_source(enabled, chosen, candidates, s),
+        "weights": {t: float(s["weights"][t]) for t in TERMS},
         "preset": {"shifts": dict(s["shifts"]), "weights": dict(s["weights"])},
         "quantiles": candidates[chosen]["quantiles"] if enabled else None,
         "candidates": candidates, "chosen": chosen if enabled else None,

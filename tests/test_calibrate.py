@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from stego_steps import calibration, knn
+from stego_steps import calibration, knn, plots
 from stego_steps.errors import UserError
 from stego_steps.loss import correlation_term, feature_correlation
 from stego_steps.stages import calibrate
@@ -223,3 +223,21 @@ def test_off_keeps_the_preset_and_still_reports(store_path, tmp_path):
     assert not out["calibrated"] and out["shifts"] == SETTINGS["shifts"] and out["chosen"] is None
     assert 0.0 <= out["statistics"]["random"]["preset_shift_quantile"] <= 1.0
     assert out["statistics"]["knn"]["n"] == 3 * 500
+    # No candidate was computed, compared or used: none is recorded, and the artifact says whose shifts these are.
+    assert out["candidates"] == [] and out["quantiles"] is None and out["selection"] is None
+    assert out["shifts_from"] == "the preset's shifts" and out["reason"] == "calibrate: false in the configuration"
+    released = _run(store_path, table, tmp_path, "released", {**SELECTING, "released_shifts": ["synthetic"]})
+    assert not released["calibrated"] and released["candidates"] == [] and released["shifts"] == SETTINGS["shifts"]
+    assert released["shifts_from"] == "the preset's shifts, the released ones tuned for synthetic"
+    assert released["reason"] == "auto: the preset holds the released shifts for synthetic"
+    shown = plots.calibration_table(released)
+    assert shown["setting"].tolist() == ["preset"] and shown["used"].tolist() == [True]
+
+
+def test_on_says_which_candidate_gave_the_shifts(store_path, tmp_path):
+    with_images(store_path, tmp_path)
+    with FeatureStore(store_path) as store:
+        table = knn.knn_table(store.read("pooled"), 3)
+    out = _run(store_path, table, tmp_path, "on")
+    assert out["shifts_from"] == ("calibrated: candidate 1 of 1, each term's shift at the quantile of its feature "
+                                  "correlation on the training features (self 0.5, knn 0.5, random 0.9)")

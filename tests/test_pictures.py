@@ -48,10 +48,10 @@ def test_the_run_leaves_its_pictures_and_mapping(run_dir):
     assert row["pixel_accuracy"] == pytest.approx(100 * matched["matched_pixels"].sum() / conf.sum())
     correlations = pd.read_csv(figures / "correlations.csv")
     assert correlations["term"].tolist() == ["self", "knn", "random"]
-    # The demo keeps its preset's shifts: the calibration table says so and lists the candidates unused.
+    # The demo keeps its preset's shifts: the calibration table says so, with no candidate (none was computed).
     calibration = pd.read_csv(figures / "calibration.csv")
-    assert calibration["setting"].tolist() == ["preset", "candidate 1", "candidate 2"]
-    assert calibration["used"].tolist() == [True, False, False]
+    assert calibration["setting"].tolist() == ["preset"]
+    assert calibration["used"].tolist() == [True]
     assert calibration["shift_self"].iloc[0] == correlations["shift"].iloc[0]
 
 

@@ -18,10 +18,11 @@ its clusters, because a candidate that makes more pairs attract also coarsens th
 CRF less to change whether or not they are right. It reads training features, the KNN table and training
 images, never labels.
 
-Writes a JSON artifact with the shifts and weights that `train` uses, the preset's values, the statistics of
-F per term (mean, std, quantiles, and the quantile at which the preset's shift sits), each candidate's shifts
-and criterion, and the sampling settings. With calibration off it still writes the statistics, and the
-preset's shifts unchanged.
+Writes a JSON artifact with the shifts and weights that `train` uses and where the shifts come from
+(`shifts_from`), the preset's values, the statistics of F per term (mean, std, quantiles, and the quantile at
+which the preset's shift sits), each candidate's shifts and criterion, and the sampling settings. With
+calibration off it writes the preset's shifts unchanged, why, and the statistics (where those shifts sit in
+F), and no candidates: none was computed or compared.
 """
 
 from __future__ import annotations

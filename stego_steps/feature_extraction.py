@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from stego_steps import __version__, images, store, testhooks
-from stego_steps.artifacts import fingerprint
+from stego_steps.artifacts import fingerprint, other_counts
 from stego_steps.backbones import (  # noqa: F401 (PRECISIONS re-exported)
     PRECISIONS,
     backbone_id,
@@ -134,6 +134,11 @@ def extract(index: pd.DataFrame, classes: dict, out: Path, *, backbone: str, wei
         if not resumable:
             log.warning("discarding %s: written from other inputs or unreadable", partial)
             partial.unlink()
+    # One shard count per split: an earlier `extract_shards`' files go before this shard is written, since the
+    # disk check counted them as space that the extraction frees.
+    for stale in other_counts(out):
+        stale.unlink(missing_ok=True)
+        log.info("removed %s, a shard of another extract_shards", stale)
     out.parent.mkdir(parents=True, exist_ok=True)
     with h5py.File(partial, "a") as f:
         if "feats" not in f:

@@ -128,3 +128,22 @@ def test_a_gathered_store_with_a_missing_shard_is_an_error_not_zeros(seven_val_i
     shards[1].rename(tmp_path / "moved.h5")
     with pytest.raises(ValueError, match=r"missing: .*1\.h5.*--forcerun gather_features"):
         store.FeatureStore(tmp_path / "val.h5")
+
+
+def test_a_new_extract_shards_value_leaves_only_its_shards(seven_val_index, tmp_path):
+    """Shards of an earlier count (and their partial stores) are removed when this count extracts, so nothing that
+    lists the split's folder (the disk check, the memory estimate) finds two copies of the split."""
+    classes = json.loads((seven_val_index / "classes.json").read_text())
+    index = read_index(seven_val_index / "val.csv")
+    folder = tmp_path / "val"
+    feature_extraction.extract(index, classes, folder / "1-of-1.h5", res=32, evaluation=True, **SETTINGS)
+    (folder / "2-of-3.h5.partial").write_bytes(b"killed")  # a partial store of yet another count
+    (folder / "notes.txt").write_text("not a shard")
+    shards = [folder / f"{i + 1}-of-2.h5" for i in range(2)]
+    feature_extraction.extract(index, classes, shards[0], res=32, evaluation=True, shard=0, n_shards=2, **SETTINGS)
+    assert sorted(p.name for p in folder.iterdir()) == ["1-of-2.h5", "notes.txt"]
+    feature_extraction.extract(index, classes, shards[1], res=32, evaluation=True, shard=1, n_shards=2, **SETTINGS)
+    assert sorted(p.name for p in folder.iterdir()) == ["1-of-2.h5", "2-of-2.h5", "notes.txt"]
+    store.gather(shards, tmp_path / "val.h5")
+    with store.FeatureStore(tmp_path / "val.h5") as whole:
+        assert whole.n == 7

@@ -15,6 +15,7 @@ from typing import Any
 from stego_steps.config import DEFAULT_VARIANT, crop_of_index, dataset_settings, index_name, seeds, stage_settings
 from stego_steps.errors import UserError
 from stego_steps.experiment import wildcard_values
+from stego_steps.knn import search_settings
 from stego_steps.protocol import BASELINE_PROBES, PROBES, UNSUPERVISED_PROBES
 from stego_steps.rule_inputs import RuleInputs
 
@@ -45,6 +46,11 @@ class DecidingSteps:
             f"extract_{split}": ("stages.extract", extract),
         }
 
+    def knn(self, k: int) -> tuple[str, dict[str, Any]]:
+        """The KNN table's step: k and the search's deciding settings (none for the exact search, whose key is
+        the one it had before there was a choice)."""
+        return "stages.knn", {"k": k, **search_settings(self.config.get("knn"))}
+
     def head(self, ds: str, variant: str, seed: int) -> Steps:
         """The steps that decide a run's head: trained (features, KNN, calibration, training) or imported."""
         r = self.exp.resolved[ds][variant]
@@ -66,7 +72,7 @@ class DecidingSteps:
             }
         return {
             **steps,
-            "knn": ("stages.knn", {"k": r["knn_k"]}),
+            "knn": self.knn(r["knn_k"]),
             "calibrate": ("stages.calibrate", self._settings(ds, "calibrate", variant, seed)),
             "train": ("stages.train", self._settings(ds, "train", variant, seed)),
         }
@@ -152,7 +158,7 @@ class DecidingSteps:
             steps = self.extraction(ds, exp.index_variant(ds, w["idx"]), "train")
             return {"data": steps["data"], "prepare": steps["prepare"]}
         if name == "knn":
-            return {**self.extraction(ds, exp.variant_of(w), "train"), "knn": ("stages.knn", {"k": int(w["k"])})}
+            return {**self.extraction(ds, exp.variant_of(w), "train"), "knn": self.knn(int(w["k"]))}
         if name == "segment":
             _, variant, seed = exp.owner_variant(ds, w["owner"])
             return self.probe(ds, variant, seed, w["probe"])

@@ -1,10 +1,13 @@
+import json
+
 import h5py
 import numpy as np
 import pytest
 import torch
 
+from stego_steps import config as C
 from stego_steps.errors import UserError
-from stego_steps.knn import _self_first, knn_table
+from stego_steps.knn import _self_first, chosen_method, knn_table, neighbour_table, search_argument, search_settings
 from stego_steps.stages.knn import main
 
 
@@ -102,3 +105,117 @@ def test_cli_round_trip(tmp_path):
         f["other"] = np.zeros(3)
     with pytest.raises(UserError, match="no dataset 'pooled'"):
         main(["--features", str(tmp_path / "empty.h5"), "--k", "7", "--out", str(tmp_path / "x.npy")])
+
+
+# ----- the approximate search and the choice of method
+
+IVF = {"method": "ivf", "ivf": {"lists": 24, "probe": 4}}
+
+
+def _clustered(n: int = 3000, dim: int = 32, centres: int = 60, seed: int = 7) -> np.ndarray:
+    """Rows around a few dozen directions: the structure of pooled descriptors, at a test's size."""
+    rng = np.random.default_rng(seed)
+    c = rng.standard_normal((centres, dim))
+    return (c[rng.integers(0, centres, n)] + 0.5 * rng.standard_normal((n, dim))).astype(np.float32)
+
+
+def _recall(table: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean([len(set(a) & set(b)) for a, b in zip(table[:, 1:].tolist(), truth[:, 1:].tolist(),
+                                                                   strict=True)])) / (truth.shape[1] - 1)
+
+
+def test_ivf_is_deterministic_self_first_and_close_to_exact():
+    import faiss
+
+    faiss.omp_set_num_threads(2)
+    x = _clustered()
+    table = neighbour_table(x, 7, IVF)
+    np.testing.assert_array_equal(table, neighbour_table(x, 7, IVF))  # seeded k-means, fixed threads
+    assert table.shape == (3000, 8) and table.dtype == np.int64
+    np.testing.assert_array_equal(table[:, 0], np.arange(3000))
+    assert all(len(set(row)) == 8 for row in table.tolist())
+    assert _recall(table, knn_table(x, 7)) >= 0.99
+    sims = _cosine(x)
+    got = np.take_along_axis(sims, table[:, 1:], axis=1)
+    assert (np.diff(got, axis=1) <= 1e-6).all()  # descending similarity, as the exact table
+
+
+def test_ivf_keeps_duplicates_right_after_self():
+    rng = np.random.default_rng(3)
+    base = _clustered(400, 16, 10)
+    x = np.concatenate([base, base[:50], 2 * base[:50]])
+    source = np.concatenate([np.arange(400), np.arange(50), np.arange(50)])
+    table = neighbour_table(x, 4, {"method": "ivf", "ivf": {"lists": 8, "probe": 3}})
+    np.testing.assert_array_equal(table[:, 0], np.arange(len(x)))
+    for i in rng.choice(len(x), 60, replace=False):
+        twins = set(np.flatnonzero(source == source[i])) - {i}
+        assert i not in table[i, 1:] and set(table[i, 1 : 1 + len(twins)].tolist()) == twins
+
+
+def test_ivf_with_short_lists_falls_back_to_exact_rows():
+    x = _clustered(60, 8, 30)
+    table = neighbour_table(x, 7, {"method": "ivf", "ivf": {"lists": 30, "probe": 1}})  # lists of about 2 rows
+    assert table.shape == (60, 8) and (table >= 0).all() and (table[:, 0] == np.arange(60)).all()
+
+
+def test_auto_is_exact_below_its_threshold():
+    x = _clustered(500, 16, 10)
+    assert chosen_method({"method": "auto", "exact_below": 501}, 500) == "exact"
+    assert chosen_method({"method": "auto", "exact_below": 500}, 500) == "ivf"
+    assert chosen_method(None, 10**6) == "ivf" and chosen_method({"method": "exact"}, 10**7) == "exact"
+    np.testing.assert_array_equal(neighbour_table(x, 5, {"method": "auto", "exact_below": 501}), knn_table(x, 5))
+    with pytest.raises(UserError, match="knn.method: unknown method 'hnsw'"):
+        chosen_method({"method": "hnsw"}, 10)
+
+
+def test_the_search_decides_the_cache_key_and_exact_keeps_todays():
+    assert search_settings({"method": "exact", "ivf": {"probe": 3}}) == {}  # unused settings decide nothing
+    assert search_argument({"method": "exact"}) == {"method": "exact"}
+    auto, ivf = search_settings(None), search_settings({"method": "ivf"})
+    assert auto["method"] == "auto" and "exact_below" in auto and "exact_below" not in ivf
+    keys = [search_settings(s) for s in (None, {"method": "ivf"}, {"exact_below": 5}, {"ivf": {"probe": 8}},
+                                         {"ivf": {"lists": 100}}, {"ivf": {"seed": 1}})]
+    assert all(a != b for i, a in enumerate(keys) for b in keys[i + 1:])
+
+
+def test_the_knn_step_of_the_workflow_carries_the_search():
+    from workflow_config import workflow_config
+
+    from stego_steps.download import load_table
+    from stego_steps.experiment import Experiment
+    from stego_steps.rule_inputs import RuleInputs
+    from stego_steps.steps import DecidingSteps
+
+    def knn_step(search):
+        config = workflow_config(knn=search) if search else workflow_config()
+        steps = DecidingSteps(RuleInputs(Experiment(config), load_table(None), gather_segment=lambda p: [p]))
+        fkey = steps.exp.feature_key["demo"]["default"]
+        return steps("knn", {"ds": "demo", "fkey": fkey, "k": "7"})["knn"]
+
+    assert knn_step({"method": "exact"}) == ("stages.knn", {"k": 7})  # the key of before the choice
+    assert knn_step(None)[1]["method"] == "auto"
+    assert knn_step({"method": "ivf", "ivf": {"probe": 8}}) != knn_step({"method": "ivf"})
+
+
+@pytest.mark.parametrize("search,named", [({"method": "hnsw2"}, "knn.method"),
+                                          ({"ivf": {"probe": 0}}, "knn.ivf.probe"),
+                                          ({"exact_below": 1}, "knn.exact_below"),
+                                          ({"ivf": {"nprobe": 4}}, "knn.ivf")])
+def test_the_config_key_is_validated(search, named):
+    from workflow_config import workflow_config
+
+    config = workflow_config(knn=search)
+    with pytest.raises(C.ConfigError) as err:
+        C.validate(config)
+    assert named in str(err.value)
+    C.validate(workflow_config(knn={"method": "ivf", "ivf": {"lists": None, "probe": 4}}))
+
+
+def test_cli_searches_as_told(tmp_path):
+    x = _clustered(400, 16, 10)
+    features = tmp_path / "train.h5"
+    with h5py.File(features, "w") as f:
+        f["pooled"] = x
+    out = tmp_path / "knn.npy"
+    main(["--features", str(features), "--k", "5", "--out", str(out), "--search", json.dumps(IVF)])
+    np.testing.assert_array_equal(np.load(out), neighbour_table(x, 5, IVF))

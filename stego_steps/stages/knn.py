@@ -1,10 +1,12 @@
-"""Stage `knn`: the nearest-neighbour table of a feature store's pooled descriptors (`stego_steps.knn.knn_table`).
+"""Stage `knn`: the nearest-neighbour table of a feature store's pooled descriptors (`stego_steps.knn`).
 
     python -m stego_steps.stages.knn --features results/demo/features/bb/train.h5 --k 7 --out train.npy
+    python -m stego_steps.stages.knn ... --search '{"method": "auto", "exact_below": 100000, "ivf": {...}}'
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -14,7 +16,7 @@ import numpy as np
 from stego_steps.artifacts import open_h5, write_npy
 from stego_steps.cli import base_parser, parse_stage_args
 from stego_steps.errors import UserError, cli
-from stego_steps.knn import knn_table
+from stego_steps.knn import chosen_method, neighbour_table
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +27,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--k", type=int, default=7, help="neighbours per sample besides itself")
     parser.add_argument("--out", required=True, type=Path, help="output .npy, int64 [N, 1+k]")
+    parser.add_argument("--search", type=json.loads, default={"method": "exact"},
+                        help="the config's knn: settings as JSON (default: the exact search)")
     args = parse_stage_args(parser, argv)
 
     import faiss
@@ -39,11 +43,11 @@ def main(argv: list[str] | None = None) -> None:
     use_gpu = None if args.device.startswith("cuda") else False
     gpu = int(args.device.partition(":")[2] or 0)
     log.info(
-        "knn: pooled features %s from %s, k=%d, %d threads", pooled.shape, args.features, args.k,
-        args.torch_threads,
+        "knn: pooled features %s from %s, k=%d, %d threads, %s search", pooled.shape, args.features, args.k,
+        args.torch_threads, chosen_method(args.search, len(pooled)),
     )
     start = time.perf_counter()
-    table = knn_table(pooled, args.k, use_gpu=use_gpu, gpu=gpu)
+    table = neighbour_table(pooled, args.k, args.search, use_gpu=use_gpu, gpu=gpu)
     log.info("knn: table %s in %.2f s", table.shape, time.perf_counter() - start)
     write_npy(args.out, table)
     log.info("knn: wrote %s", args.out)

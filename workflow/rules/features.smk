@@ -1,3 +1,6 @@
+from stego_steps import knn as stego_knn
+
+
 rule extract:
     """Frozen backbone features of one shard of a split → HDF5 (float16 patch features, pooled descriptors).
 
@@ -85,7 +88,9 @@ rule knn:
     params:
         provenance=provenance("knn"),
         torch_threads=TORCH_THREADS,
+        # The config's `knn:` as far as it decides the table (exact, or the approximate search's settings).
+        search=json.dumps(stego_knn.search_argument(config["knn"]), sort_keys=True),
     shell:
         "python -m stego_steps.stages.knn --features {input} --k {wildcards.k} --device {resources.device} --out {output}"
-        " --threads {threads} --torch-threads {params.torch_threads} 2> {log}"
+        " --threads {threads} --torch-threads {params.torch_threads} --search {params.search:q} 2> {log}"
         " && python -m stego_steps.provenance record --provenance {params.provenance:q} {output:q}"

@@ -8,11 +8,17 @@ terminal (see `error_blocks`). Any other exception is a bug and keeps its traceb
 
 Ctrl-C (SIGINT) and SIGTERM (`timeout`, a scheduler's cancel, `kill`) end a stage with one line,
 `INTERRUPTED: <stage> stopped by <signal>`, and the shell's status for that signal (128 + its number), no
-traceback; SIGTERM unwinds like Ctrl-C, so open files are closed and partial files stay resumable.
+traceback; SIGTERM unwinds like Ctrl-C, so open files are closed and partial files stay resumable. Snakemake
+reports such a job as failed (its "Error in rule" block, the shell's CalledProcessError, "At least one job did
+not complete successfully"); on the terminal `QuietInterruptions` leaves those out for jobs whose log ends with
+that line, and the `onerror:` summary ends the run with one line naming what was interrupted (Snakemake's own
+log file keeps everything).
 """
 
 from __future__ import annotations
 
+import logging
+import re
 import signal
 import sys
 from collections.abc import Callable, Iterable
@@ -102,19 +108,91 @@ def failed_job_logs(snakemake_log: str | Path | Iterable[str | Path]) -> list[Pa
     return paths
 
 
-def report_failed_jobs(snakemake_log: str | Path | Iterable[str | Path], stream: TextIO | None = None) -> None:
-    """For `onerror:`: print the `ERROR:` blocks (or last line) of every failed job's log on stderr."""
+def interruption(log: str | Path) -> str | None:
+    """The `INTERRUPTED:` line a job's log ends with (its stage was stopped by a signal), else None."""
+    try:
+        blocks = error_blocks(Path(log).read_text(errors="replace"))
+    except OSError:
+        return None
+    return blocks[-1] if blocks and blocks[-1].startswith(INTERRUPTED) else None
+
+
+def interrupted_summary(lines: list[str], logs: list[Path], failed: bool = False) -> str:
+    """One line for the jobs a signal stopped: `INTERRUPTED: train stopped by SIGINT (<log>); ...`."""
+    parts = [f"{line.removeprefix(INTERRUPTED)} ({log})" for line, log in zip(lines, logs, strict=True)]
+    then = "after fixing the failure above, run" if failed else "Nothing failed: run"
+    return f"{INTERRUPTED}{'; '.join(parts)}. {then} the same command again to go on (a partial shard or a " \
+           "checkpoint resumes)"
+
+
+def report_failed_jobs(snakemake_log: str | Path | Iterable[str | Path], stream: TextIO | None = None,
+                       quiet: QuietInterruptions | None = None) -> None:
+    """For `onerror:`: print the `ERROR:` blocks (or last line) of every failed job's log on stderr; the jobs a
+    signal stopped get one line together, last. With `quiet` (the filter on Snakemake's terminal handler), that
+    line replaces Snakemake's closing "did not complete" message when no job failed otherwise."""
     stream = stream or sys.stderr
+    stopped: tuple[list[str], list[Path]] = ([], [])
+    failed = False
     for path in failed_job_logs(snakemake_log):
         try:
             blocks = error_blocks(path.read_text(errors="replace"))
         except OSError:
             continue
-        if blocks:
+        if blocks and blocks[-1].startswith(INTERRUPTED):
+            stopped[0].append(blocks[-1])
+            stopped[1].append(path)
+        elif blocks:
+            failed = True
             print(f"{path}:", file=stream)
             for block in blocks:
                 print(block, file=stream)
+    if stopped[0]:
+        summary = interrupted_summary(*stopped, failed=failed)
+        if quiet is not None and not failed and not quiet.failed:
+            quiet.summary = summary  # printed last, in place of Snakemake's closing error
+        else:
+            print(summary, file=stream)
     stream.flush()
+
+
+# The shell's status for a stage that `cli` ended on SIGINT or SIGTERM (Python's CalledProcessError text).
+_SIGNAL_STATUS = re.compile(rf"returned non-zero exit status ({128 + signal.SIGINT}|{128 + signal.SIGTERM})\b")
+# Snakemake's closing messages when a job did not succeed (its scheduler's and its workflow's).
+_CLOSING = ("Exiting because a job execution failed", "At least one job did not complete successfully")
+
+
+class QuietInterruptions(logging.Filter):
+    """A filter for Snakemake's terminal handler: a job that a signal stopped (its log ends with the stage's
+    `INTERRUPTED:` line) did not fail, so its "Error in rule" block and the shell's CalledProcessError (status
+    130 or 143) are left out; when every job that did not succeed was stopped so, Snakemake's closing "did not
+    complete" messages are too, and the last one is replaced by the one-line summary of `report_failed_jobs`.
+    Any other failure is shown in full. Reads Snakemake's log records by their `event` (Snakemake 9)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stopped: list[str] = []
+        self.failed = False
+        self.summary: str | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        event = str(getattr(record, "event", "") or "")
+        if event == "job_error":
+            logs = [str(log) for log in getattr(record, "log", None) or []]
+            lines = [line for log in logs if (line := interruption(log))]
+            if logs and lines:
+                self.stopped += lines
+                return False
+            self.failed = True
+            return True
+        message = str(record.msg or "")
+        if event == "error" and getattr(record, "exception", None) == "RuleException" and \
+                _SIGNAL_STATUS.search(message):
+            return False
+        if self.stopped and not self.failed and any(text in message for text in _CLOSING):
+            if self.summary is None or "did not complete" not in message:
+                return False
+            record.msg, record.args = self.summary, None
+        return True
 
 
 def first_lines(items: Iterable[str], limit: int) -> list[str]:
@@ -123,3 +201,12 @@ def first_lines(items: Iterable[str], limit: int) -> list[str]:
     if len(items) <= limit:
         return items
     return [*items[:limit], f"... and {len(items) - limit} more"]
+
+
+def quiet_interruptions(logger: logging.Logger) -> QuietInterruptions:
+    """Put a `QuietInterruptions` on the terminal handlers of Snakemake's logger (not its log file)."""
+    quiet = QuietInterruptions()
+    for handler in logger.handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            handler.addFilter(quiet)
+    return quiet

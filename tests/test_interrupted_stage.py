@@ -1,10 +1,15 @@
-"""A stage run through `errors.cli` ends on Ctrl-C or SIGTERM with one line and the signal's exit status."""
+"""A stage run through `errors.cli` ends on Ctrl-C or SIGTERM with one line and the signal's exit status; on
+Snakemake's terminal, such a job is not reported as failed and one line says what was interrupted."""
 
+import io
+import logging
 import signal
 import subprocess
 import sys
 
 import pytest
+
+from stego_steps import errors
 
 STAGE = """
 import sys, time
@@ -34,3 +39,54 @@ def test_a_signal_ends_a_stage_with_one_line_and_unwinds_it(tmp_path, sig):
     assert err == f"INTERRUPTED: fakestage stopped by {sig.name}\n"
     assert proc.returncode == 128 + sig
     assert cleaned.read_text() == "unwound"  # finally blocks ran: open files are closed, partial files kept
+
+
+def record(msg: str, **extra) -> logging.LogRecord:
+    """A log record as Snakemake 9 makes it (`logger.error(msg, extra=...)`)."""
+    rec = logging.LogRecord("snakemake.logging", logging.ERROR, __file__, 0, msg, None, None)
+    rec.__dict__.update(extra)
+    return rec
+
+
+def test_the_terminal_shows_an_interrupted_run_as_one_line(tmp_path):
+    stopped, failed = tmp_path / "train.log", tmp_path / "prepare.log"
+    stopped.write_text("INFO step 10/20\nINTERRUPTED: train stopped by SIGINT\n")
+    failed.write_text("Traceback ...\nValueError: boom\n")
+    main_log = tmp_path / "snakemake.log"
+    main_log.write_text(f"Error in rule train:\n    log: {stopped} (check log file(s) for error details)\n")
+    quiet = errors.QuietInterruptions()
+    shell = record("RuleException:\nCalledProcessError in file train.smk, line 79:\nCommand 'python -m "
+                   "stego_steps.stages.train' returned non-zero exit status 130.", event="error",
+                   exception="RuleException")
+    assert not quiet.filter(shell)
+    assert not quiet.filter(record("Error in rule train, jobid: 9", event="job_error", log=[str(stopped)]))
+    assert not quiet.filter(record("Exiting because a job execution failed. Look above for error messages"))
+    out = io.StringIO()
+    errors.report_failed_jobs(main_log, out, quiet=quiet)
+    assert out.getvalue() == ""  # the summary goes last, in place of Snakemake's closing error
+    closing = record("WorkflowError:\nAt least one job did not complete successfully.", event="error",
+                     exception="WorkflowError")
+    assert quiet.filter(closing)
+    assert closing.getMessage() == (f"INTERRUPTED: train stopped by SIGINT ({stopped}). Nothing failed: run the same "
+                                    "command again to go on (a partial shard or a checkpoint resumes)")
+    assert quiet.filter(record("Terminating processes on user request, this might take some time."))
+
+
+def test_a_real_failure_beside_an_interruption_is_shown_in_full(tmp_path):
+    stopped, failed = tmp_path / "train.log", tmp_path / "knn.log"
+    stopped.write_text("INTERRUPTED: train stopped by SIGTERM\n")
+    failed.write_text("ERROR: knn7.npy is damaged\n")
+    quiet = errors.QuietInterruptions()
+    assert not quiet.filter(record("Error in rule train", event="job_error", log=[str(stopped)]))
+    assert quiet.filter(record("Error in rule knn", event="job_error", log=[str(failed)]))
+    other = record("RuleException:\n... returned non-zero exit status 1.", event="error", exception="RuleException")
+    assert quiet.filter(other)
+    main_log = tmp_path / "snakemake.log"
+    main_log.write_text("".join(f"    log: {p} (check log file(s) for error details)\n" for p in (stopped, failed)))
+    out = io.StringIO()
+    errors.report_failed_jobs(main_log, out, quiet=quiet)
+    assert out.getvalue() == (f"{failed}:\nERROR: knn7.npy is damaged\nINTERRUPTED: train stopped by SIGTERM "
+                              f"({stopped}). after fixing the failure above, run the same command again to go on (a "
+                              "partial shard or a checkpoint resumes)\n")
+    closing = record("WorkflowError:\nAt least one job did not complete successfully.", event="error")
+    assert quiet.filter(closing) and "did not complete" in closing.getMessage()

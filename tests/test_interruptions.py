@@ -146,6 +146,17 @@ def group_gone(pgid: int, timeout_s: float = 30) -> None:
         time.sleep(0.1)
 
 
+def interrupted_output(text: str, stage: str, sig: str) -> None:
+    """Ctrl-C or SIGTERM of the whole run: no traceback, no failed-job report, and the last line names the job
+    that was stopped and the signal."""
+    for failure in ("Traceback", "Error in rule", "did not complete successfully", "CalledProcessError",
+                    "Exiting because a job execution failed"):
+        assert failure not in text, f"'{failure}' in the output of an interrupted run:\n{text[-4000:]}"
+    last = [line for line in text.splitlines() if line.strip()][-1]
+    assert last.startswith(f"INTERRUPTED: {stage} stopped by {sig} (logs/"), text[-4000:]
+    assert "run the same command again" in last
+
+
 @pytest.mark.parametrize("stage, sig, target", cases())
 def test_a_job_killed_at_its_first_durable_state_resumes_to_the_uninterrupted_table(tmp_path, stages, stage, sig,
                                                                                      target):
@@ -173,6 +184,8 @@ def test_a_job_killed_at_its_first_durable_state_resumes_to_the_uninterrupted_ta
         proc.wait()
         group_gone(proc.pid)
     assert not (workdir / TARGET).exists()
+    if target == "snakemake" and sig != "SIGKILL":
+        interrupted_output(output.read_text(), stage, sig)
     path, done = resumable_state(workdir, stage, stages["steps"])
     if any((workdir / ".snakemake" / "locks").glob("*")):  # a killed Snakemake leaves its lock
         unlock = run(workdir, config, "--unlock")

@@ -16,7 +16,7 @@ from stego_steps import resources as stego_resources
 from stego_steps import runlock, start_checks
 from stego_steps import targets as stego_targets
 from stego_steps.config import ConfigError
-from stego_steps.errors import UserError, report_failed_jobs
+from stego_steps.errors import UserError, quiet_interruptions, report_failed_jobs
 from stego_steps.experiment import Experiment
 from stego_steps.job_sizes import JobResources
 from stego_steps.layout import BASELINE, BASELINE_BENCHMARKS, BASELINE_LOGS, FEATURE_BENCHMARKS, FEATURE_LOGS, RUN
@@ -123,6 +123,15 @@ except UserError as err:
     raise WorkflowError(str(err))
 
 
+# The terminal's filter of interrupted jobs (stego_steps.errors.QuietInterruptions), set by start_run.
+QUIET = []
+
+
+def report_failures(log):
+    """`onerror:`: each failed job's own message; the jobs a signal stopped in one line, last."""
+    report_failed_jobs(log, quiet=QUIET[0] if QUIET else None)
+
+
 # When jobs are about to run (`onstart`: a real run, not a dry run, in the Snakemake process, not in a job):
 # this folder's run lock, and what the DAG decides (stego_steps.start_checks).
 def start_run(log):
@@ -134,6 +143,8 @@ def start_run(log):
     except UserError as err:
         raise WorkflowError(str(err))
     atexit.register(runlock.release, lock, os.getpid())
+    # On the terminal, a job stopped by Ctrl-C or SIGTERM is not a failure: one line says what was interrupted.
+    QUIET[:] = [quiet_interruptions(logger)]
     try:
         start_checks.check_jobs(
             EXP,

@@ -17,8 +17,7 @@ from matplotlib.patches import Patch  # noqa: E402
 
 from stego_steps.artifacts import atomic_path  # noqa: E402
 from stego_steps.label_maps import palette, read_predictions  # noqa: E402
-from stego_steps.loss import TERMS  # noqa: E402
-from stego_steps.protocol import SUPERVISED_PROBES, row_key  # noqa: E402
+from stego_steps.protocol import SUPERVISED_PROBES, TERMS, row_key  # noqa: E402
 from stego_steps.store import FeatureStore  # noqa: E402
 
 log = logging.getLogger(__name__)

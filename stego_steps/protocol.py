@@ -11,6 +11,8 @@ SUPERVISED_PROBES = ("linear", "backbone_linear")
 # by every variant that uses them.
 BASELINE_PROBES = ("backbone_kmeans", "backbone_linear")
 UNSUPERVISED_PROBES = tuple(p for p in PROBES if p not in SUPERVISED_PROBES)
+# The STEGO loss's three terms (stego_steps.loss): the columns of the training log and of the pictures of it.
+TERMS = ("self", "knn", "random")
 # (probe, crf) rows of the table, in the order of PROBES: every probe without and with the CRF (the CRF does
 # not help every probe equally, so each comparison is shown both ways).
 ROWS = tuple((probe, crf) for probe in PROBES for crf in (False, True))

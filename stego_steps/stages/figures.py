@@ -22,11 +22,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from stego_steps.artifacts import read_npy, write_csv
 from stego_steps.cli import base_parser, setup_logging
-from stego_steps.correlations import term_correlations
 from stego_steps.errors import cli
 from stego_steps.plots import (  # sets matplotlib's file-only backend
     TITLES,
@@ -72,7 +70,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     c.add_argument("--out", type=Path, required=True, help="PNG; the summary goes next to it as .csv")
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
-    torch.set_num_threads(max(args.threads, 1))
     if args.command == "panels":
         with FeatureStore(args.features, max_memory_gb=0) as store:
             save_figure(panels(store, args.segments, args.mapping, args.count), args.out)
@@ -86,6 +83,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     elif args.command == "training":
         save_figure(training_figure(pd.read_csv(args.log_csv)), args.out)
     else:
+        # torch only here: the other pictures start without it (seconds sooner).
+        import torch
+
+        from stego_steps.correlations import term_correlations
+
+        torch.set_num_threads(max(args.threads, 1))
         settings = json.loads(args.resolved.read_text())["settings"]
         with FeatureStore(args.features) as store:
             # without the training's channel dropout: the features' own correlations

@@ -292,6 +292,20 @@ def with_stability(cells: pd.DataFrame, maps: Path) -> pd.DataFrame:
     return cells
 
 
+def current_rule(heads: pd.DataFrame, ratio: float = 0.8) -> pd.DataFrame:
+    """Per seed, the cell the calibrate stage's rule would pick between q_default and q_attract (the attracting
+    one only if the CRF changes at most `ratio` times as many pixels), approximated here by the val images'
+    CRF agreement of these short heads (the stage uses 200-step heads on training images)."""
+    out = []
+    for _, g in heads[heads["setting"].isin(["q_default", "q_attract"])].groupby("seed"):
+        if len(g) < 2:
+            continue
+        by = g.set_index("setting")
+        attract = 1 - by.loc["q_attract", "crf_agree"] <= ratio * (1 - by.loc["q_default", "crf_agree"])
+        out.append({"crf": by.loc["q_attract" if attract else "q_default", "crf"], "pick": "A" if attract else "D"})
+    return pd.DataFrame(out, columns=["crf", "pick"])
+
+
 def cell(v: pd.Series) -> str:
     v = v.dropna()
     if len(v) == 0:
@@ -307,6 +321,7 @@ def summarize(cells: pd.DataFrame, maps: Path = WORK / "maps") -> tuple[str, pd.
     names = list(dict.fromkeys(cells["dataset"]))
     mean = heads.groupby(["dataset", "setting"])["crf"].mean().unstack("setting")
     lodo, crit_rows = [], []
+    names = [d for d in names if d in mean.index]  # datasets with at least one head
     for d in names:
         others = [o for o in names if o != d]
         chosen = mean.loc[others].mean().idxmax() if others else None  # chosen without d's labels
@@ -314,7 +329,9 @@ def summarize(cells: pd.DataFrame, maps: Path = WORK / "maps") -> tuple[str, pd.
         km = cells[(cells["dataset"] == d) & (cells["setting"] == "backbone_kmeans")]
         ch = heads[(heads["dataset"] == d) & (heads["setting"] == chosen)]
         orc = heads[(heads["dataset"] == d) & (heads["setting"] == oracle)]
+        rule = current_rule(heads[heads["dataset"] == d])
         lodo.append({"dataset": d, "seeds": len(km), "chosen": chosen, "oracle": oracle,
+                     "rule_crf": cell(rule["crf"]), "rule_picks": "".join(rule["pick"]),
                      "kmeans_raw": cell(km["raw"]), "kmeans_crf": cell(km["crf"]),
                      "head_raw": cell(ch["raw"]), "head_crf": cell(ch["crf"]),
                      "oracle_raw": cell(orc["raw"]), "oracle_crf": cell(orc["crf"]),
@@ -333,11 +350,13 @@ def summarize(cells: pd.DataFrame, maps: Path = WORK / "maps") -> tuple[str, pd.
     lodo_df, crit_df = pd.DataFrame(lodo), pd.DataFrame(crit_rows)
     lines = ["| left-out dataset | seeds | setting chosen on the others | raw K-Means (no CRF / CRF) | head "
              "(no CRF / CRF) | oracle of the grid (no CRF / CRF) | linear probe, codes / raw features (no CRF) | "
-             "head − K-Means with CRF per seed |", "|---|---|---|---|---|---|---|---|"]
+             "head − K-Means with CRF per seed | calibrate's rule (approx.), CRF; picks |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in lodo:
         lines.append(f"| {r['dataset']} | {r['seeds']} | {r['chosen']} | {r['kmeans_raw']} / {r['kmeans_crf']} | "
                      f"{r['head_raw']} / {r['head_crf']} | {r['oracle']}: {r['oracle_raw']} / {r['oracle_crf']} | "
-                     f"{r['probe_codes']} / {r['probe_raw']} | {r['head_minus_kmeans_crf_per_seed']} |")
+                     f"{r['probe_codes']} / {r['probe_raw']} | {r['head_minus_kmeans_crf_per_seed']} | "
+                     f"{r['rule_crf']}; {r['rule_picks']} |")
     lines += ["", "Every grid setting, mIoU with CRF (mean ± std over seeds):", "",
               "| dataset | " + " | ".join(mean.columns) + " |", "|---|" + "---|" * len(mean.columns)]
     for d in names:

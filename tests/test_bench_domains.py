@@ -48,4 +48,4 @@ def test_leave_one_out_choice(tmp_path: Path) -> None:
     assert (agree["regret"] == 0).all() and (agree["spearman"].isna()).all()  # two settings: no Spearman
     loss = crit[crit["criterion"] == "neg_loss"].set_index("dataset")
     assert loss.loc["c", "regret"] == 5
-    assert "| c | 2 | s1 |" in text
+    assert "| c | 2 | s1 |" in text and lodo["rule_crf"].eq("—").all()

@@ -155,8 +155,10 @@ def report_failed_jobs(snakemake_log: str | Path | Iterable[str | Path], stream:
     stream.flush()
 
 
-# The shell's status for a stage that `cli` ended on SIGINT or SIGTERM (Python's CalledProcessError text).
-_SIGNAL_STATUS = re.compile(rf"returned non-zero exit status ({128 + signal.SIGINT}|{128 + signal.SIGTERM})\b")
+# The shell's status for a stage that `cli` ended on SIGINT or SIGTERM, or a shell that the signal ended
+# (Python's CalledProcessError text).
+_SIGNAL_STATUS = re.compile(rf"returned non-zero exit status ({128 + signal.SIGINT}|{128 + signal.SIGTERM})\b"
+                            r"|died with <Signals\.SIG(INT|TERM):")
 # Snakemake's closing messages when a job did not succeed (its scheduler's and its workflow's).
 _CLOSING = ("Exiting because a job execution failed", "At least one job did not complete successfully")
 

@@ -59,6 +59,9 @@ def test_the_terminal_shows_an_interrupted_run_as_one_line(tmp_path):
                    "stego_steps.stages.train' returned non-zero exit status 130.", event="error",
                    exception="RuleException")
     assert not quiet.filter(shell)
+    died = record("RuleException:\nCommand 'set -euo pipefail; python -m stego_steps.stages.train' died with "
+                  "<Signals.SIGTERM: 15>.", event="error", exception="RuleException")
+    assert not quiet.filter(died)
     assert not quiet.filter(record("Error in rule train, jobid: 9", event="job_error", log=[str(stopped)]))
     assert not quiet.filter(record("Exiting because a job execution failed. Look above for error messages"))
     out = io.StringIO()

@@ -125,6 +125,10 @@ except UserError as err:
 
 # The terminal's filter of interrupted jobs (stego_steps.errors.QuietInterruptions), set by start_run.
 QUIET = []
+# SIGTERM of a job's group (`timeout`, a scheduler's cancel) reaches its stage, which ends with its INTERRUPTED
+# line and status 143; the job's shell waits for that (bash runs a trap only after the running command), where
+# without the trap it would die first and Snakemake would report the job before its log says why.
+shell.prefix("set -euo pipefail; trap 'exit 143' TERM; ")
 
 
 def report_failures(log):

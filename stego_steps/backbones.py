@@ -369,8 +369,25 @@ def _load_vit_weights(s: BackboneSpec, model: nn.Module, state_dict: dict[str, t
         # pass through it unchanged.
         from timm.models.eva import checkpoint_filter_fn
 
-        state_dict = checkpoint_filter_fn(state_dict, model)
+        periods = next((v for k, v in state_dict.items() if k.endswith("rope_embed.periods")), None)
+        _load_strict(s, model, checkpoint_filter_fn(state_dict, model), path)
+        if periods is not None:
+            _load_rope_periods(s, model, periods, path)
+        return
     _load_strict(s, model, state_dict, path)
+
+
+def _load_rope_periods(s: BackboneSpec, model: nn.Module, periods: torch.Tensor, path: object) -> None:
+    """Meta's files store the RoPE periods as trained, rounded to bfloat16; timm drops them and recomputes them
+    in float32, which moves the features slightly off the official model's. Keep the file's."""
+    rope = model.rope
+    if periods.shape != rope.periods.shape:
+        raise WeightsMismatch(f"weights {path} do not fit backbone {s.name!r}: RoPE periods of shape "
+                              f"{tuple(periods.shape)}, the model has {tuple(rope.periods.shape)}")
+    with torch.no_grad():
+        rope.periods.copy_(periods.float())
+        if getattr(rope, "pos_embed_cached", None) is not None and getattr(rope, "feat_shape", None):
+            rope.pos_embed_cached.copy_(rope.get_embed(shape=list(rope.feat_shape)))
 
 
 def _timm_filter(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -465,7 +465,8 @@ def test_lite0_features_are_stride8_plus_upsampled_stride16(
 # ----------------------------------------------------------------------------------------------------------
 
 
-def official_dinov3_layout(timm_sd: dict[str, torch.Tensor], seed: int = 1) -> dict[str, torch.Tensor]:
+def official_dinov3_layout(timm_sd: dict[str, torch.Tensor], periods: torch.Tensor, seed: int = 1
+                           ) -> dict[str, torch.Tensor]:
     """A timm `_qkvb` DINOv3 state dict in the key layout of Meta's files: storage_tokens, ls1/ls2.gamma, one
     qkv.bias with its (masked) k part and bias_mask, SwiGLU w1/w2/w3, mask_token and the RoPE periods; the k
     bias is random, as the official model masks it."""
@@ -487,7 +488,7 @@ def official_dinov3_layout(timm_sd: dict[str, torch.Tensor], seed: int = 1) -> d
         out[k] = v
     dim = timm_sd["cls_token"].shape[-1]
     out["mask_token"] = torch.zeros(1, dim)
-    out["rope_embed.periods"] = torch.rand(16, generator=g)
+    out["rope_embed.periods"] = periods.bfloat16()  # Meta's files: the periods as trained, in bfloat16
     return out
 
 
@@ -527,15 +528,26 @@ def test_dinov3_loads_the_official_and_the_timm_layout(name: str, tmp_path: Path
     timm_model = timm.create_model(ref.model.pretrained_cfg["architecture"], pretrained=False, num_classes=0)
     timm_model.load_state_dict(sd)
     x = _images(1, 48, 32)
+
+    def features() -> torch.Tensor:
+        with torch.no_grad():
+            return timm_model.forward_features((x - MEAN) / STD)[:, 5:].reshape(1, 3, 2, -1).permute(0, 3, 1, 2)
+
+    want = features()  # timm's layout: timm's float32 RoPE periods
+    periods = timm_model.rope.periods.bfloat16()
     with torch.no_grad():
-        want = timm_model.forward_features((x - MEAN) / STD)[:, 5:].reshape(1, 3, 2, -1).permute(0, 3, 1, 2)
-    official = official_dinov3_layout(sd)
+        timm_model.rope.periods.copy_(periods.float())
+    want_official = features()  # Meta's layout: the file's bfloat16 periods, which the official model uses
+    assert not torch.equal(want, want_official)
+    official = official_dinov3_layout(sd, periods)
     assert "storage_tokens" in official and "blocks.0.attn.qkv.bias" in official
-    for layout, state in (("official", official), ("timm", sd)):
+    for layout, state, expected in (("official", official, want_official), ("timm", sd, want)):
         path = tmp_path / f"{layout}.pth"
         torch.save(state, path)
         fx = build_backbone(name, weights=str(path))
-        torch.testing.assert_close(fx(x), want, rtol=1e-5, atol=1e-5, msg=layout)
+        torch.testing.assert_close(fx(x), expected, rtol=1e-5, atol=1e-5, msg=layout)
+        if layout == "official":
+            assert torch.equal(fx.model.rope.periods, periods.float())
     # safetensors in timm's layout too (the hub's format)
     from safetensors.torch import save_file
 

@@ -95,43 +95,17 @@ def stego_loss(feats: torch.Tensor, code: torch.Tensor, feats_pos: torch.Tensor,
     images of the same batch (the random negatives).
     """
     detached = feats.detach()
+    kw = dict(spatial_centering=spatial_centering, zero_clamp=zero_clamp)
     f, c = sample(detached, coords1), sample(code, coords1)
-    # The partners of the anchors, one group per pair: themselves, the positives, each permutation's negatives.
-    # All groups go through one correlation at once (a few large operations instead of seven times as many
-    # small ones); each group keeps its own spatial centering, so every term is `correlation_term`'s.
-    n_neg = len(perms)
-    at = torch.cat(list(perms)) if n_neg else torch.zeros(0, dtype=torch.long, device=feats.device)
-    coords_neg = coords2.repeat(n_neg, 1, 1, 1)
-    f2 = torch.cat([f, sample(feats_pos.detach(), coords2), sample(detached[at], coords_neg)])
-    c2 = torch.cat([c, sample(code_pos, coords2), sample(code[at], coords_neg)])
-    groups = 2 + n_neg
-    shift = torch.tensor([shifts["self"], shifts["knn"]] + [shifts["random"]] * n_neg, dtype=f.dtype,
-                         device=f.device)
-    elementwise = _grouped_terms(f, f2, c, c2, groups, shift, spatial_centering=spatial_centering,
-                                 zero_clamp=zero_clamp)
-    means = elementwise.flatten(1).mean(dim=1)
-    terms = {"self": means[0], "knn": means[1], "random": elementwise[2:].mean()}
+    f_pos, c_pos = sample(feats_pos.detach(), coords2), sample(code_pos, coords2)
+    terms = {
+        "self": correlation_term(f, f, c, c, shifts["self"], **kw)[0].mean(),
+        "knn": correlation_term(f, f_pos, c, c_pos, shifts["knn"], **kw)[0].mean(),
+    }
+    negatives = [
+        correlation_term(f, sample(detached[p], coords2), c, sample(code[p], coords2), shifts["random"], **kw)[0]
+        for p in perms
+    ]
+    terms["random"] = torch.cat(negatives, dim=0).mean()
     terms["total"] = sum(weights[k] * terms[k] for k in TERMS)
     return terms
-
-
-def _grouped_terms(f1: torch.Tensor, f2: torch.Tensor, c1: torch.Tensor, c2: torch.Tensor, groups: int,
-                   shift: torch.Tensor, *, spatial_centering: bool, zero_clamp: bool) -> torch.Tensor:
-    """`correlation_term`'s elementwise loss [G,B,S,S,S,S] of anchors [B,C,S,S] against G groups of partners
-    [G·B,C,S,S] (group g: rows g·B..(g+1)·B), with shift[g]; centering and its means are taken per group."""
-    b = f1.shape[0]
-
-    def correlation(a: torch.Tensor, partners: torch.Tensor) -> torch.Tensor:
-        partners = _unit(partners).reshape(groups, b, *partners.shape[1:])
-        return torch.einsum("bchw,gbcij->gbhwij", _unit(a), partners)
-
-    with torch.no_grad():
-        fd = correlation(f1, f2)
-        if spatial_centering:
-            global_mean = fd.mean(dim=(1, 2, 3, 4, 5), keepdim=True)
-            fd = fd - fd.mean(dim=(4, 5), keepdim=True)
-            fd = fd - fd.mean(dim=(1, 2, 3, 4, 5), keepdim=True) + global_mean
-        fd = fd - shift.view(groups, 1, 1, 1, 1, 1)
-    cd = correlation(c1, c2)
-    floor = 0.0 if zero_clamp else -9999.0  # the official "no clamp" bound
-    return -cd.clamp(min=floor) * fd

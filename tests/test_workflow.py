@@ -155,3 +155,30 @@ def test_the_default_profile_applies_to_every_run(tmp_path):
     out = snakemake(tmp_path, "-n")
     assert out.returncode == 0, out.stderr[-2000:]
     assert re.search(r"Using workflow specific profile \S*profiles/default", out.stdout + out.stderr)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("backbone", "settings", "dim", "grid"), [
+    ("dinov3_vits16_random", {}, 384, 4),  # ViT-S/16 with 4 registers: 64 px → 4×4 patch tokens
+    ("timm/resnet18_random", {"layers": [2, 3]}, 128 + 256, 8),  # any timm model: stride-8 ⊕ stride-16 stages
+])
+def test_the_tiny_demo_runs_with_other_backbones(tmp_path, backbone, settings, dim, grid):
+    """DINOv3 and a generic timm model (seeded random weights) through the whole DAG of the tiny demo; the store
+    folder is the backbone's safe name, and the store holds its channels at its grid."""
+    import json
+
+    import h5py
+
+    from stego_steps.config import safe_name
+
+    config = [f"datasets={json.dumps({'demo': {'overrides': {'backbone': backbone}}})}"]
+    if settings:
+        config.append(f"backbones={json.dumps({backbone: settings})}")
+    out = snakemake(tmp_path, "--cores", "2", "--config", *config)
+    assert out.returncode == 0, out.stderr[-4000:]
+    table = pd.read_csv(tmp_path / "results" / "demo" / "miou.csv")
+    assert (table["backbone"] == backbone).all() and table["miou"].between(0, 100).all()
+    features = only_features(tmp_path)
+    assert features.name.startswith(safe_name(backbone) + "_") and "/" not in features.name
+    with h5py.File(features / "train.h5") as f:
+        assert f["feats"].shape[1:] == (dim, grid, grid) and f.attrs["backbone"] == backbone

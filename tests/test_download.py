@@ -201,3 +201,24 @@ def test_the_download_rules_through_snakemake(source, tmp_path):
                             "resources/test/bad.pth", configfile=None, timeout=600)
     assert run.returncode != 0 and "ERROR: download of" in run.stderr and "does not match" in run.stderr
     assert not (workdir / "resources" / "test" / "bad.pth").exists()
+
+
+def test_gated_dinov3_files_say_where_to_request_them_and_take_a_signed_link():
+    """Meta's DINOv3 weights have no public url: the table says where to request each file and where to put it
+    (the path the shipped config names), and a url in the config's `downloads:` makes the file downloadable."""
+    from workflow_config import SHIPPED
+
+    from stego_steps.backbone_specs import BACKBONES
+
+    table = dl.load_table()
+    files = [s.official_file for s in BACKBONES.values() if s.family == "dinov3" and s.official_file]
+    assert len(files) == 5
+    for name in files:
+        entry = table[f"dinov3/{name}"]
+        assert not entry.get("url") and "dinov3-downloads" in entry["instructions"]
+        assert f"resources/dinov3/{name}" in entry["instructions"]
+    for backbone in ("dinov3_vits16", "dinov3_vitb16", "dinov3_vitl16_sat"):
+        assert SHIPPED["backbones"][backbone]["weights"] == f"resources/dinov3/{BACKBONES[backbone].official_file}"
+    key = f"dinov3/{files[0]}"
+    signed = "https://dinov3.example/x.pth?Policy=p&Signature=s"
+    assert dl.cli_args(dl.load_table({key: {"url": signed}})[key]) == f"--url '{signed}'"

@@ -11,7 +11,6 @@ from pathlib import Path
 from stego_steps import store
 from stego_steps.cli import base_parser, parse_stage_args, settings_arg
 from stego_steps.errors import cli
-from stego_steps.feature_extraction import extract
 from stego_steps.index import read_index
 
 log = logging.getLogger(__name__)
@@ -28,6 +27,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shard", type=int, default=0)
     parser.add_argument("--n-shards", type=int, default=1)
     args = parse_stage_args(parser, argv)
+    from stego_steps.feature_extraction import extract  # torch: not needed by `gather`, which starts without it
+
     classes = json.loads(args.classes.read_text())
     # The job's threads beyond torch's are image loaders (stego_steps.resources, rule extract).
     extract(read_index(args.index), classes, args.out, device=args.device, split=args.split, shard=args.shard,

@@ -36,7 +36,8 @@ test: lint
 	$(BIN)/python -m pytest -p no:cacheprovider -q
 
 # The CPU benchmarks side by side (tables on stdout, CSV under results/bench/): training streamed from disk vs
-# from memory, extraction vs the bare backbone forward, the exact KNN search, every stage of the demo and each
+# from memory, extraction vs the bare backbone forward, the exact KNN search, the exact and approximate KNN
+# search at 50k / 200k / 488k vectors (bench/knn_scale.csv, about 10 minutes), every stage of the demo and each
 # stage's start-up, the demo's training step against the head's forward and backward alone, the CRF
 # from 1 worker to all cores, stage times on 100/400/1,600 demo images, time and peak memory of every stage of
 # a COCO-shaped run on 1,000/5,000/20,000 training crops (about 35 minutes on 2 cores), and the COCO-Stuff
@@ -45,6 +46,7 @@ bench: setup
 	$(BIN)/python bench/streaming.py
 	$(BIN)/python bench/extract.py
 	$(BIN)/python bench/knn.py
+	$(BIN)/python bench/knn_scale.py --real $(wildcard results/demo/features/*/train.h5)
 	$(BIN)/python bench/stages.py --workdir results/bench/demo
 	$(BIN)/python bench/train_step.py
 	$(BIN)/python bench/crf_scaling.py --run results/bench/demo/results/demo/runs/default/seed0

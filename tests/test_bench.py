@@ -139,3 +139,17 @@ def test_scale_config_is_a_valid_coco_shaped_run():
         True, "dino_vits16_random", 30, 30)
     with pytest.raises(ValueError):
         scale.scale_config(1001)
+
+
+def test_knn_scale_mixture_matches_its_targets_and_recall_counts_sets():
+    import numpy as np
+
+    knn_scale = bench_module("knn_scale")
+    alpha, sigma = knn_scale.mixture_parameters(0.5, 0.9)
+    total = alpha**2 + 1 + sigma**2
+    assert alpha**2 / total == pytest.approx(0.5) and (alpha**2 + 1) / total == pytest.approx(0.9)
+    x = knn_scale.synthetic(3000, 64, 20, alpha, sigma)
+    assert x.shape == (3000, 64) and np.allclose(np.linalg.norm(x, axis=1), 1, atol=1e-5)
+    assert knn_scale.spread(x, pairs=5000, queries=200)["pair_mean"] == pytest.approx(0.5, abs=0.05)
+    table = np.array([[0, 1, 2], [1, 0, 3]])
+    assert knn_scale.recall(table, np.array([0, 1]), np.array([[2, 1], [0, 2]])) == pytest.approx(0.75)

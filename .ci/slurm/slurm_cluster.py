@@ -6,9 +6,9 @@ a recipe measured on Debian 12 with SLURM 22.05:
 * installs ``slurm-wlm slurmctld slurmd slurm-client munge`` with apt-get when ``slurmctld`` is missing
   (no service starts by itself on install);
 * creates a munge key if missing and starts ``munged`` as user ``munge`` unless one already answers;
-* writes ``/etc/slurm/slurm.conf`` (an existing file is backed up and restored afterwards): the executor
-  plugin strips ``SLURM_*`` variables inside jobs, so a config named by ``SLURM_CONF`` elsewhere would
-  not be found there;
+* writes ``/etc/slurm/slurm.conf`` and ``/etc/slurm/gres.conf`` (existing files are backed up and restored
+  afterwards): the executor plugin strips ``SLURM_*`` variables inside jobs, so a config named by
+  ``SLURM_CONF`` elsewhere would not be found there;
 * starts ``slurmctld`` and ``slurmd`` as root with all state, spool, log and PID files under ``tmp_path``;
 * waits until ``sinfo`` reports the node idle, yields a :class:`SlurmCluster`, and on exit cancels what is
   left in *its* queue and stops exactly the daemons it started, by PID, waiting for each to exit.
@@ -26,6 +26,14 @@ Design choices:
   as an exit code, and we reap the processes ourselves (PID 1 in containers often does not reap
   orphans, which would leave a zombie that looks alive to ``kill(pid, 0)``). PID files are still written
   (slurm.conf names them) for anyone inspecting the state directory.
+* The node declares ``GPUS`` stand-in GPUs, a ``gpu`` GRES whose device file is ``/dev/null``, so that jobs
+  can ask for GPUs with ``--gpus`` (what the workflow's SLURM profile sends) and the scheduler runs no more of
+  them at once than the node has, while they compute on the CPU. A count-only GPU (``Name=gpu Count=1``
+  without ``File=``) does not work with SLURM 22.05: slurmd drops it ("Removing file-less GPU gpu:(null) from
+  final GRES list", at SlurmdDebug=debug) and slurmctld then marks the node INVAL ("gres/gpu count reported
+  lower than configured (0 < 1)"). Count-only GRES of other names work, but ``--gpus`` asks for ``gpu``.
+  With ``task/none`` nothing confines the device; slurmd sets ``CUDA_VISIBLE_DEVICES`` to the index it
+  allocated, which a job that computes on the CPU ignores.
 * Ports are chosen free at start-up, so a stray service on 6817/6818 does not break the test. If any
   ``slurmctld``/``slurmd`` process is already running we refuse to start (we never touch processes we did
   not start).
@@ -50,6 +58,7 @@ from pathlib import Path
 import pytest
 
 SLURM_CONF = Path("/etc/slurm/slurm.conf")
+GRES_CONF = SLURM_CONF.with_name("gres.conf")  # slurmd reads it beside slurm.conf
 MUNGE_KEY = Path("/etc/munge/munge.key")
 MUNGE_RUN_DIR = Path("/run/munge")
 APT_PACKAGES = ["slurm-wlm", "slurmctld", "slurmd", "slurm-client", "munge"]
@@ -60,6 +69,9 @@ CLUSTER_NAME = "stegotest"
 MEMORY_HEADROOM_MB = 1024
 #: Seconds SLURM keeps finished jobs in memory (visible to ``squeue --states=all``).
 MIN_JOB_AGE_S = 3600
+#: Stand-in GPUs the node declares (a ``gpu`` GRES on ``GPU_FILES``: SLURM 22.05 drops a file-less ``gpu``).
+GPUS = 1
+GPU_FILES = ("/dev/null", "/dev/zero")
 
 
 def in_ci() -> bool:
@@ -82,6 +94,7 @@ class SlurmCluster:
     partition: str
     cpus: int
     real_memory_mb: int
+    gpus: int
     ctld_log: Path
     slurmd_log: Path
     jobcomp_log: Path
@@ -231,7 +244,7 @@ def _stop(proc: subprocess.Popen, name: str, timeout: float = 20) -> None:
         proc.wait(timeout=10)
 
 
-def _slurm_conf(root: Path, host: str, cpus: int, mem_mb: int, ctld_port: int, slurmd_port: int) -> str:
+def _slurm_conf(root: Path, host: str, cpus: int, mem_mb: int, ctld_port: int, slurmd_port: int, gpus: int) -> str:
     return f"""\
 # Written by .ci/slurm/slurm_cluster.py for a throw-away single-node test cluster; the original file (if
 # any) is restored when the test ends. Everything stateful lives under {root}.
@@ -262,6 +275,8 @@ JobCompType=jobcomp/filetxt
 JobCompLoc={root}/log/jobcomp.txt
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
+# Stand-in GPUs (gres.conf): jobs ask with --gpus, the scheduler counts them; the jobs compute on the CPU.
+GresTypes=gpu
 SchedulerType=sched/backfill
 ReturnToService=2
 # Keep finished jobs visible to `squeue --states=all` long enough for the plugin's status checks.
@@ -273,8 +288,18 @@ SlurmdTimeout=30
 InactiveLimit=0
 KillWait=5
 MpiDefault=none
-NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={mem_mb} State=UNKNOWN
+NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={mem_mb} Gres=gpu:{gpus} State=UNKNOWN
 PartitionName={PARTITION} Nodes={host} Default=YES MaxTime=INFINITE State=UP
+"""
+
+
+def _gres_conf(host: str, gpus: int) -> str:
+    if not 0 < gpus <= len(GPU_FILES):
+        raise ValueError(f"the test node can declare 1 to {len(GPU_FILES)} stand-in GPUs, not {gpus}")
+    return f"""\
+# Written by .ci/slurm/slurm_cluster.py: {gpus} stand-in GPU(s) on files that are no GPU (the jobs compute on
+# the CPU); SLURM 22.05 drops a gpu GRES without File=.
+NodeName={host} Name=gpu File={",".join(GPU_FILES[:gpus])}
 """
 
 
@@ -282,7 +307,7 @@ PartitionName={PARTITION} Nodes={host} Default=YES MaxTime=INFINITE State=UP
 
 
 @contextlib.contextmanager
-def local_slurm(tmp_path: Path, start_timeout: float = 60):
+def local_slurm(tmp_path: Path, start_timeout: float = 60, gpus: int = GPUS):
     """Start a single-node SLURM cluster for the duration of the ``with`` block; yield a SlurmCluster."""
     if os.geteuid() != 0:
         _unavailable("needs root (writes /etc/slurm/slurm.conf, starts munged/slurmctld/slurmd)")
@@ -304,14 +329,15 @@ def local_slurm(tmp_path: Path, start_timeout: float = 60):
         partition=PARTITION,
         cpus=cpus,
         real_memory_mb=mem_mb,
+        gpus=gpus,
         ctld_log=ctld_log,
         slurmd_log=slurmd_log,
         jobcomp_log=root / "log/jobcomp.txt",
     )
 
     procs: dict[str, subprocess.Popen] = {}  # only daemons started here; stopped in reverse order
-    conf_backup: Path | None = None
-    wrote_conf = False
+    backups: dict[Path, Path] = {}  # written config file -> the original it replaced
+    written: list[Path] = []
     try:
         # --- munge: key, then daemon (as user munge) unless one already serves the default socket
         if not MUNGE_KEY.exists():
@@ -339,13 +365,15 @@ def local_slurm(tmp_path: Path, start_timeout: float = 60):
             )
             _wait_until(_munge_works, 20, "munged", procs, [root / "log/munged.out"])
 
-        # --- slurm.conf (back up whatever is there)
+        # --- slurm.conf and gres.conf (back up whatever is there)
         SLURM_CONF.parent.mkdir(parents=True, exist_ok=True)
-        if SLURM_CONF.exists() or SLURM_CONF.is_symlink():
-            conf_backup = SLURM_CONF.with_name(f"slurm.conf.before-test.{os.getpid()}")
-            SLURM_CONF.rename(conf_backup)
-        SLURM_CONF.write_text(_slurm_conf(root, host, cpus, mem_mb, _free_port(), _free_port()))
-        wrote_conf = True
+        for path, text in ((SLURM_CONF, _slurm_conf(root, host, cpus, mem_mb, _free_port(), _free_port(), gpus)),
+                           (GRES_CONF, _gres_conf(host, gpus))):
+            if path.exists() or path.is_symlink():
+                backups[path] = path.with_name(f"{path.name}.before-test.{os.getpid()}")
+                path.rename(backups[path])
+            path.write_text(text)
+            written.append(path)
 
         # --- controller, then node daemon (foreground children; see module docstring)
         for name, cmd in (("slurmctld", ["slurmctld", "-D", "-i"]), ("slurmd", ["slurmd", "-D", "-N", host])):
@@ -375,7 +403,7 @@ def local_slurm(tmp_path: Path, start_timeout: float = 60):
         for name in reversed(list(procs)):  # slurmd, slurmctld, munged
             with contextlib.suppress(Exception):
                 _stop(procs[name], name)
-        if wrote_conf:
-            SLURM_CONF.unlink(missing_ok=True)
-        if conf_backup is not None:
-            conf_backup.rename(SLURM_CONF)
+        for path in written:
+            path.unlink(missing_ok=True)
+        for path, backup in backups.items():
+            backup.rename(path)

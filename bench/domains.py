@@ -276,6 +276,8 @@ def run_cells(names: list[str], seeds: list[int], settings: list[str], steps: in
 def with_stability(cells: pd.DataFrame, maps: Path) -> pd.DataFrame:
     """Each cell's mean matched agreement of its raw cluster maps with those of the other seeds (same setting)."""
     cells = cells.copy()
+    if not maps.is_dir() and "stability" in cells:  # the committed CSV alone: keep what it recorded
+        return cells
     stab = []
     for _, c in cells.iterrows():
         others = cells[(cells["dataset"] == c["dataset"]) & (cells["setting"] == c["setting"])
@@ -313,9 +315,10 @@ def cell(v: pd.Series) -> str:
     return f"{v.mean():.1f} ± {v.std(ddof=1):.1f}" if len(v) > 1 else f"{v.mean():.1f}"
 
 
-def summarize(cells: pd.DataFrame, maps: Path = WORK / "maps") -> tuple[str, pd.DataFrame, pd.DataFrame]:
-    """Markdown tables, the leave-one-out table and the criteria table (as frames). The setting of a left-out
-    dataset is the one with the best mean mIoU with the CRF over the other datasets (seeds averaged first)."""
+def summarize(cells: pd.DataFrame, maps: Path = WORK / "maps") -> tuple[str, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Markdown tables, the leave-one-out and criteria tables and the cells with their stability (frames).
+    The setting of a left-out dataset is the one with the best mean mIoU with the CRF over the other datasets
+    (seeds averaged first)."""
     cells = with_stability(cells, maps)
     heads = cells[cells["setting"] != "backbone_kmeans"]
     names = list(dict.fromkeys(cells["dataset"]))
@@ -370,7 +373,7 @@ def summarize(cells: pd.DataFrame, maps: Path = WORK / "maps") -> tuple[str, pd.
         lines.append(f"| {label} | " + " | ".join(
             f"{sub.loc[d, 'spearman']:.2f} / {sub.loc[d, 'regret']:.1f}" for d in names)
             + f" | {sub['regret'].mean():.1f} |")
-    return "\n".join(lines), lodo_df, crit_df
+    return "\n".join(lines), lodo_df, crit_df, cells
 
 
 def main() -> None:
@@ -399,8 +402,8 @@ def main() -> None:
     else:
         cells = pd.concat([pd.read_csv(c) for c in a.cells if c.exists()], ignore_index=True)
         cells = cells.drop_duplicates(["dataset", "seed", "setting"], keep="last")
-        cells.to_csv(a.cells[0], index=False)
-        text, lodo, crit = summarize(cells)
+        text, lodo, crit, cells = summarize(cells)
+        cells.to_csv(a.cells[0], index=False)  # with the stability across seeds, for a rerun without the maps
         lodo.to_csv(BENCH / "domains_lodo.csv", index=False)
         crit.to_csv(BENCH / "domains_criteria.csv", index=False, float_format="%.3f")
         print(text)

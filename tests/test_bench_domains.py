@@ -40,7 +40,7 @@ def test_leave_one_out_choice(tmp_path: Path) -> None:
                              **{c: float(m if c == "crf_agree" else -m) for c in domains.CRITERIA
                                 if c != "stability"}})
                 np.save(tmp_path / f"{d}_{setting}_seed{seed}.npy", np.zeros((1, 2, 2), np.uint8))
-    text, lodo, crit = domains.summarize(pd.DataFrame(rows), tmp_path)
+    text, lodo, crit, _ = domains.summarize(pd.DataFrame(rows), tmp_path)
     assert lodo.set_index("dataset")["chosen"].to_dict() == {"a": "s1", "b": "s1", "c": "s1"}
     assert lodo.set_index("dataset")["oracle"].to_dict() == {"a": "s1", "b": "s1", "c": "s2"}
     assert lodo.set_index("dataset").loc["a", "head_crf"] == "50.5 ± 0.7"

@@ -106,22 +106,23 @@ class Writer:
 def extract(index: pd.DataFrame, classes: dict, out: Path, *, backbone: str, weights: str | None, res: int,
             evaluation: bool, jpeg_quality: int | None = None, batch_size: int = 16, workers: int = 0,
             device: str = "auto", seed: int = 0, split: str = "", shard: int = 0, n_shards: int = 1,
-            store_dtype: str = "float16", precision: str = "float32") -> None:
+            store_dtype: str = "float16", precision: str = "float32", layers: list[int] | None = None) -> None:
     """Write the feature store of one split, or of one shard of it (resuming a partial one written from the
     same inputs)."""
     with_labels = bool((index["label"] != "").all())  # of the whole split: an empty shard has the same datasets
     rows = shard_range(len(index), shard, n_shards, align=batch_size)
     index = index.iloc[rows.start:rows.stop]
     device = select_device(device)
-    net = build_backbone(backbone, weights=weights, seed=seed).to(device)
-    if res % net.stride:
-        raise UserError(f"resolution {res} is not a multiple of backbone {backbone}'s stride {net.stride}; "
+    net = build_backbone(backbone, weights=weights, seed=seed, layers=layers).to(device)
+    if res % net.multiple:
+        raise UserError(f"resolution {res} is not a multiple of backbone {backbone}'s stride {net.multiple}; "
                          f"pick a multiple in the preset")
     grid = res // net.stride
     # Batch composition and compute threads change the features' last bits, so they are part of the key.
     settings = dict(backbone=backbone, weights=weights, res=res, evaluation=evaluation,
                     jpeg_quality=jpeg_quality, seed=seed, batch_size=batch_size, store_dtype=store_dtype,
-                    precision=precision, torch_threads=torch.get_num_threads() if device == "cpu" else None)
+                    precision=precision, torch_threads=torch.get_num_threads() if device == "cpu" else None,
+                    **({"layers": layers} if layers else {}))
     key = fingerprint(index.to_csv(index=False), settings)
     partial = out.with_name(out.name + ".partial")
     n = len(index)
@@ -146,7 +147,7 @@ def extract(index: pd.DataFrame, classes: dict, out: Path, *, backbone: str, wei
                                          dtype=store_dtype))
             f.attrs.update(fingerprint=key, done=0, backbone=backbone, res=res, stride=net.stride, split=split,
                            n_classes=len(classes["names"]), class_names=json.dumps(classes["names"]),
-                           start=rows.start, stop=rows.stop, backbone_id=backbone_id(backbone, weights, seed),
+                           start=rows.start, stop=rows.stop, backbone_id=backbone_id(backbone, weights, seed, layers),
                            producer=json.dumps({"stage": "extract", "package_version": __version__, **settings}))
             # UTF-8 bytes: any file name is an id (numpy's "S" alone would take ASCII only).
             f.create_dataset("ids", data=np.array([i.encode() for i in index["id"].astype(str)], dtype="S"))

@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--classes", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--settings", type=settings_arg, required=True,
-                        help="JSON: backbone, weights, res, evaluation, jpeg_quality, batch_size, seed")
+                        help="JSON: backbone, weights, res, evaluation, jpeg_quality, batch_size, seed, layers")
     parser.add_argument("--split", default="")
     parser.add_argument("--shard", type=int, default=0)
     parser.add_argument("--n-shards", type=int, default=1)

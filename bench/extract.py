@@ -21,10 +21,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from stego_steps import feature_extraction, images
+from stego_steps import feature_extraction, images, validate
 from stego_steps.backbones import build_backbone
 from stego_steps.index import read_index
-from stego_steps.stages import prepare
 
 
 def sync(device: str) -> None:
@@ -61,7 +60,7 @@ def main() -> None:
     work = args.work / "extract_scenes"
     settings = {"root": str(work / "data"), "five_crop": False, "crop_ratio": 0.5,
                 "generator": {"n_train": args.n, "n_val": 1, "height": 240, "width": 320, "seed": 0}}
-    prepare.prepare("demo", settings, work / "index")
+    validate.write_index("demo", settings, work / "index")
     index = read_index(work / "index" / "train.csv")
     classes = json.loads((work / "index" / "classes.json").read_text())
     net = build_backbone(args.backbone, seed=0).to(args.device)

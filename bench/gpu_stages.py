@@ -21,11 +21,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from stego_steps import feature_extraction, head_training, kmeans, linear_probe, loss
+from stego_steps import feature_extraction, head_training, kmeans, linear_probe, loss, validate
 from stego_steps.backbones import build_backbone
 from stego_steps.codes import predict_codes
 from stego_steps.index import read_index
-from stego_steps.stages import prepare
 from stego_steps.store import FeatureStore
 
 TRAIN = {"code_dim": 90, "dropout": 0.1, "lr": 5e-4, "checkpoint_every": 10**9, "samples": 11, "negatives": 5,
@@ -98,7 +97,7 @@ def main() -> None:
     rows = []
     settings = {"root": str(args.out / "data"), "five_crop": False, "crop_ratio": 0.5,
                 "generator": {"n_train": args.n_train, "n_val": args.n_val, "height": 240, "width": 320, "seed": 0}}
-    _, t = timed("cpu", prepare.prepare, "demo", settings, args.out / "index")
+    _, t = timed("cpu", validate.write_index, "demo", settings, args.out / "index")
     rows.append({"stage": "prepare (CPU)", "backbone": "-", "seconds": t, "throughput": args.n_train / t,
                  "unit": "scenes/s"})
     classes = json.loads((args.out / "index" / "classes.json").read_text())

@@ -1,6 +1,6 @@
 """Checks of a dataset's files before any heavy work, and the manifest that tracks them.
 
-`checked_index` is what `prepare` runs: it builds the index of a dataset, reads every image and label file
+`write_index` is what `prepare` runs: `checked_index` builds the index of a dataset, reads every image and label file
 once with the same functions as extraction (`images.read_image`, `images.read_label`), and raises one
 `UserError` that lists every bad file at once (what is wrong, and the fix). The cases, and what happens
 to each, are listed in the README ("What happens to bad input").
@@ -22,7 +22,9 @@ from typing import Any
 import numpy as np
 
 from stego_steps import datasets, images
+from stego_steps.artifacts import write_csv, write_json
 from stego_steps.errors import UserError, first_lines
+from stego_steps.index import SPLITS, index_frame
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +172,23 @@ def checked_index(kind: str, settings: Mapping[str, Any], threads: int = 1
         splits["train"] = datasets.five_crop_rows(splits["train"], ratio, threads=threads)
         log.info("five-crop (ratio %s): %d train crops", ratio, len(splits["train"]))
     return splits, classes
+
+
+def write_index(kind: str, settings: Mapping[str, Any], out_dir: Path, threads: int = 1) -> dict[str, int]:
+    """Write `{out_dir}/{train,val}.csv` and `classes.json` after checking every file they use (a `UserError`
+    lists all bad files); returns the number of samples per split."""
+    splits, classes = checked_index(kind, settings, threads=threads)
+    counts = {}
+    for split in SPLITS:
+        rows = splits.get(split, [])
+        if not rows:
+            raise UserError(f"dataset kind '{kind}' produced no samples for split '{split}' "
+                            f"(root {settings.get('root')}): check the dataset root and its layout")
+        write_csv(out_dir / f"{split}.csv", index_frame(rows))
+        counts[split] = len(rows)
+    # Written last: its presence marks a complete index.
+    write_json(out_dir / "classes.json", classes)
+    return counts
 
 
 def _problems_error(kind: str, settings: Mapping[str, Any], problems: list[str]) -> UserError:

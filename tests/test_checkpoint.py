@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from stego_steps import official_checkpoint
 from stego_steps.backbones import backbone_id, build_backbone
 from stego_steps.errors import UserError, cli
 from stego_steps.head import cluster_log_probs, linear_log_probs, load_head, load_probe
@@ -99,7 +100,7 @@ def imported(ckpt, tmp_path_factory):
 
 def test_reads_state_and_hyper_parameters(ckpt):
     path, state = ckpt
-    got, hparams = import_checkpoint.read_checkpoint(path)
+    got, hparams = official_checkpoint.read_checkpoint(path)
     assert set(got) == set(state) and all(torch.equal(got[k], state[k]) for k in state)
     assert hparams == {"n_classes": K, "cfg": {**CFG, "nested": {"a": [1, 2]}}}
 
@@ -174,17 +175,17 @@ def test_unknown_layout_lists_the_expected_keys(ckpt, tmp_path, capsys):
 def test_contradicting_hyper_parameters(ckpt):
     _, state = ckpt
     with pytest.raises(UserError, match="model_type='vit_base' contradicts"):
-        import_checkpoint.convert(state, {"n_classes": K, "cfg": {**CFG, "model_type": "vit_base"}}, "x.ckpt")
+        official_checkpoint.convert(state, {"n_classes": K, "cfg": {**CFG, "model_type": "vit_base"}}, "x.ckpt")
     with pytest.raises(UserError, match="n_classes=27"):
-        import_checkpoint.convert(state, {"n_classes": 27, "cfg": CFG}, "x.ckpt")
+        official_checkpoint.convert(state, {"n_classes": 27, "cfg": CFG}, "x.ckpt")
 
 
 def test_missing_and_foreign_files(tmp_path):
     with pytest.raises(UserError, match="not found"):
-        import_checkpoint.read_checkpoint(tmp_path / "none.ckpt")
+        official_checkpoint.read_checkpoint(tmp_path / "none.ckpt")
     (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="download it again"):
-        import_checkpoint.read_checkpoint(tmp_path / "junk.ckpt")
+        official_checkpoint.read_checkpoint(tmp_path / "junk.ckpt")
 
 
 def test_an_existing_weights_file_must_hold_the_checkpoints_backbone(ckpt, imported, tmp_path):

@@ -11,10 +11,9 @@ import pandas as pd
 import pytest
 from helpers import LIST7, make_cityscapes, make_coco, make_directory, make_potsdam, png, rgb, shared_coco, text
 
-from stego_steps import datasets, images
+from stego_steps import datasets, images, validate
 from stego_steps.errors import UserError
 from stego_steps.index import COLUMNS, SPLITS, read_index, row_box
-from stego_steps.stages import prepare
 
 # ---------------------------------------------------------------------------------------------------------
 # COCO-Stuff
@@ -260,7 +259,7 @@ def test_prepare_writes_index_and_classes(tmp_path, kind):
     settings = {"root": str(root), "five_crop": True, "crop_ratio": 0.8, "curated_url": "",
                 "class_names": ["a", "b", "c"]}
     out = tmp_path / "index"
-    counts = prepare.prepare(kind, settings, out)
+    counts = validate.write_index(kind, settings, out)
     classes = json.loads((out / "classes.json").read_text())
     assert classes["names"] and len(classes["lut"]) >= 256
     for split in SPLITS:

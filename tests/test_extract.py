@@ -6,9 +6,8 @@ import h5py
 import numpy as np
 import pytest
 
-from stego_steps import feature_extraction, images, store
+from stego_steps import feature_extraction, images, store, validate
 from stego_steps.index import read_index, row_box
-from stego_steps.stages import prepare
 
 SETTINGS = dict(backbone="dino_vits16_random", weights=None, batch_size=3, device="cpu", seed=0)
 
@@ -17,7 +16,7 @@ SETTINGS = dict(backbone="dino_vits16_random", weights=None, batch_size=3, devic
 def demo_index(tmp_path):
     settings = {"root": str(tmp_path / "data"), "five_crop": False, "crop_ratio": 0.5,
                 "generator": {"n_train": 5, "n_val": 3, "height": 48, "width": 64, "seed": 0}}
-    prepare.prepare("demo", settings, tmp_path / "index")
+    validate.write_index("demo", settings, tmp_path / "index")
     return tmp_path / "index"
 
 
@@ -81,7 +80,7 @@ def test_resolution_must_be_a_multiple_of_the_stride(demo_index, tmp_path):
 def seven_val_index(tmp_path):
     settings = {"root": str(tmp_path / "data7"), "five_crop": False, "crop_ratio": 0.5,
                 "generator": {"n_train": 2, "n_val": 7, "height": 48, "width": 64, "seed": 1}}
-    prepare.prepare("demo", settings, tmp_path / "index7")
+    validate.write_index("demo", settings, tmp_path / "index7")
     return tmp_path / "index7"
 
 

@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from stego_steps import disk_space, feature_extraction, images, loss, store
+from stego_steps import disk_space, feature_extraction, images, loss, store, validate
 from stego_steps.backbones import build_backbone
 from stego_steps.head import SegmentationHead
 from stego_steps.index import read_index
-from stego_steps.stages import prepare
 
 BACKBONE = "dino_vits8_random"
 RES = 48  # a 6×6 grid of patches: small enough for CPU tests, every block of the ViT still runs
@@ -25,7 +24,7 @@ def scenes(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("scenes")
     settings = {"root": str(tmp / "data"), "five_crop": False, "crop_ratio": 0.5,
                 "generator": {"n_train": 8, "n_val": 2, "height": 48, "width": 64, "seed": 0}}
-    prepare.prepare("demo", settings, tmp / "index")
+    validate.write_index("demo", settings, tmp / "index")
     return tmp, read_index(tmp / "index" / "train.csv"), json.loads((tmp / "index" / "classes.json").read_text())
 
 

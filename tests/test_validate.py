@@ -106,7 +106,7 @@ def test_prepare_writes_nothing_when_a_file_is_bad(tmp_path):
     root = make_directory(tmp_path / "d")
     (root / "imgs" / "val" / "val1.png").write_bytes(b"")
     with pytest.raises(errors.UserError, match="val1.png is an empty file"):
-        prepare.prepare("directory", settings(root), tmp_path / "index")
+        validate.write_index("directory", settings(root), tmp_path / "index")
     assert not (tmp_path / "index").exists()
 
 
@@ -220,7 +220,7 @@ def test_spaces_and_non_ascii_names_work_through_extraction(tmp_path):
     name = "café au lait ünïcode 画像"
     for sub, array in (("imgs", rgb()), ("labels", label())):
         Image.fromarray(array).save(root / sub / "train" / f"{name}.png")
-    prepare.prepare("directory", settings(root), tmp_path / "index")
+    validate.write_index("directory", settings(root), tmp_path / "index")
     index = read_index(tmp_path / "index" / "train.csv")
     assert name in set(index["id"])
     classes = json.loads((tmp_path / "index" / "classes.json").read_text())

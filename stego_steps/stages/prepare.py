@@ -13,29 +13,10 @@ import logging
 from pathlib import Path
 
 from stego_steps import datasets, validate
-from stego_steps.artifacts import write_csv, write_json
 from stego_steps.cli import base_parser, parse_stage_args, settings_arg
-from stego_steps.errors import UserError, cli
-from stego_steps.index import SPLITS, index_frame
+from stego_steps.errors import cli
 
 log = logging.getLogger(__name__)
-
-
-def prepare(kind: str, settings: dict, out_dir: Path, threads: int = 1) -> dict[str, int]:
-    """Build and write the index after checking every file it uses (a `UserError` lists all bad files);
-    returns the number of samples per split."""
-    splits, classes = validate.checked_index(kind, settings, threads=threads)
-    counts = {}
-    for split in SPLITS:
-        rows = splits.get(split, [])
-        if not rows:
-            raise UserError(f"dataset kind '{kind}' produced no samples for split '{split}' "
-                             f"(root {settings.get('root')}): check the dataset root and its layout")
-        write_csv(out_dir / f"{split}.csv", index_frame(rows))
-        counts[split] = len(rows)
-    # Written last: its presence marks a complete index.
-    write_json(out_dir / "classes.json", classes)
-    return counts
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -44,7 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--settings", type=settings_arg, required=True, help="dataset settings as JSON")
     parser.add_argument("--out-dir", type=Path, required=True)
     args = parse_stage_args(parser, argv)
-    counts = prepare(args.kind, args.settings, args.out_dir, threads=args.threads)
+    counts = validate.write_index(args.kind, args.settings, args.out_dir, threads=args.threads)
     log.info("indexed %s", ", ".join(f"{k}: {v} samples" for k, v in counts.items()))
 
 

@@ -226,11 +226,13 @@ def test_extract_runs_the_tables_loaders(tmp_path, monkeypatch, threads, torch_t
     """The stage reads `--threads` as the table does: the threads beside torch's are image loaders."""
     import torch
 
+    from stego_steps import feature_extraction
     from stego_steps.stages import extract
 
     seen = {}
     monkeypatch.setattr(extract, "read_index", lambda path: None)
-    monkeypatch.setattr(extract, "extract", lambda *args, **kwargs: seen.update(kwargs))
+    # main() imports the extractor when it runs (gather starts without torch): patch it at its home
+    monkeypatch.setattr(feature_extraction, "extract", lambda *args, **kwargs: seen.update(kwargs))
     (tmp_path / "classes.json").write_text("{}")
     before = torch.get_num_threads()  # the CLI sets torch's threads for the process
     try:

@@ -1,7 +1,6 @@
 # Start-up: validate the configuration and resolve every dataset's preset, so that a bad configuration fails
 # before any job runs (backbone weights are checked while the DAG is built). The logic lives in the library
-# (stego_steps.experiment, .rule_inputs, .job_sizes, .steps, .start_checks); this file names it for the rules.
-import atexit
+# (stego_steps.experiment, .rule_inputs, .job_sizes, .steps); this file names it for the rules.
 import json
 import os
 import re
@@ -13,10 +12,10 @@ from snakemake.utils import validate
 from stego_steps import config as stego_config
 from stego_steps import download as stego_download
 from stego_steps import resources as stego_resources
-from stego_steps import runlock, start_checks
+from stego_steps import runlock
 from stego_steps import targets as stego_targets
 from stego_steps.config import ConfigError
-from stego_steps.errors import UserError, quiet_interruptions, report_failed_jobs
+from stego_steps.errors import UserError
 from stego_steps.experiment import Experiment
 from stego_steps.job_sizes import JobResources
 from stego_steps.layout import BASELINE, BASELINE_BENCHMARKS, BASELINE_LOGS, FEATURE_BENCHMARKS, FEATURE_LOGS, RUN
@@ -121,42 +120,3 @@ try:
             raise WorkflowError(_problem)
 except UserError as err:
     raise WorkflowError(str(err))
-
-
-# The terminal's filter of interrupted jobs (stego_steps.errors.QuietInterruptions), set by start_run.
-QUIET = []
-# SIGTERM of a job's group (`timeout`, a scheduler's cancel) reaches its stage, which ends with its INTERRUPTED
-# line and status 143; the job's shell waits for that (bash runs a trap only after the running command), where
-# without the trap it would die first and Snakemake would report the job before its log says why.
-shell.prefix("set -euo pipefail; trap 'exit 143' TERM; ")
-
-
-def report_failures(log):
-    """`onerror:`: each failed job's own message; the jobs a signal stopped in one line, last."""
-    report_failed_jobs(log, quiet=QUIET[0] if QUIET else None)
-
-
-# When jobs are about to run (`onstart`: a real run, not a dry run, in the Snakemake process, not in a job):
-# this folder's run lock, and what the DAG decides (stego_steps.start_checks).
-def start_run(log):
-    if not workflow.is_main_process:
-        return
-    lock = os.path.abspath(runlock.LOCK)  # Snakemake leaves the working directory before the process exits
-    try:
-        runlock.acquire(lock, command=" ".join(sys.argv))
-    except UserError as err:
-        raise WorkflowError(str(err))
-    atexit.register(runlock.release, lock, os.getpid())
-    # On the terminal, a job stopped by Ctrl-C or SIGTERM is not a failure: one line says what was interrupted.
-    QUIET[:] = [quiet_interruptions(logger)]
-    try:
-        start_checks.check_jobs(
-            EXP,
-            workflow.dag.needrun_jobs(),
-            local=workflow.local_exec,
-            torch_threads=TORCH_THREADS,
-            disk_free_bytes=config.get("disk_free_bytes"),
-        )
-    except UserError as err:
-        runlock.release(lock)
-        raise WorkflowError(str(err))

@@ -96,7 +96,9 @@ RULES: dict[str, Rule] = {
     "predict": _model(8000, 120),
     "segment": Rule(compute=0, workers="crf", default_workers=2, mem_mb=3000, runtime_min=30,
                     note="one CRF process per thread; the main process only feeds them"),
-    "evaluate": Rule(mem_mb=8000, runtime_min=60),
+    # evaluate streams the label maps 64 images at a time: 322 MB peak at 320² whatever the split's size
+    # (bench/evaluate_memory.py); a 640² evaluation has four times the per-block arrays.
+    "evaluate": Rule(mem_mb=2000, runtime_min=60),
     "evaluate_unlabelled": Rule(mem_mb=4000, runtime_min=30),
     "dataset_table": Rule(mem_mb=100, runtime_min=5),
     "table_main": Rule(mem_mb=1000),

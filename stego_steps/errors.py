@@ -88,9 +88,7 @@ def error_blocks(text: str) -> list[str]:
     return tail[-1:]
 
 
-def failed_job_logs(snakemake_log: str | Path | Iterable[str | Path]) -> list[Path]:
-    """The log files that Snakemake's own log (one path, or a list of them) names for its failed jobs
-    (`log: <path> (check log file(s) for error details)`)."""
+def _read_logs(snakemake_log: str | Path | Iterable[str | Path]) -> str:
     logs = [snakemake_log] if isinstance(snakemake_log, str | Path) else list(snakemake_log)
     text = ""
     for path in logs:
@@ -98,14 +96,61 @@ def failed_job_logs(snakemake_log: str | Path | Iterable[str | Path]) -> list[Pa
             text += Path(path).read_text(errors="replace") + "\n"
         except OSError:
             continue
+    return text
+
+
+def _job_log_paths(line: str) -> list[Path]:
+    """The paths of a failed job's `log: <path>, ... (check log file(s) for error details)` line."""
+    stripped = line.strip()
+    if not (stripped.startswith("log:") and "(check log file" in stripped):
+        return []
+    items = stripped[len("log:"):].split("(check log file")[0].split(",")
+    return [Path(item.strip()) for item in items if item.strip()]
+
+
+def failed_job_logs(snakemake_log: str | Path | Iterable[str | Path]) -> list[Path]:
+    """The log files that Snakemake's own log (one path, or a list of them) names for its failed jobs
+    (`log: <path> (check log file(s) for error details)`)."""
     paths: list[Path] = []
-    for line in text.splitlines():
-        stripped = line.strip()
-        if stripped.startswith("log:") and "(check log file" in stripped:
-            for item in stripped[len("log:"):].split("(check log file")[0].split(","):
-                if item.strip() and Path(item.strip()) not in paths:
-                    paths.append(Path(item.strip()))
+    for line in _read_logs(snakemake_log).splitlines():
+        paths += [path for path in _job_log_paths(line) if path not in paths]
     return paths
+
+
+# A job's shell status in Snakemake's log: 128 + n when signal n ended the stage's process, or Python's text for
+# a shell that was itself ended by a signal. It comes before the job's "Error in rule" block.
+_STATUS = re.compile(r"returned non-zero exit status (\d+)\b|died with <Signals\.(SIG[A-Z0-9]+):")
+_ERROR_IN_RULE = re.compile(r"Error in rule (\w+)")
+
+
+def signalled_jobs(snakemake_log: str | Path | Iterable[str | Path]) -> dict[Path, tuple[str, str]]:
+    """The failed jobs that a signal ended (status 128 + n, or a shell that died of it), by log file: the rule and
+    the signal's name. A SIGKILL gives the stage no chance to say so in its own log: the out-of-memory killer, a
+    scheduler's hard limit, `kill -9`."""
+    found: dict[Path, tuple[str, str]] = {}
+    signame = rule = None
+    for line in _read_logs(snakemake_log).splitlines():
+        if match := _STATUS.search(line):
+            signame = match.group(2)
+            if match.group(1):
+                number = int(match.group(1)) - 128
+                signame = next((sig.name for sig in signal.Signals if sig.value == number), None)
+        elif match := _ERROR_IN_RULE.match(line.strip()):
+            rule = match.group(1)
+        elif paths := _job_log_paths(line):
+            if signame and rule:
+                found.update(dict.fromkeys(paths, (rule, signame)))
+            signame = rule = None
+    return found
+
+
+def killed_message(rule: str, signame: str, log_text: str) -> str:
+    """What to say for a job that a signal ended without its stage's own line."""
+    tail = [line for line in log_text.splitlines() if line.strip()][-1:]
+    last = f" Its log's last line: {tail[0].strip()}" if tail else ""
+    return (f"KILLED: {rule} was ended by {signame}, most often the out-of-memory killer or a scheduler's memory or "
+            f"time limit.{last}\n    Run the same command again to go on (a partial shard or a checkpoint "
+            f"resumes); if memory ran out, ask for more: --set-resources {rule}:mem_mb=<MB>")
 
 
 def interruption(log: str | Path) -> str | None:
@@ -133,11 +178,15 @@ def report_failed_jobs(snakemake_log: str | Path | Iterable[str | Path], stream:
     stream = stream or sys.stderr
     stopped: tuple[list[str], list[Path]] = ([], [])
     failed = False
+    signalled = signalled_jobs(snakemake_log)
     for path in failed_job_logs(snakemake_log):
         try:
-            blocks = error_blocks(path.read_text(errors="replace"))
+            text = path.read_text(errors="replace")
         except OSError:
             continue
+        blocks = error_blocks(text)
+        if path in signalled and not any(block.startswith((PREFIX, INTERRUPTED)) for block in blocks):
+            blocks = [killed_message(*signalled[path], text)]
         if blocks and blocks[-1].startswith(INTERRUPTED):
             stopped[0].append(blocks[-1])
             stopped[1].append(path)
@@ -203,6 +252,12 @@ def first_lines(items: Iterable[str], limit: int) -> list[str]:
     if len(items) <= limit:
         return items
     return [*items[:limit], f"... and {len(items) - limit} more"]
+
+
+def installed_quiet(logger: logging.Logger) -> QuietInterruptions | None:
+    """The filter that `quiet_interruptions` put on the logger's terminal handlers, if it did."""
+    filters = (f for handler in logger.handlers for f in handler.filters)
+    return next((f for f in filters if isinstance(f, QuietInterruptions)), None)
 
 
 def quiet_interruptions(logger: logging.Logger) -> QuietInterruptions:

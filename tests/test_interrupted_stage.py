@@ -6,6 +6,7 @@ import logging
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -93,3 +94,43 @@ def test_a_real_failure_beside_an_interruption_is_shown_in_full(tmp_path):
                               "partial shard or a checkpoint resumes)\n")
     closing = record("WorkflowError:\nAt least one job did not complete successfully.", event="error")
     assert quiet.filter(closing) and "did not complete" in closing.getMessage()
+
+
+def test_a_job_killed_by_sigkill_is_named_with_its_signal_not_its_last_progress_line(tmp_path):
+    # Snakemake 9's log of a job whose stage the out-of-memory killer ended: the shell's status (128 + 9) comes
+    # before the job's "Error in rule" block; the stage had no chance to write anything but progress.
+    killed, failed = tmp_path / "train.log", tmp_path / "knn.log"
+    killed.write_text("INFO stego_steps: train: 9/20 (45%), 15.16 it/s, 0:00:01 left\n")
+    failed.write_text("Traceback ...\nValueError: boom\n")
+    main_log = tmp_path / "snakemake.log"
+    main_log.write_text(
+        "RuleException:\nCalledProcessError in file train.smk, line 79:\nCommand 'set -euo pipefail; python -m "
+        "stego_steps.stages.train' returned non-zero exit status 137.\n[Mon Dec  7 15:20:11 2026]\n"
+        f"Error in rule train:\n    message: None\n    jobid: 9\n    log: {killed} (check log file(s) for error "
+        "details)\n        (command exited with non-zero exit code)\n"
+        "RuleException:\nCommand 'python -m stego_steps.stages.knn' returned non-zero exit status 1.\n"
+        f"Error in rule knn:\n    jobid: 4\n    log: {failed} (check log file(s) for error details)\n")
+    assert errors.signalled_jobs(main_log) == {killed: ("train", "SIGKILL")}
+    out = io.StringIO()
+    errors.report_failed_jobs(main_log, out)
+    assert out.getvalue() == (
+        f"{killed}:\nKILLED: train was ended by SIGKILL, most often the out-of-memory killer or a scheduler's memory "
+        "or time limit. Its log's last line: INFO stego_steps: train: 9/20 (45%), 15.16 it/s, 0:00:01 left\n"
+        "    Run the same command again to go on (a partial shard or a checkpoint resumes); if memory ran out, ask "
+        f"for more: --set-resources train:mem_mb=<MB>\n{failed}:\nValueError: boom\n")
+
+
+def test_a_shell_that_died_of_a_signal_counts_as_signalled(tmp_path):
+    main_log = tmp_path / "snakemake.log"
+    main_log.write_text("Command 'set -euo pipefail; python -m x' died with <Signals.SIGKILL: 9>.\n"
+                        "Error in rule cluster:\n    log: logs/c.log (check log file(s) for error details)\n"
+                        "Error in rule evaluate:\n    log: logs/e.log (check log file(s) for error details)\n")
+    assert errors.signalled_jobs(main_log) == {Path("logs/c.log"): ("cluster", "SIGKILL")}
+
+
+def test_the_terminal_filter_is_found_on_the_logger_it_was_put_on():
+    logger = logging.getLogger("test_the_terminal_filter")
+    logger.addHandler(logging.StreamHandler(io.StringIO()))
+    assert errors.installed_quiet(logger) is None
+    quiet = errors.quiet_interruptions(logger)
+    assert errors.installed_quiet(logger) is quiet

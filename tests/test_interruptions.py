@@ -186,6 +186,8 @@ def test_a_job_killed_at_its_first_durable_state_resumes_to_the_uninterrupted_ta
     assert not (workdir / TARGET).exists()
     if target == "snakemake" and sig != "SIGKILL":
         interrupted_output(output.read_text(), stage, sig)
+    if target == "job" and sig == "SIGKILL":  # the out-of-memory killer's way: the summary names the signal
+        assert f"KILLED: {stage} was ended by SIGKILL" in output.read_text(), output.read_text()[-4000:]
     path, done = resumable_state(workdir, stage, stages["steps"])
     if any((workdir / ".snakemake" / "locks").glob("*")):  # a killed Snakemake leaves its lock
         unlock = run(workdir, config, "--unlock")

@@ -5,10 +5,8 @@ import os
 import sys
 
 from stego_steps import runlock, start_checks
-from stego_steps.errors import UserError, quiet_interruptions, report_failed_jobs
+from stego_steps.errors import UserError, installed_quiet, quiet_interruptions, report_failed_jobs
 
-# The terminal's filter of interrupted jobs (stego_steps.errors.QuietInterruptions), set by start_run.
-QUIET = []
 # SIGTERM of a job's group (`timeout`, a scheduler's cancel) reaches its stage, which ends with its INTERRUPTED
 # line and status 143; the job's shell waits for that (bash runs a trap only after the running command), where
 # without the trap it would die first and Snakemake would report the job before its log says why.
@@ -17,7 +15,7 @@ shell.prefix("set -euo pipefail; trap 'exit 143' TERM; ")
 
 def report_failures(log):
     """`onerror:`: each failed job's own message; the jobs a signal stopped in one line, last."""
-    report_failed_jobs(log, quiet=QUIET[0] if QUIET else None)
+    report_failed_jobs(log, quiet=installed_quiet(logger))
 
 
 # When jobs are about to run (`onstart`: a real run, not a dry run, in the Snakemake process, not in a job):
@@ -32,7 +30,7 @@ def start_run(log):
         raise WorkflowError(str(err))
     atexit.register(runlock.release, lock, os.getpid())
     # On the terminal, a job stopped by Ctrl-C or SIGTERM is not a failure: one line says what was interrupted.
-    QUIET[:] = [quiet_interruptions(logger)]
+    quiet_interruptions(logger)
     try:
         start_checks.check_jobs(
             EXP,

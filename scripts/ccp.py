@@ -18,7 +18,6 @@ Splits by photo number: train = the first `--train` annotated photos (default 30
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from pathlib import Path
@@ -27,9 +26,7 @@ import numpy as np
 import scipy.io
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from layout_tools import fresh_root, link_image, write_label  # noqa: E402
-
-from stego_steps.download import download, extract  # noqa: E402
+from layout_tools import fresh_root, link_image, script_parser, source_tree, write_label  # noqa: E402
 
 COMMIT = "fe34fb77721a9973fbae92c05f7f12b664d10110"
 URL = f"https://github.com/bearpaw/clothing-co-parsing/archive/{COMMIT}.zip"
@@ -86,17 +83,12 @@ def lay_out(top: Path, out: Path, n_train: int = 300, n_val: int = 100) -> dict[
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("out", type=Path, help="the dataset's root (the config's `root`)")
-    parser.add_argument("--from", dest="source", type=Path, help="an existing clothing-co-parsing tree")
-    parser.add_argument("--url", default=URL, help="the archive to download (default: the pinned commit)")
+    parser = script_parser(__doc__, URL, "an existing clothing-co-parsing tree")
     parser.add_argument("--train", type=int, default=300, help="training photos (the first ones)")
     parser.add_argument("--val", type=int, default=100, help="validation photos (the last ones)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    source = args.source
-    if source is None:
-        source = extract(download(args.url, args.out / "download" / "ccp.zip"), args.out / "download" / "ccp")
+    source = source_tree(args, "ccp")
     try:
         lay_out(find_ccp(source).resolve(), args.out, args.train, args.val)
     except (FileNotFoundError, FileExistsError, ValueError) as exc:

@@ -15,7 +15,6 @@ is labelled, so the ignore label (255) never occurs. Splits: the dataset's own `
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from pathlib import Path
@@ -25,9 +24,14 @@ import yaml
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from layout_tools import colour_label, fresh_root, link_image, write_label  # noqa: E402
-
-from stego_steps.download import download, extract  # noqa: E402
+from layout_tools import (  # noqa: E402
+    colour_label,
+    fresh_root,
+    link_image,
+    script_parser,
+    source_tree,
+    write_label,
+)
 
 COMMIT = "36290d0912a032f0bd1a5678ed55457ddafde217"
 URL = f"https://github.com/cwfid/dataset/archive/{COMMIT}.zip"
@@ -69,15 +73,10 @@ def lay_out(top: Path, out: Path) -> dict[str, int]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("out", type=Path, help="the dataset's root (the config's `root`)")
-    parser.add_argument("--from", dest="source", type=Path, help="an existing cwfid/dataset tree: no download")
-    parser.add_argument("--url", default=URL, help="the archive to download (default: the pinned commit)")
+    parser = script_parser(__doc__, URL, "an existing cwfid/dataset tree: no download")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    source = args.source
-    if source is None:
-        source = extract(download(args.url, args.out / "download" / "cwfid.zip"), args.out / "download" / "cwfid")
+    source = source_tree(args, "cwfid")
     try:
         lay_out(find_cwfid(source).resolve(), args.out)
     except (FileNotFoundError, FileExistsError) as exc:

@@ -1,7 +1,9 @@
-"""Helpers shared by the dataset scripts: link images and write label PNGs into the `directory` layout."""
+"""Helpers shared by the dataset scripts: their common arguments, the source tree (given or downloaded), and
+linking images and writing label PNGs into the `directory` layout."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 from collections.abc import Iterable
@@ -10,7 +12,25 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from stego_steps.download import download, extract
+
 MARKER = ".laid_out_by"  # written by these scripts: only such a folder is ever replaced
+
+
+def script_parser(doc: str | None, url: str, source_help: str) -> argparse.ArgumentParser:
+    """The arguments every dataset script takes: the dataset's root, `--from` an existing tree, `--url`."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out", type=Path, help="the dataset's root (the config's `root`)")
+    parser.add_argument("--from", dest="source", type=Path, help=source_help)
+    parser.add_argument("--url", default=url, help="the archive to download (default: the pinned commit)")
+    return parser
+
+
+def source_tree(args: argparse.Namespace, name: str) -> Path:
+    """`--from`'s tree, or the archive at `--url` downloaded and unpacked under `<out>/download/<name>`."""
+    if args.source is not None:
+        return args.source
+    return extract(download(args.url, args.out / "download" / f"{name}.zip"), args.out / "download" / name)
 
 
 def fresh_root(out: Path, script: str) -> None:

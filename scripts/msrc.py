@@ -20,7 +20,6 @@ train (493).
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from pathlib import Path
@@ -29,9 +28,7 @@ import numpy as np
 import scipy.io
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from layout_tools import fresh_root, link_image, write_label  # noqa: E402
-
-from stego_steps.download import download, extract  # noqa: E402
+from layout_tools import fresh_root, link_image, script_parser, source_tree, write_label  # noqa: E402
 
 COMMIT = "df10559f6a45e2ba7ea85296647e01a2518a37f6"
 URL = f"https://github.com/TonyZZX/MultiGraph_MultiLabel_Learning/archive/{COMMIT}.zip"
@@ -74,16 +71,11 @@ def lay_out(top: Path, out: Path, val_every: int = 6) -> dict[str, int]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("out", type=Path, help="the dataset's root (the config's `root`)")
-    parser.add_argument("--from", dest="source", type=Path, help="an existing MultiGraph_MultiLabel_Learning tree")
-    parser.add_argument("--url", default=URL, help="the archive to download (default: the pinned commit)")
+    parser = script_parser(__doc__, URL, "an existing MultiGraph_MultiLabel_Learning tree")
     parser.add_argument("--val-every", type=int, default=6, help="every n-th image (sorted by name) is val")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    source = args.source
-    if source is None:
-        source = extract(download(args.url, args.out / "download" / "msrc.zip"), args.out / "download" / "msrc")
+    source = source_tree(args, "msrc")
     try:
         lay_out(find_msrc(source).resolve(), args.out, args.val_every)
     except (FileNotFoundError, FileExistsError) as exc:

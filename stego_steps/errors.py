@@ -201,7 +201,24 @@ def report_failed_jobs(snakemake_log: str | Path | Iterable[str | Path], stream:
             quiet.summary = summary  # printed last, in place of Snakemake's closing error
         else:
             print(summary, file=stream)
+    elif quiet is not None and quiet.run_signal and not failed and not quiet.failed:
+        quiet.summary = (f"{INTERRUPTED}the run was stopped by {quiet.run_signal} once the jobs it was running had "
+                         "finished. Nothing failed: run the same command again to go on")
     stream.flush()
+
+
+def notice_run_sigterm(quiet: QuietInterruptions) -> None:
+    """SIGTERM sent to Snakemake's process alone (not its group) makes it finish the running jobs and stop, then
+    close with "did not complete" although nothing failed. Chained before Snakemake's own handler (installed
+    before `onstart:` runs), this tells `quiet` so that the closing message becomes one `INTERRUPTED:` line."""
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def handler(signum: int, frame: object) -> None:
+        quiet.run_signal = signal.Signals(signum).name
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 # The shell's status for a stage that `cli` ended on SIGINT or SIGTERM, or a shell that the signal ended
@@ -224,6 +241,7 @@ class QuietInterruptions(logging.Filter):
         self.stopped: list[str] = []
         self.failed = False
         self.summary: str | None = None
+        self.run_signal: str | None = None  # a signal sent to Snakemake alone (see `notice_run_sigterm`)
 
     def filter(self, record: logging.LogRecord) -> bool:
         event = str(getattr(record, "event", "") or "")
@@ -239,7 +257,7 @@ class QuietInterruptions(logging.Filter):
         if event == "error" and getattr(record, "exception", None) == "RuleException" and \
                 _SIGNAL_STATUS.search(message):
             return False
-        if self.stopped and not self.failed and any(text in message for text in _CLOSING):
+        if (self.stopped or self.run_signal) and not self.failed and any(text in message for text in _CLOSING):
             if self.summary is None or "did not complete" not in message:
                 return False
             record.msg, record.args = self.summary, None

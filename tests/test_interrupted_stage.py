@@ -134,3 +134,25 @@ def test_the_terminal_filter_is_found_on_the_logger_it_was_put_on():
     assert errors.installed_quiet(logger) is None
     quiet = errors.quiet_interruptions(logger)
     assert errors.installed_quiet(logger) is quiet
+
+
+def test_sigterm_of_snakemake_alone_closes_the_run_with_one_line(tmp_path):
+    # Snakemake's own handler finishes the running jobs and stops; ours runs first and tells the filter.
+    calls = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: calls.append(signum))
+    try:
+        quiet = errors.QuietInterruptions()
+        errors.notice_run_sigterm(quiet)
+        signal.raise_signal(signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert calls == [signal.SIGTERM] and quiet.run_signal == "SIGTERM"
+    main_log = tmp_path / "snakemake.log"
+    main_log.write_text("Will exit after finishing currently running jobs (scheduler).\n")
+    out = io.StringIO()
+    errors.report_failed_jobs(main_log, out, quiet=quiet)
+    assert out.getvalue() == ""
+    closing = record("WorkflowError:\nAt least one job did not complete successfully.", event="error")
+    assert quiet.filter(closing)
+    assert closing.getMessage() == ("INTERRUPTED: the run was stopped by SIGTERM once the jobs it was running had "
+                                    "finished. Nothing failed: run the same command again to go on")

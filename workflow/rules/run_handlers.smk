@@ -5,7 +5,13 @@ import os
 import sys
 
 from stego_steps import runlock, start_checks
-from stego_steps.errors import UserError, installed_quiet, quiet_interruptions, report_failed_jobs
+from stego_steps.errors import (
+    UserError,
+    installed_quiet,
+    notice_run_sigterm,
+    quiet_interruptions,
+    report_failed_jobs,
+)
 
 # SIGTERM of a job's group (`timeout`, a scheduler's cancel) reaches its stage, which ends with its INTERRUPTED
 # line and status 143; the job's shell waits for that (bash runs a trap only after the running command), where
@@ -30,7 +36,7 @@ def start_run(log):
         raise WorkflowError(str(err))
     atexit.register(runlock.release, lock, os.getpid())
     # On the terminal, a job stopped by Ctrl-C or SIGTERM is not a failure: one line says what was interrupted.
-    quiet_interruptions(logger)
+    notice_run_sigterm(quiet_interruptions(logger))
     try:
         start_checks.check_jobs(
             EXP,

@@ -1,6 +1,6 @@
 """How each stage's time and memory grow with the training set: a COCO-shaped synthetic run at several sizes.
 
-    python bench/scale.py                           # 1,000 / 10,000 / 50,000 training samples (~1 h, 2 cores)
+    python bench/scale.py                           # 1,000 / 10,000 / 50,000 training samples (~20 min, 2 idle cores)
     python bench/scale.py --samples 1000 5000       # other sizes
     python bench/scale.py --samples 1000 --val-images 240   # the validation stages on another split
     python bench/scale.py --report                  # only re-read the finished sizes' benchmark files

@@ -14,6 +14,7 @@ The exact search's time grows with the square of the samples (COCO-Stuff's 488,5
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -113,6 +114,7 @@ def knn_table(pooled: Any, k: int, *, use_gpu: bool | None = None, gpu: int = 0)
 
 METHODS = ("auto", "exact", "ivf")
 SIMS_BLOCK = 1 << 24  # entries of one query-by-list similarity block (64 MB of float32)
+TOP_ROWS_PER_THREAD = 256  # below twice this, a block's top-k is not worth splitting between threads
 
 
 def search_defaults() -> dict[str, Any]:
@@ -169,12 +171,20 @@ def _kmeans_centroids(x: np.ndarray, lists: int, train_points: int, iterations: 
     return np.ascontiguousarray(km.centroids, dtype=np.float32)
 
 
-def _top(sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The k largest entries of each row and their columns, in the order `_merge` keeps."""
-    if k < sims.shape[1]:
-        cols = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+def _top(sims: np.ndarray, k: int, pool: ThreadPoolExecutor | None = None,
+         threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """The k largest entries of each row and their columns, in the order `_merge` keeps. With `pool`, the rows
+    are split between `threads` of its threads (NumPy's partition releases the GIL; each row's result is the
+    same however the rows are split)."""
+    if pool is not None and threads > 1 and len(sims) >= 2 * TOP_ROWS_PER_THREAD:
+        parts = np.array_split(np.arange(len(sims)), threads)
+        done = list(pool.map(lambda rows: _top(sims[rows[0] : rows[-1] + 1], k), parts))
+        return np.concatenate([d for d, _ in done]), np.concatenate([c for _, c in done])
+    m = sims.shape[1]
+    if k < m:
+        cols = np.argpartition(sims, m - k, axis=1)[:, m - k :]
     else:
-        cols = np.broadcast_to(np.arange(sims.shape[1]), sims.shape)
+        cols = np.broadcast_to(np.arange(m), sims.shape)
     d = np.take_along_axis(sims, cols, axis=1)
     order = np.lexsort((-cols, -d), axis=1)
     return np.take_along_axis(d, order, axis=1), np.take_along_axis(cols, order, axis=1)
@@ -218,6 +228,8 @@ def ivf_search(x: np.ndarray, k: int, *, lists: int | None = None, probe: int = 
     query_bounds = np.searchsorted(flat, np.arange(lists + 1), sorter=by_list)
     best_d = np.full((n, k), -np.inf, dtype=np.float32)
     best_i = np.full((n, k), -1, dtype=np.int64)
+    threads = max(1, faiss.omp_get_max_threads())  # the stage's thread count (it sets FAISS's)
+    pool = ThreadPoolExecutor(threads) if threads > 1 else None
     for lst in progress(range(lists), desc="knn ivf", unit="list"):
         members = members_of[member_bounds[lst] : member_bounds[lst + 1]]
         queries = queries_of[query_bounds[lst] : query_bounds[lst + 1]]
@@ -227,13 +239,15 @@ def ivf_search(x: np.ndarray, k: int, *, lists: int | None = None, probe: int = 
         step = max(1, SIMS_BLOCK // members.size)  # bounds the similarity block of a long list
         for start in range(0, queries.size, step):
             q = queries[start : start + step]
-            d, i = _top(x[q] @ block, min(k, members.size))
+            d, i = _top(x[q] @ block, min(k, members.size), pool, threads)
             i = members[i]
             if i.shape[1] < k:  # a list shorter than k: pad so that the merge keeps k columns
                 pad = k - i.shape[1]
                 d = np.pad(d, ((0, 0), (0, pad)), constant_values=-np.inf)
                 i = np.pad(i, ((0, 0), (0, pad)), constant_values=-1)
             best_d[q], best_i[q] = _merge(best_d[q], best_i[q], d, i)
+    if pool is not None:
+        pool.shutdown()
     short = np.flatnonzero((best_i < 0).any(axis=1))
     if short.size:
         log.debug("%d rows had fewer than %d candidates in their lists: searched exactly", short.size, k)

@@ -140,6 +140,22 @@ def test_ivf_is_deterministic_self_first_and_close_to_exact():
     assert (np.diff(got, axis=1) <= 1e-6).all()  # descending similarity, as the exact table
 
 
+def test_ivf_top_k_split_between_threads_gives_the_serial_rows():
+    # Each row's top-k is its own: splitting a block's rows between threads cannot change it (exactly).
+    from concurrent.futures import ThreadPoolExecutor
+
+    from stego_steps.knn import TOP_ROWS_PER_THREAD, _top
+
+    sims = np.random.default_rng(0).standard_normal((2 * TOP_ROWS_PER_THREAD + 37, 300)).astype(np.float32)
+    sims[5, :20] = sims[5, 0]  # ties inside the top-k are ordered by higher column
+    with ThreadPoolExecutor(3) as pool:
+        split = _top(sims, 8, pool, 3)
+    serial = _top(sims, 8)
+    for a, b in zip(split, serial, strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(serial[1][0], np.argsort(-sims[0], kind="stable")[:8])
+
+
 def test_ivf_keeps_duplicates_right_after_self():
     rng = np.random.default_rng(3)
     base = _clustered(400, 16, 10)

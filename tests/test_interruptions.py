@@ -198,3 +198,40 @@ def test_a_job_killed_at_its_first_durable_state_resumes_to_the_uninterrupted_ta
     assert line in log.read_text(), f"{log} does not say '{line}':\n{log.read_text()[-2000:]}"
     pd.testing.assert_frame_equal(pd.read_csv(workdir / TARGET), stages["table"])
     assert not list(workdir.rglob("*.partial")) and not list(workdir.rglob("*.checkpoint"))
+
+
+def test_sigterm_of_snakemake_alone_finishes_the_running_jobs_and_ends_with_one_line(tmp_path, stages):
+    """SIGTERM to Snakemake's process only (not its group): it lets the running job finish, starts no other and
+    ends with one line, not with "did not complete"; the rerun goes on to the uninterrupted table."""
+    config, workdir = stages["config"], tmp_path / "run"
+    shutil.copytree(stages["before"]["train"], workdir, symlinks=True)
+    output = tmp_path / "snakemake.out"
+    train_log = workdir / "logs/demo/runs/default/seed0/train.log"
+    command = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "-d", str(workdir), "--configfile",
+               str(config), "--cores", "2", TARGET]
+    with output.open("w") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not train_log.exists():  # the train job has started
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the workflow ended or timed out before training:\n{output.read_text()[-4000:]}")
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=300)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        group_gone(proc.pid)
+    text = output.read_text()
+    assert proc.returncode != 0 and not (workdir / TARGET).exists(), text[-4000:]
+    assert (workdir / "results/demo/runs/default/seed0/head.pt").exists(), "the running train job did not finish"
+    for failure in ("Traceback", "Error in rule", "did not complete successfully"):
+        assert failure not in text, f"'{failure}' in the output of a run stopped by SIGTERM:\n{text[-4000:]}"
+    last = [line for line in text.splitlines() if line.strip()][-1]
+    assert last == ("INTERRUPTED: the run was stopped by SIGTERM once the jobs it was running had finished. Nothing "
+                    "failed: run the same command again to go on"), text[-4000:]
+    rerun = run(workdir, config, TARGET)
+    assert rerun.returncode == 0, rerun.stderr[-4000:]
+    pd.testing.assert_frame_equal(pd.read_csv(workdir / TARGET), stages["table"])

@@ -40,8 +40,9 @@ test: lint
 # search at 50k / 200k / 488k vectors (bench/knn_scale.csv, about 10 minutes), every stage of the demo and each
 # stage's start-up, the demo's training step against the head's forward and backward alone, the CRF
 # from 1 worker to all cores, stage times on 100/400/1,600 demo images, time and peak memory of every stage of
-# a COCO-shaped run on 1,000/5,000/20,000 training crops (about 35 minutes on 2 cores), and the COCO-Stuff
-# estimate from the measured rates. On a GPU: bash bench/gpu.sh
+# a COCO-shaped run on 1,000/10,000/50,000 training crops (about 20 minutes on 2 idle cores), what the
+# approximate KNN table's recall costs training on real datasets (after bench/domains.py stores), and the
+# COCO-Stuff estimate from the measured rates. On a GPU: bash bench/gpu.sh
 bench: setup
 	$(BIN)/python bench/streaming.py
 	$(BIN)/python bench/extract.py
@@ -52,6 +53,7 @@ bench: setup
 	$(BIN)/python bench/crf_scaling.py --run results/bench/demo/results/demo/runs/default/seed0
 	$(BIN)/python bench/growth.py
 	$(BIN)/python bench/scale.py
+	$(BIN)/python bench/knn_recall_cost.py
 	$(BIN)/python bench/coco_estimate.py
 
 clean:

@@ -153,3 +153,18 @@ def test_knn_scale_mixture_matches_its_targets_and_recall_counts_sets():
     assert knn_scale.spread(x, pairs=5000, queries=200)["pair_mean"] == pytest.approx(0.5, abs=0.05)
     table = np.array([[0, 1, 2], [1, 0, 3]])
     assert knn_scale.recall(table, np.array([0, 1]), np.array([[2, 1], [0, 2]])) == pytest.approx(0.75)
+
+
+def test_knn_recall_cost_counts_shared_neighbours_and_reports_changes_per_seed():
+    cost = bench_module("knn_recall_cost")
+    import numpy as np
+
+    exact = np.array([[0, 1, 2], [1, 0, 2], [2, 0, 1]])
+    approx = np.array([[0, 2, 1], [1, 0, 2], [2, 1, 0]])  # same sets, other orders
+    assert cost.recall(approx, exact) == 1.0
+    assert cost.recall(np.array([[0, 1, 2], [1, 0, 2], [2, 0, 0]]), exact) == 5 / 6
+    rows = [{"dataset": "msrc", "table": t, "recall": r, "seed": s, "raw": 20.0 + s + d, "crf": 25.0 + s + d}
+            for t, r, d in (("exact", 1.0, 0.0), ("ivf lists 61 probe 1", 0.9, -1.0)) for s in (0, 1)]
+    table = cost.report(pd.DataFrame(rows))
+    assert "| msrc | exact | 1.0000 | 20.5 ± 0.7 / 25.5 ± 0.7 | +0.0 / +0.0 |" in table
+    assert "| msrc | ivf lists 61 probe 1 | 0.9000 | 19.5 ± 0.7 / 24.5 ± 0.7 | -1.0 / -1.0 |" in table

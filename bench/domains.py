@@ -58,7 +58,11 @@ SETTINGS = {
     "q_default": ("quantiles", {"self": 0.7, "knn": 0.7, "random": 0.95}),
     "q_mid": ("quantiles", {"self": 0.5, "knn": 0.5, "random": 0.9}),
     "q_attract": ("quantiles", {"self": 0.2, "knn": 0.1, "random": 1.0}),
+    # the preset's shifts with the recipe's own 400 training steps (the cells' --steps is a quarter of it)
+    "preset_400": ("fixed", {"self": 0.08, "knn": 0.02, "random": 0.76}),
 }
+#: head settings other than the shifts, per grid setting (the rest are the recipe's)
+TRAIN_OVERRIDES = {"preset_400": {"steps": 400}}
 CRITERIA = {"crf_agree": "CRF agreement", "rankme": "RankMe", "snd": "SND", "silhouette": "silhouette",
             "stability": "stability across seeds", "neg_loss": "lowest training loss"}
 
@@ -245,7 +249,8 @@ def run_cells(names: list[str], seeds: list[int], settings: list[str], steps: in
                     if (name, seed, setting) in have or not take(claim):
                         continue  # done, or another process (same --cells folder) runs it
                     t = time.perf_counter()
-                    row = {"dataset": name, "seed": seed, "setting": setting, "steps": steps,
+                    cell_steps = TRAIN_OVERRIDES.get(setting, {}).get("steps", steps)
+                    row = {"dataset": name, "seed": seed, "setting": setting, "steps": cell_steps,
                            "kmeans_iterations": cl["iterations"], "n_init": cl["n_init"], "probe_steps": pr["steps"],
                            "n_train": tr.n, "n_eval": len(rows)}
                     if setting == "backbone_kmeans":
@@ -258,9 +263,10 @@ def run_cells(names: list[str], seeds: list[int], settings: list[str], steps: in
                                                        ["batches"], per_batch=cal["calibration"]["values_per_batch"],
                                                        seed=seed)
                         shifts = dict(spec) if mode == "fixed" else quantile_shifts(values, spec)
-                        head, steplog = train(tr, knn, {**base, "seed": seed, "shifts": shifts}, device="cpu")
+                        head, steplog = train(tr, knn, {**base, **TRAIN_OVERRIDES.get(setting, {}), "seed": seed,
+                                                        "shifts": shifts}, device="cpu")
                         m, raw = score(head, tr, val, flips, rows, k, cl, seed, workers)
-                        tail = steplog["total"].iloc[-max(1, steps // 10):]
+                        tail = steplog["total"].iloc[-max(1, cell_steps // 10):]
                         m["neg_loss"] = -float(tail.mean())
                         m["probe"] = linear_probe_miou(head, tr, val, rows, k, pr, seed)
                         row.update({f"shift_{t}": v for t, v in shifts.items()})

@@ -123,6 +123,14 @@ _STATUS = re.compile(r"returned non-zero exit status (\d+)\b|died with <Signals\
 _ERROR_IN_RULE = re.compile(r"Error in rule (\w+)")
 
 
+def _status_signal(match: re.Match[str]) -> str | None:
+    """The signal's name of a `_STATUS` match, None for an exit status that no signal gives."""
+    if match.group(2):
+        return match.group(2)
+    number = int(match.group(1)) - 128
+    return next((sig.name for sig in signal.Signals if sig.value == number), None)
+
+
 def signalled_jobs(snakemake_log: str | Path | Iterable[str | Path]) -> dict[Path, tuple[str, str]]:
     """The failed jobs that a signal ended (status 128 + n, or a shell that died of it), by log file: the rule and
     the signal's name. A SIGKILL gives the stage no chance to say so in its own log: the out-of-memory killer, a
@@ -131,10 +139,7 @@ def signalled_jobs(snakemake_log: str | Path | Iterable[str | Path]) -> dict[Pat
     signame = rule = None
     for line in _read_logs(snakemake_log).splitlines():
         if match := _STATUS.search(line):
-            signame = match.group(2)
-            if match.group(1):
-                number = int(match.group(1)) - 128
-                signame = next((sig.name for sig in signal.Signals if sig.value == number), None)
+            signame = _status_signal(match)
         elif match := _ERROR_IN_RULE.match(line.strip()):
             rule = match.group(1)
         elif paths := _job_log_paths(line):
@@ -221,10 +226,6 @@ def notice_run_sigterm(quiet: QuietInterruptions) -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-# The shell's status for a stage that `cli` ended on SIGINT or SIGTERM, or a shell that the signal ended
-# (Python's CalledProcessError text).
-_SIGNAL_STATUS = re.compile(rf"returned non-zero exit status ({128 + signal.SIGINT}|{128 + signal.SIGTERM})\b"
-                            r"|died with <Signals\.SIG(INT|TERM):")
 # Snakemake's closing messages when a job did not succeed (its scheduler's and its workflow's).
 _CLOSING = ("Exiting because a job execution failed", "At least one job did not complete successfully")
 
@@ -254,8 +255,10 @@ class QuietInterruptions(logging.Filter):
             self.failed = True
             return True
         message = str(record.msg or "")
-        if event == "error" and getattr(record, "exception", None) == "RuleException" and \
-                _SIGNAL_STATUS.search(message):
+        status = _STATUS.search(message) if event == "error" else None
+        # the shell's status for a stage that `cli` ended on SIGINT or SIGTERM, or a shell that the signal ended
+        if getattr(record, "exception", None) == "RuleException" and status and \
+                _status_signal(status) in ("SIGINT", "SIGTERM"):
             return False
         if (self.stopped or self.run_signal) and not self.failed and any(text in message for text in _CLOSING):
             if self.summary is None or "did not complete" not in message:

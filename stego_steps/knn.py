@@ -177,8 +177,7 @@ def _top(sims: np.ndarray, k: int, pool: ThreadPoolExecutor | None = None,
     are split between `threads` of its threads (NumPy's partition releases the GIL; each row's result is the
     same however the rows are split)."""
     if pool is not None and threads > 1 and len(sims) >= 2 * TOP_ROWS_PER_THREAD:
-        parts = np.array_split(np.arange(len(sims)), threads)
-        done = list(pool.map(lambda rows: _top(sims[rows[0] : rows[-1] + 1], k), parts))
+        done = list(pool.map(lambda part: _top(part, k), np.array_split(sims, threads)))
         return np.concatenate([d for d, _ in done]), np.concatenate([c for _, c in done])
     m = sims.shape[1]
     if k < m:
@@ -229,25 +228,23 @@ def ivf_search(x: np.ndarray, k: int, *, lists: int | None = None, probe: int = 
     best_d = np.full((n, k), -np.inf, dtype=np.float32)
     best_i = np.full((n, k), -1, dtype=np.int64)
     threads = max(1, faiss.omp_get_max_threads())  # the stage's thread count (it sets FAISS's)
-    pool = ThreadPoolExecutor(threads) if threads > 1 else None
-    for lst in progress(range(lists), desc="knn ivf", unit="list"):
-        members = members_of[member_bounds[lst] : member_bounds[lst + 1]]
-        queries = queries_of[query_bounds[lst] : query_bounds[lst + 1]]
-        if members.size == 0 or queries.size == 0:
-            continue
-        block = x[members].T
-        step = max(1, SIMS_BLOCK // members.size)  # bounds the similarity block of a long list
-        for start in range(0, queries.size, step):
-            q = queries[start : start + step]
-            d, i = _top(x[q] @ block, min(k, members.size), pool, threads)
-            i = members[i]
-            if i.shape[1] < k:  # a list shorter than k: pad so that the merge keeps k columns
-                pad = k - i.shape[1]
-                d = np.pad(d, ((0, 0), (0, pad)), constant_values=-np.inf)
-                i = np.pad(i, ((0, 0), (0, pad)), constant_values=-1)
-            best_d[q], best_i[q] = _merge(best_d[q], best_i[q], d, i)
-    if pool is not None:
-        pool.shutdown()
+    with ThreadPoolExecutor(threads) as pool:
+        for lst in progress(range(lists), desc="knn ivf", unit="list"):
+            members = members_of[member_bounds[lst] : member_bounds[lst + 1]]
+            queries = queries_of[query_bounds[lst] : query_bounds[lst + 1]]
+            if members.size == 0 or queries.size == 0:
+                continue
+            block = x[members].T
+            step = max(1, SIMS_BLOCK // members.size)  # bounds the similarity block of a long list
+            for start in range(0, queries.size, step):
+                q = queries[start : start + step]
+                d, i = _top(x[q] @ block, min(k, members.size), pool, threads)
+                i = members[i]
+                if i.shape[1] < k:  # a list shorter than k: pad so that the merge keeps k columns
+                    pad = k - i.shape[1]
+                    d = np.pad(d, ((0, 0), (0, pad)), constant_values=-np.inf)
+                    i = np.pad(i, ((0, 0), (0, pad)), constant_values=-1)
+                best_d[q], best_i[q] = _merge(best_d[q], best_i[q], d, i)
     short = np.flatnonzero((best_i < 0).any(axis=1))
     if short.size:
         log.debug("%d rows had fewer than %d candidates in their lists: searched exactly", short.size, k)

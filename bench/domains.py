@@ -282,17 +282,23 @@ def run_cells(names: list[str], seeds: list[int], settings: list[str], steps: in
 def with_stability(cells: pd.DataFrame, maps: Path) -> pd.DataFrame:
     """Each cell's mean matched agreement of its raw cluster maps with those of the other seeds (same setting)."""
     cells = cells.copy()
-    if not maps.is_dir() and "stability" in cells:  # the committed CSV alone: keep what it recorded
-        return cells
+    recorded = cells["stability"] if "stability" in cells else pd.Series(np.nan, index=cells.index)
+
+    def path(c: pd.Series) -> Path:
+        return maps / f"{c['dataset']}_{c['setting']}_seed{c['seed']}.npy"
+
     stab = []
-    for _, c in cells.iterrows():
+    for i, c in cells.iterrows():
         others = cells[(cells["dataset"] == c["dataset"]) & (cells["setting"] == c["setting"])
                        & (cells["seed"] != c["seed"])]
-        mine = np.load(maps / f"{c['dataset']}_{c['setting']}_seed{c['seed']}.npy")
+        if not all(path(o).exists() for _, o in [(i, c), *others.iterrows()]):
+            stab.append(float(recorded.loc[i]))  # maps of an earlier run are gone: keep what the CSV recorded
+            continue
+        mine = np.load(path(c))
         k = int(max(mine.max(), 1)) + 1
         vals = []
         for _, o in others.iterrows():
-            theirs = np.load(maps / f"{o['dataset']}_{o['setting']}_seed{o['seed']}.npy")
+            theirs = np.load(path(o))
             kk = max(k, int(theirs.max()) + 1)
             vals.append(matched_agreement(mine, theirs, kk))
         stab.append(float(np.mean(vals)) if vals else np.nan)

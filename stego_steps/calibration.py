@@ -127,6 +127,21 @@ def choose(agreements: list[float], ratio: float) -> int:
     return best if changes[best] <= ratio * changes[0] else 0
 
 
+def decision(agreements: list[float], ratio: float) -> dict:
+    """How the choice among candidates came out and how close it was: the CRF's changes to the best other
+    candidate's clusters relative to the default's (`change_ratio`; the default is replaced at or below `ratio`),
+    and the distance to that threshold. Within 0.1 of it the choice is "close": another seed or other selection
+    images may well choose the other regime."""
+    chosen = choose(agreements, ratio)
+    changes = 1.0 - np.asarray(agreements, dtype=float)
+    other = 1 + int(np.argmin(changes[1:]))
+    change_ratio = float(changes[other] / changes[0]) if changes[0] > 0 else float("inf")
+    margin = abs(change_ratio - ratio)
+    return {"chosen": chosen, "regime": "default" if chosen == 0 else f"candidate {chosen + 1}",
+            "best_other": other, "change_ratio": change_ratio, "threshold": ratio, "margin": margin,
+            "confidence": "clear" if margin >= 0.1 else "close"}
+
+
 def shifts_source(enabled: bool, chosen: int, candidates: list[dict], settings: Mapping) -> str:
     """Where the shifts `train` uses come from, in one sentence."""
     if enabled:
@@ -151,7 +166,7 @@ def calibrate(store: FeatureStore, knn: np.ndarray, settings: Mapping, index: pd
     # Off, no candidate is looked at: the artifact records none rather than shifts nobody compared or used.
     candidates = ([{"quantiles": dict(q), "shifts": quantile_shifts(values, q)} for q in c["candidates"]]
                   if enabled else [])
-    chosen = 0
+    chosen, made = 0, None
     if enabled and len(candidates) > 1:
         if index is None:
             raise UserError("choosing among several calibration candidates needs the training index (images)")
@@ -162,10 +177,14 @@ def calibrate(store: FeatureStore, knn: np.ndarray, settings: Mapping, index: pd
                                       workers=workers, device=device)
         for cand, score in zip(candidates, scores, strict=True):
             cand["crf_agreement"] = score
-        chosen = choose(scores, c["selection"]["ratio"])
+        made = decision(scores, c["selection"]["ratio"])
+        chosen = made["chosen"]
         reason += (f"; candidate {chosen + 1} of {len(candidates)}: " +
                    ("the default, no other cut the CRF's changes enough" if chosen == 0 else
-                    "the CRF changes its clusters least, by enough to replace the default"))
+                    "the CRF changes its clusters least, by enough to replace the default") +
+                   f" ({made['confidence']}: candidate {made['best_other'] + 1}'s CRF changes are "
+                   f"{made['change_ratio']:.2f} of the default's, the threshold {made['threshold']:g})")
+        log.info("calibration: %s", reason)
     shifts = candidates[chosen]["shifts"] if enabled else {t: float(s["shifts"][t]) for t in TERMS}
     for t in TERMS:
         log.info("%-6s F mean %.3f std %.3f; preset shift %.3f at quantile %.2f; %s shift %.3f", t,
@@ -184,5 +203,6 @@ def calibrate(store: FeatureStore, knn: np.ndarray, settings: Mapping, index: pd
                      "negatives": s["negatives"], "neighbours": s["neighbours"], "dropout": s["dropout"],
                      "spatial_centering": s["spatial_centering"]},
         "selection": dict(c["selection"]) if enabled and len(candidates) > 1 else None,
+        "decision": made if enabled and len(candidates) > 1 else None,
         "backbone": s["backbone"], "n_train": store.n,
     }

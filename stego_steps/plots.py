@@ -198,14 +198,20 @@ def calibration_table(calibration: dict) -> pd.DataFrame:
     the head was trained with."""
     rows = [{"setting": "preset", **{f"shift_{t}": v for t, v in calibration["preset"]["shifts"].items()},
              "used": not calibration["calibrated"]}]
-    for i, cand in enumerate(calibration.get("candidates", [])):
+    candidates = calibration.get("candidates", [])
+    made = calibration.get("decision")
+    for i, cand in enumerate(candidates):
+        used = bool(calibration["calibrated"] and calibration["chosen"] == i)
+        default_changes = 1.0 - candidates[0].get("crf_agreement", np.nan)
         rows.append({"setting": f"candidate {i + 1}",
                      **{f"quantile_{t}": v for t, v in cand["quantiles"].items()},
                      **{f"shift_{t}": v for t, v in cand["shifts"].items()},
                      "crf_agreement": cand.get("crf_agreement"),
-                     "used": bool(calibration["calibrated"] and calibration["chosen"] == i)})
+                     "crf_changes_vs_default": ((1.0 - cand["crf_agreement"]) / default_changes
+                                                if "crf_agreement" in cand and default_changes > 0 else None),
+                     "used": used, "confidence": made["confidence"] if made and used else None})
     columns = ["setting", *(f"quantile_{t}" for t in TERMS), *(f"shift_{t}" for t in TERMS), "crf_agreement",
-               "used"]
+               "crf_changes_vs_default", "used", "confidence"]
     return pd.DataFrame(rows).reindex(columns=columns)
 
 

@@ -49,3 +49,14 @@ def test_leave_one_out_choice(tmp_path: Path) -> None:
     loss = crit[crit["criterion"] == "neg_loss"].set_index("dataset")
     assert loss.loc["c", "regret"] == 5
     assert "| c | 2 | s1 |" in text and lodo["rule_crf"].eq("—").all()
+
+
+def test_stability_kept_where_maps_are_gone(tmp_path: Path) -> None:
+    """A setting whose maps are all present gets its stability recomputed; one whose maps of an earlier run are
+    gone keeps the value its CSV recorded."""
+    rows = [{"dataset": "a", "seed": seed, "setting": s, "stability": 0.25} for s in ("old", "new") for seed in (0, 1)]
+    for seed in (0, 1):
+        np.save(tmp_path / f"a_new_seed{seed}.npy", np.array([[[0, 0, 1, 1]]], np.uint8) * (1 + seed))
+    out = domains.with_stability(pd.DataFrame(rows), tmp_path).set_index(["setting", "seed"])["stability"]
+    assert out.loc[("old", 0)] == 0.25 and out.loc[("old", 1)] == 0.25
+    assert out.loc[("new", 0)] == 1.0 and out.loc[("new", 1)] == 1.0  # the same partition, relabelled

@@ -151,6 +151,7 @@ def test_deterministic_and_blind_to_labels(store_path, tmp_path):
     assert all(0.0 <= v <= 1.0 for v in scores) and first["chosen"] == calibration.choose(scores, 0.8)
     assert first["shifts"] == first["candidates"][first["chosen"]]["shifts"]
     assert first["selection"] == SELECTING["calibration"]["selection"]
+    assert first["decision"] == calibration.decision(scores, 0.8) and first["decision"]["chosen"] == first["chosen"]
     # The same features without labels, and with other labels: the same artifact, to the bit.
     unlabelled, scrambled = tmp_path / "unlabelled.h5", tmp_path / "scrambled.h5"
     for path in (unlabelled, scrambled):
@@ -177,6 +178,18 @@ def test_another_candidate_replaces_the_default_only_when_the_crf_changes_clearl
     assert calibration.choose([0.5, 0.6], 0.8) == 1 and calibration.choose([0.5, 0.7, 0.9, 0.8], 0.8) == 2
     # ratio 1: plain "fewest changes", ties to the first.
     assert calibration.choose([0.8, 0.8, 0.7], 1.0) == 0
+
+
+def test_decision_says_how_close_the_choice_was():
+    # Changes 0.25 against 0.15: 0.6 of the default's, 0.2 below the threshold 0.8 → a clear replacement.
+    made = calibration.decision([0.75, 0.85], 0.8)
+    assert made["chosen"] == 1 and made["regime"] == "candidate 2" and made["confidence"] == "clear"
+    assert made["change_ratio"] == pytest.approx(0.6) and made["margin"] == pytest.approx(0.2)
+    # 0.25 against 0.22: 0.88, kept the default, but within 0.1 of the threshold → close.
+    made = calibration.decision([0.75, 0.78], 0.8)
+    assert made["chosen"] == 0 and made["regime"] == "default" and made["confidence"] == "close"
+    # The best other is the one the CRF changes least, also when the default is kept.
+    assert calibration.decision([0.5, 0.55, 0.58], 0.8)["best_other"] == 2
 
 
 def test_crf_agreement_prefers_clusters_that_follow_the_image(store_path):

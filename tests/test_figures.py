@@ -132,6 +132,12 @@ def test_calibration_table_marks_the_shifts_used():
     assert chosen["used"].tolist() == [False, False, True]
     assert chosen["shift_random"].tolist() == [0.76, 0.9, 0.4] and chosen["crf_agreement"].iloc[2] == 0.9
     assert chosen["quantile_self"].iloc[1] == 0.2 and np.isnan(chosen["quantile_self"].iloc[0])
+    # Changes 0.1 against the default's 0.2; no decision recorded (an artifact of older code): no confidence.
+    assert chosen["crf_changes_vs_default"].iloc[1:].tolist() == pytest.approx([1.0, 0.5])
+    assert chosen["confidence"].isna().all()
+    made = plots.calibration_table({"calibrated": True, "chosen": 1, "preset": {"shifts": preset},
+                                    "candidates": cands, "decision": {"confidence": "clear"}})
+    assert made["confidence"].isna().tolist() == [True, True, False] and made["confidence"].iloc[2] == "clear"
     off = plots.calibration_table({"calibrated": False, "chosen": None, "preset": {"shifts": preset},
                                      "candidates": cands})
     assert off["used"].tolist() == [True, False, False]

@@ -203,6 +203,6 @@ def calibrate(store: FeatureStore, knn: np.ndarray, settings: Mapping, index: pd
                      "negatives": s["negatives"], "neighbours": s["neighbours"], "dropout": s["dropout"],
                      "spatial_centering": s["spatial_centering"]},
         "selection": dict(c["selection"]) if enabled and len(candidates) > 1 else None,
-        "decision": made if enabled and len(candidates) > 1 else None,
+        "decision": made,  # None unless several candidates were compared
         "backbone": s["backbone"], "n_train": store.n,
     }

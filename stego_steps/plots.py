@@ -200,9 +200,9 @@ def calibration_table(calibration: dict) -> pd.DataFrame:
              "used": not calibration["calibrated"]}]
     candidates = calibration.get("candidates", [])
     made = calibration.get("decision")
+    default_changes = 1.0 - candidates[0].get("crf_agreement", np.nan) if candidates else np.nan
     for i, cand in enumerate(candidates):
         used = bool(calibration["calibrated"] and calibration["chosen"] == i)
-        default_changes = 1.0 - candidates[0].get("crf_agreement", np.nan)
         rows.append({"setting": f"candidate {i + 1}",
                      **{f"quantile_{t}": v for t, v in cand["quantiles"].items()},
                      **{f"shift_{t}": v for t, v in cand["shifts"].items()},

@@ -60,9 +60,15 @@ SETTINGS = {
     "q_attract": ("quantiles", {"self": 0.2, "knn": 0.1, "random": 1.0}),
     # the preset's shifts with the recipe's own 400 training steps (the cells' --steps is a quarter of it)
     "preset_400": ("fixed", {"self": 0.08, "knn": 0.02, "random": 0.76}),
+    # the calibration's candidates with the same 400 steps
+    "q_default_400": ("quantiles", {"self": 0.7, "knn": 0.7, "random": 0.95}),
+    "q_attract_400": ("quantiles", {"self": 0.2, "knn": 0.1, "random": 1.0}),
+    # the preset's shifts and 400 steps with 128-dimensional codes instead of 70 (the features have 152 channels)
+    "preset_400_d128": ("fixed", {"self": 0.08, "knn": 0.02, "random": 0.76}),
 }
 #: head settings other than the shifts, per grid setting (the rest are the recipe's)
-TRAIN_OVERRIDES = {"preset_400": {"steps": 400}}
+TRAIN_OVERRIDES = {"preset_400": {"steps": 400}, "q_default_400": {"steps": 400}, "q_attract_400": {"steps": 400},
+                   "preset_400_d128": {"steps": 400, "code_dim": 128}}
 CRITERIA = {"crf_agree": "CRF agreement", "rankme": "RankMe", "snd": "SND", "silhouette": "silhouette",
             "stability": "stability across seeds", "neg_loss": "lowest training loss"}
 
@@ -306,17 +312,24 @@ def with_stability(cells: pd.DataFrame, maps: Path) -> pd.DataFrame:
     return cells
 
 
+#: the calibration's two candidates in the grid: at the recipe's 400 steps where those cells exist, else at 100
+RULE_PAIRS = (("q_default_400", "q_attract_400"), ("q_default", "q_attract"))
+
+
 def current_rule(heads: pd.DataFrame, ratio: float = 0.8) -> pd.DataFrame:
-    """Per seed, the cell the calibrate stage's rule would pick between q_default and q_attract (the attracting
-    one only if the CRF changes at most `ratio` times as many pixels), approximated here by the val images'
-    CRF agreement of these short heads (the stage uses 200-step heads on training images)."""
+    """Per seed, the cell the calibrate stage's rule would pick between its default and attracting candidates
+    (the attracting one only if the CRF changes at most `ratio` times as many pixels), approximated here by the
+    val images' CRF agreement of the grid's heads (the stage uses 200-step heads on training images). The pair
+    is the first of `RULE_PAIRS` with both cells on a seed."""
     out = []
-    for _, g in heads[heads["setting"].isin(["q_default", "q_attract"])].groupby("seed"):
-        if len(g) < 2:
-            continue
+    for _, g in heads.groupby("seed"):
         by = g.set_index("setting")
-        attract = 1 - by.loc["q_attract", "crf_agree"] <= ratio * (1 - by.loc["q_default", "crf_agree"])
-        out.append({"crf": by.loc["q_attract" if attract else "q_default", "crf"], "pick": "A" if attract else "D"})
+        pair = next((p for p in RULE_PAIRS if set(p) <= set(by.index)), None)
+        if pair is None:
+            continue
+        default, attracting = pair
+        attract = 1 - by.loc[attracting, "crf_agree"] <= ratio * (1 - by.loc[default, "crf_agree"])
+        out.append({"crf": by.loc[attracting if attract else default, "crf"], "pick": "A" if attract else "D"})
     return pd.DataFrame(out, columns=["crf", "pick"])
 
 

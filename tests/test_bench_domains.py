@@ -60,3 +60,17 @@ def test_stability_kept_where_maps_are_gone(tmp_path: Path) -> None:
     out = domains.with_stability(pd.DataFrame(rows), tmp_path).set_index(["setting", "seed"])["stability"]
     assert out.loc[("old", 0)] == 0.25 and out.loc[("old", 1)] == 0.25
     assert out.loc[("new", 0)] == 1.0 and out.loc[("new", 1)] == 1.0  # the same partition, relabelled
+
+
+def test_calibrate_rule_prefers_the_recipes_steps() -> None:
+    """The rule compares the 400-step candidates where a seed has both, the 100-step ones otherwise; the
+    attracting candidate wins only at or below 0.8 times the default's CRF changes."""
+    def row(seed: int, setting: str, agree: float, crf: float) -> dict:
+        return {"seed": seed, "setting": setting, "crf_agree": agree, "crf": crf}
+    heads = pd.DataFrame([
+        row(0, "q_default", 0.9, 10.0), row(0, "q_attract", 0.95, 11.0),          # 0.05 ≤ 0.8 × 0.1: A
+        row(0, "q_default_400", 0.9, 20.0), row(0, "q_attract_400", 0.91, 21.0),  # 0.09 > 0.08: D, and it rules
+        row(1, "q_default", 0.9, 30.0), row(1, "q_attract", 0.92, 31.0),          # 0.08 ≤ 0.08: A
+        row(2, "q_default", 0.9, 40.0)])                                          # no pair: no pick
+    out = domains.current_rule(heads)
+    assert out["pick"].tolist() == ["D", "A"] and out["crf"].tolist() == [20.0, 31.0]

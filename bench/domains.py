@@ -390,6 +390,9 @@ def summarize(cells: pd.DataFrame, maps: Path = WORK / "maps") -> tuple[str, pd.
     for d in names:
         sub = heads[heads["dataset"] == d]
         lines.append(f"| {d} | " + " | ".join(cell(sub[sub["setting"] == s]["crf"]) for s in mean.columns) + " |")
+    overall = mean.loc[names].mean()
+    lines.append("| **mean over the datasets** (the recipe's choice: the best) | "
+                 + " | ".join(f"{v:.2f}" for v in overall) + " |")
     lines += ["", "Label-free criteria: Spearman with the mIoU with CRF over the grid / regret of the criterion's "
               "pick (mIoU points below the best setting):", "",
               "| criterion | " + " | ".join(names) + " | mean regret |", "|---|" + "---|" * (len(names) + 1)]

@@ -177,10 +177,15 @@ def test_bad_experiments_are_named(change, named):
         C.check_experiments(cfg)
 
 
-def test_camvid_config_is_valid_and_compares_calibrated_with_fixed_shifts():
+def test_camvid_config_is_valid_and_compares_the_recipe_with_fixed_shifts():
     extra = yaml.safe_load((Path(__file__).parents[1] / "config" / "camvid.yaml").read_text())
     cfg = C.deep_merge(CONFIG, extra)
     C.validate(cfg)
-    assert C.resolve(cfg, "camvid")["calibrate"] == "auto"
-    assert C.resolve(cfg, "camvid", "preset_shifts")["calibrate"] is False
+    # The `directory` recipe: the demo's values, with the shifts at one candidate's quantiles.
+    default, demo = C.resolve(cfg, "camvid"), C.resolve(cfg, "demo")
+    assert cfg["datasets"]["camvid"]["preset"] == "directory" and default["calibrate"] is True
+    assert default["calibration"]["candidates"] == [{"self": 0.2, "knn": 0.1, "random": 1.0}]
+    assert {k: v for k, v in default.items() if k not in ("calibrate", "calibration")} == {
+        k: v for k, v in demo.items() if k not in ("calibrate", "calibration")}
+    assert C.resolve(cfg, "camvid", "fixed_shifts")["calibrate"] is False
     assert len(cfg["datasets"]["camvid"]["class_names"]) == 11 and cfg["datasets"]["camvid"]["ignore_label"] == 11

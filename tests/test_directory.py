@@ -23,7 +23,7 @@ device: cpu
 datasets:
   mine:
     kind: directory
-    preset: demo
+    preset: {preset}
     root: {root}
     class_names: [{classes}]
     overrides:
@@ -52,10 +52,11 @@ def make_folder(root: Path, labels: bool = True) -> Path:
     return root
 
 
-def workdir_with_config(tmp_path: Path, labels: bool, extra: str = "") -> tuple[Path, Path]:
+def workdir_with_config(tmp_path: Path, labels: bool, extra: str = "", preset: str = "directory"
+                        ) -> tuple[Path, Path]:
     make_folder(tmp_path / "data" / "mine", labels=labels)
     config = tmp_path / "mine.yaml"
-    config.write_text(CONFIG.format(root="data/mine", classes=", ".join(CLASSES)) + extra)
+    config.write_text(CONFIG.format(root="data/mine", classes=", ".join(CLASSES), preset=preset) + extra)
     return tmp_path, config
 
 
@@ -96,19 +97,23 @@ def test_directory_with_labels_end_to_end(tmp_path):
     assert (table["pixel_accuracy"] > 100 / len(CLASSES)).all()
     per_class = pd.read_csv(default_run(tmp_path, "mine") / "per_class_iou.csv")
     assert per_class["class"].iloc[: len(CLASSES)].tolist() == CLASSES
-    # A directory dataset calibrates its shifts: each candidate scored, the best used and shown in the report.
+    # The recipe's one candidate: its quantiles of the training correlations used as they are (nothing to
+    # choose, no selection heads), and shown in the report.
     record = json.loads((default_run(tmp_path, "mine") / "calibration.json").read_text())
-    scores = [c["crf_agreement"] for c in record["candidates"]]
-    assert record["calibrated"] and len(scores) == 2 and record["chosen"] == calibration.choose(scores, 0.8)
+    assert record["calibrated"] and record["chosen"] == 0 and record["decision"] is None
+    assert [c["quantiles"] for c in record["candidates"]] == [{"self": 0.2, "knn": 0.1, "random": 1.0}]
+    assert "crf_agreement" not in record["candidates"][0]
     shown = pd.read_csv(default_run(tmp_path, "mine") / "figures" / "calibration.csv")
-    assert shown["used"].tolist() == [False, *(i == record["chosen"] for i in range(2))]
+    assert shown["used"].tolist() == [False, True]
     (plans,) = (base / "plan").iterdir()
     assert "train       24" in (plans / "train.txt").read_text() and "val          6" in (plans / "val.txt").read_text()
 
 
 @pytest.mark.slow
 def test_directory_without_labels_ends_with_the_cluster_segmentations(tmp_path):
-    workdir, config = workdir_with_config(tmp_path, labels=False)
+    # Through the demo preset, whose `calibrate: auto` chooses between two candidates on a directory dataset
+    # (the choice reads no labels either).
+    workdir, config = workdir_with_config(tmp_path, labels=False, preset="demo")
     out = snakemake(workdir, "--cores", "2", configfile=config)
     assert out.returncode == 0, out.stderr[-4000:]
     base = tmp_path / "results" / "mine"
@@ -123,6 +128,12 @@ def test_directory_without_labels_ends_with_the_cluster_segmentations(tmp_path):
     for _, group in table.groupby(["probe", "crf"]):
         assert group["cluster"].tolist() == list(range(len(CLASSES)))
         assert group["share"].sum() == pytest.approx(100.0) and group["pixels"].sum() == 6 * 96 * 96
+    # Each candidate scored, the one the rule picks used and shown in the report.
+    record = json.loads((run / "calibration.json").read_text())
+    scores = [c["crf_agreement"] for c in record["candidates"]]
+    assert record["calibrated"] and len(scores) == 2 and record["chosen"] == calibration.choose(scores, 0.8)
+    shown = pd.read_csv(run / "figures" / "calibration.csv")
+    assert shown["used"].tolist() == [False, *(i == record["chosen"] for i in range(2))]
     # Pictures without labels: one colour per cluster, no metrics pictures.
     assert {p.name for p in (run / "figures").iterdir()} == {"panels.png", "training.png", "correlations.png",
                                                               "correlations.csv", "calibration.csv"}

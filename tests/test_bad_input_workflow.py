@@ -97,7 +97,8 @@ def _rotated():
      "dataset 'mine': train_res 60 is not a multiple of backbone efficientnet_lite0's patch size 8; set "
      "`datasets.mine.overrides: {train_res: 56}`"),
     ("datasets:\n  mine:\n    preset: nope\n",
-     "datasets.mine.preset: unknown preset 'nope'; known presets: cityscapes, cocostuff, demo, demo_hard, directory, potsdam"),
+     "datasets.mine.preset: unknown preset 'nope'; known presets: cityscapes, cocostuff, demo, demo_hard, "
+     "directory, potsdam"),
     ("datasets:\n  mine:\n    overrides: {train: {steps: many}}\n",
      "datasets.mine.overrides.train.steps: 'many' is not of type 'integer'"),
     ("datasets:\n  other:\n    kind: directory\n    preset: demo\n    root: data/mine\n",

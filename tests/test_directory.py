@@ -52,11 +52,10 @@ def make_folder(root: Path, labels: bool = True) -> Path:
     return root
 
 
-def workdir_with_config(tmp_path: Path, labels: bool, extra: str = "", preset: str = "directory"
-                        ) -> tuple[Path, Path]:
+def workdir_with_config(tmp_path: Path, labels: bool, preset: str = "directory") -> tuple[Path, Path]:
     make_folder(tmp_path / "data" / "mine", labels=labels)
     config = tmp_path / "mine.yaml"
-    config.write_text(CONFIG.format(root="data/mine", classes=", ".join(CLASSES), preset=preset) + extra)
+    config.write_text(CONFIG.format(root="data/mine", classes=", ".join(CLASSES), preset=preset))
     return tmp_path, config
 
 
